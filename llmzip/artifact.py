@@ -1,0 +1,228 @@
+"""The artifact contract: every stage writes one self-describing directory, atomically.
+
+A stage directory holds `manifest.json` (schema version, stage, parent + hash of what was read, resolved
+config, files, metrics, library versions, seed, wall time) next to the model's config and tokenizer, so any
+stage directory loads on its own. Nothing is ever inferred from a directory's name: only the manifest counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from llmzip.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+EXTERNAL = "external"  # a plain Hugging Face model folder (or hub id) that llmzip did not write
+
+# What each stage's output is good for: used to name the fix when a directory is handed to the wrong verb.
+NEXT_STEP = {
+    "finetune": "pass it to `llmzip distill`, `llmzip calibrate`, `llmzip export` or `llmzip bench`",
+    "distill": "pass it to `llmzip calibrate`, `llmzip export` or `llmzip bench`",
+    "calibrate": "pass it as the calibration directory of `llmzip quantize MODEL_DIR CALIBRATION_DIR`",
+    "quantize": "pass it to `llmzip export` (or `llmzip bench` for the fake-quantized PyTorch model)",
+    "export": "pass it to `llmzip bench`",
+    "bench": "it is a report, not a model",
+}
+
+_VERSIONED = ("llmzip", "torch", "transformers", "datasets", "accelerate", "onnx", "onnxruntime", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def sha256_file(path: Path, digest: Any = None) -> str:
+    h = digest or hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return str(h.hexdigest())
+
+
+def sha256_paths(paths: list[Path]) -> str:
+    """One hash over several files (or every file below a folder), names included, in a stable order."""
+    h = hashlib.sha256()
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    for file in files:
+        h.update(file.name.encode())
+        sha256_file(file, h)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """A directory read as a stage input: its stage (or EXTERNAL) and its manifest, if any."""
+
+    path: Path
+    stage: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """The identity of what was read: the manifest (which hashes its files) or the files themselves."""
+        if not self.path.exists():
+            return f"hub:{self.path}"  # a hub id: the hub's revision is the identity we can name
+        manifest = self.path / MANIFEST
+        if manifest.is_file():
+            return sha256_file(manifest)
+        return sha256_paths([p for p in sorted(self.path.iterdir()) if p.is_file()])
+
+    def ref(self) -> dict[str, str]:
+        return {"path": str(self.path), "stage": self.stage, "sha256": self.hash}
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    file = path / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{file}: not valid JSON ({err.msg}); re-run the stage that wrote it") from None
+    if not isinstance(manifest, dict) or "stage" not in manifest:
+        raise ArtifactError(f"{file}: not an llmzip manifest; re-run the stage that wrote it")
+    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ArtifactError(f"{file}: written by a newer llmzip (schema {manifest['schema_version']}); upgrade llmzip")
+    return manifest
+
+
+def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str = "input") -> Artifact:
+    """Open a stage input and refuse the wrong kind with a message that names the fix.
+
+    `accepts` lists stage names; EXTERNAL in it admits a plain Hugging Face model folder (config.json, no manifest).
+    """
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such directory (the {role} of `llmzip {verb}`)")
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: not a directory (the {role} of `llmzip {verb}` is a stage directory)")
+    manifest = read_manifest(path)
+    if manifest is None:
+        if EXTERNAL in accepts and (path / "config.json").is_file():
+            return Artifact(path=path, stage=EXTERNAL)
+        wanted = ", ".join(s for s in accepts if s != EXTERNAL)
+        raise ArtifactError(f"{path}: not an llmzip artifact (no {MANIFEST}); `llmzip {verb}` takes the output of: {wanted}")
+    stage = str(manifest["stage"])
+    if stage not in accepts:
+        wanted = ", ".join(s for s in accepts if s != EXTERNAL)
+        raise ArtifactError(
+            f"{path} is a {stage} artifact, not a valid {role} of `llmzip {verb}` (it takes: {wanted}); "
+            f"{NEXT_STEP.get(stage, 'check the directory')}"
+        )
+    return Artifact(path=path, stage=stage, manifest=manifest)
+
+
+def open_model_source(source: str, *, verb: str, accepts: tuple[str, ...]) -> Artifact:
+    """A model input that may also be a Hugging Face hub id (anything that is not a local path)."""
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return open_artifact(path, verb=verb, accepts=accepts, role="model")
+    return Artifact(path=Path(source), stage=EXTERNAL)
+
+
+@contextmanager
+def staging(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of `out_dir`; rename it into place only if the block succeeds.
+
+    A killed or failed stage leaves no directory that looks finished, and an existing output is only
+    replaced with `overwrite` (and only once the new one is complete).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def file_table(directory: Path) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        table[str(path.relative_to(directory))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return table
+
+
+def write_manifest(
+    directory: Path,
+    *,
+    stage: str,
+    parents: list[Artifact],
+    inputs: dict[str, Any],
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    seed: int | None,
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write manifest.json last, after every other file, so its file table covers them all."""
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parents": [p.ref() for p in parents],
+        "inputs": inputs,
+        "config": config,
+        "files": file_table(directory),
+        "metrics": metrics,
+        "versions": library_versions(),
+        "seed": seed,
+        "duration_s": round(time.time() - started, 3),
+        **(extra or {}),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = ()) -> None:
+    """Copy the model config and tokenizer files (plus `names`) so the next directory loads on its own."""
+    patterns = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab.*",
+                "merges.txt", "spiece.model", "sentencepiece.bpe.model", *names)
+    for pattern in patterns:
+        for file in source.glob(pattern):
+            if file.is_file() and not (dest / file.name).exists():
+                shutil.copy2(file, dest / file.name)
+
+
+def dir_size_mb(paths: list[Path]) -> float:
+    total = sum(p.stat().st_size for p in paths if p.is_file())
+    return round(total / 1e6, 3)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,345 @@
+"""Typed, validated configuration for every stage, and the YAML recipe that maps onto them.
+
+Pure Python on purpose: the CLI imports this module, and `llmzip --help` must not pay for torch.
+Defaults live here and nowhere else; the CLI only overrides fields that the user set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llmzip.errors import ConfigError
+
+
+class Provider(str, enum.Enum):
+    """onnxruntime execution provider (torch variants map cuda/tensorrt to the CUDA device)."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+class CalibrationMethod(str, enum.Enum):
+    MINMAX = "minmax"
+
+
+class Granularity(str, enum.Enum):
+    PER_CHANNEL = "per-channel"
+    PER_TENSOR = "per-tensor"
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where labelled text comes from: a hub id, a local folder of split files, or one local file."""
+
+    dataset: str | None = None  # None = the demo sample shipped in llmzip/resources
+    subset: str | None = None  # hub configuration name, e.g. "sst2" for "nyu-mll/glue"
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(8 <= self.max_length <= 8192, "max_length", f"must be in [8, 8192], got {self.max_length}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, f"must be positive, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    """What every training stage shares; Trainer does the loop, these are its knobs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.eval_batch_size > 0, "eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Fine-tune a pretrained encoder into a sequence classifier with cross-entropy."""
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Teacher → student built from a subset of the teacher's layers, trained with soft targets."""
+
+    num_layers: int | None = None  # evenly spaced teacher layers
+    layers: list[int] | None = None  # explicit teacher layer indices (wins over num_layers)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the soft-target KL term; 1 - alpha goes to the hard-label CE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.num_layers is None or self.num_layers > 0, "num_layers", f"must be > 0, got {self.num_layers}")
+        if self.layers is not None:
+            _check(len(self.layers) > 0, "layers", "must name at least one teacher layer")
+            _check(len(set(self.layers)) == len(self.layers), "layers", f"has duplicates: {self.layers}")
+            _check(all(i >= 0 for i in self.layers), "layers", f"must be >= 0, got {self.layers}")
+
+
+@dataclass
+class CalibrateConfig:
+    """Run sampled training examples through the model and record activation ranges."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    num_samples: int = 256
+    batch_size: int = 32
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples > 0, "num_samples", f"must be > 0, got {self.num_samples}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+# The task head is a handful of FLOPs and the most accuracy-sensitive layer: keep it in fp32 by default.
+DEFAULT_EXCLUDE = [r"(^|\.)(classifier|pooler|score|lm_head)(\.|$)"]
+
+
+@dataclass
+class QuantizeConfig:
+    """int8 weights (symmetric or asymmetric, per-channel or per-tensor) and static int8 activations."""
+
+    weight_bits: int = 8
+    weight_granularity: Granularity = Granularity.PER_CHANNEL
+    weight_symmetric: bool = True
+    # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
+    activation_symmetric: bool = False
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.weight_bits == 8, "weight_bits", f"only 8 is supported so far, got {self.weight_bits}")
+
+
+@dataclass
+class ExportConfig:
+    """Write model.onnx and check it against PyTorch."""
+
+    opset: int = 17
+    parity_samples: int = 32
+    # Tolerances on max |logit difference|: fp32 only differs by float reassociation; int8 also by rounding
+    # ties and integer accumulation inside onnxruntime's kernels.
+    fp32_tolerance: float = 1e-3
+    int8_tolerance: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
+        _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
+
+
+@dataclass
+class BenchConfig:
+    """Latency, throughput, size and accuracy of one or more model directories, measured side by side."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    seq_len: int = 128
+    threads: int = 1
+    provider: Provider = Provider.CPU
+    warmup: int = 5
+    iterations: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "batch_sizes",
+               f"must be positive integers, got {self.batch_sizes}")
+        _check(8 <= self.seq_len <= 8192, "seq_len", f"must be in [8, 8192], got {self.seq_len}")
+        _check(self.threads > 0, "threads", f"must be > 0, got {self.threads}")
+        _check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        _check(self.iterations >= 3, "iterations", f"must be >= 3, got {self.iterations}")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "finetune": FinetuneConfig,
+    "distill": DistillConfig,
+    "calibrate": CalibrateConfig,
+    "quantize": QuantizeConfig,
+    "export": ExportConfig,
+    "bench": BenchConfig,
+}
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a YAML/JSON value into the annotated type, or fail naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")  # type: ignore[arg-type]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in annotation)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation in (int, float, str):
+        if annotation is not str and isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            coerced = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != coerced:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return coerced
+    return value
+
+
+def from_dict(cls: type[C], values: dict[str, Any], *, prefix: str = "") -> C:
+    """Build a config dataclass from a mapping; unknown keys and bad values fail with the key's name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; known keys are {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The fully resolved config as plain JSON-able data (enums as their values)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two mappings; the override wins."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """`distill.data.max_length=64` style override into a nested mapping."""
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+@dataclass
+class Recipe:
+    """A whole chain: `model` is the starting point; each present stage section runs in pipeline order."""
+
+    model: str
+    stages: dict[str, Any]  # stage name -> config instance, only the stages that run
+    raw: dict[str, Any]
+
+
+RECIPE_KEYS = {"model", "data", *STAGE_CONFIGS}
+
+
+def load_recipe(values: dict[str, Any]) -> Recipe:
+    """Validate a recipe mapping; the top-level `data` section is the default for every stage's `data`."""
+    unknown = sorted(set(values) - RECIPE_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown recipe section; known sections are {', '.join(sorted(RECIPE_KEYS))}")
+    model = values.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError("model: the recipe needs `model:` (a model directory or hub id to start from)")
+    shared_data = values.get("data") or {}
+    if not isinstance(shared_data, dict):
+        raise ConfigError("data: expected a mapping")
+    stages: dict[str, Any] = {}
+    for name, cls in STAGE_CONFIGS.items():
+        if name not in values:
+            continue
+        section = values[name] if values[name] is not None else {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: expected a mapping (or nothing, for all defaults)")
+        if "data" in {f.name for f in dataclasses.fields(cls)}:
+            section = {**section, "data": merge(shared_data, section.get("data") or {})}
+        stages[name] = from_dict(cls, section, prefix=f"{name}.")
+    for required in ("calibrate", "quantize", "export"):
+        if required not in stages:
+            raise ConfigError(f"{required}: the recipe needs a `{required}:` section (empty is fine: all defaults)")
+    return Recipe(model=model, stages=stages, raw=values)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with one section per stage")
+    return values

@@ -1,0 +1,162 @@
+"""Labelled text for every stage, through `datasets`: a hub id, a local folder of split files, or one file."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmzip.artifact import sha256_paths
+from llmzip.config import DataConfig
+from llmzip.errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+DEMO_DATASET = Path(__file__).parent / "resources" / "demo_sentiment"
+LOCAL_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class Source:
+    """Where a split comes from, resolved once so the manifest can record (and hash) exactly what was read."""
+
+    kind: str  # "local" | "hub"
+    name: str
+    files: list[Path]
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "local":
+            return {"kind": "local", "files": [str(f) for f in self.files], "sha256": sha256_paths(self.files)}
+        return {"kind": "hub", "id": self.name}
+
+
+def dataset_location(cfg: DataConfig) -> str:
+    return cfg.dataset if cfg.dataset is not None else str(DEMO_DATASET)
+
+
+def resolve(cfg: DataConfig, split: str) -> Source | None:
+    """Find the file for `split` (None if a local dataset has no such split); hub ids resolve lazily."""
+    location = dataset_location(cfg)
+    path = Path(location).expanduser()
+    if path.is_file():
+        # One file serves whichever split is asked for: the user pointed at exactly this data.
+        return Source("local", str(path), [path])
+    if path.is_dir():
+        for ext in LOCAL_FORMATS:
+            candidate = path / f"{split}{ext}"
+            if candidate.is_file():
+                return Source("local", str(path), [candidate])
+        return None
+    if location.startswith((".", "/", "~")) or Path(location).suffix in LOCAL_FORMATS:
+        raise DataError(f"{location}: no such file or folder; pass --data a local folder/file or a hub dataset id")
+    return Source("hub", location, [])
+
+
+def _load_local(file: Path) -> Dataset:
+    import datasets
+
+    builder = LOCAL_FORMATS.get(file.suffix)
+    if builder is None:
+        raise DataError(f"{file}: unsupported format; use one of {', '.join(LOCAL_FORMATS)}")
+    kwargs: dict[str, Any] = {}
+    if file.suffix == ".tsv":
+        # QUOTE_NONE: review text is full of quote characters that are not field delimiters.
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
+    except Exception as err:  # datasets raises many types for unreadable files; all mean the same to the user
+        raise DataError(f"{file}: could not read it as {builder} ({type(err).__name__}: {err})".splitlines()[0]) from None
+    return ds
+
+
+def _load_hub(cfg: DataConfig, split: str) -> Dataset:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=split)
+    except Exception as err:  # network, missing split or unknown id: one message with the fix
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"{cfg.dataset}: could not load split {split!r} from the Hugging Face hub ({first}); "
+            "check the id/--subset, or pass a local folder or file"
+        ) from None
+    return ds
+
+
+def load_split(cfg: DataConfig, split: str, *, limit: int | None = None, seed: int = 0,
+               shuffle: bool = False, optional: bool = False) -> tuple[Dataset, Source] | None:
+    """Load one split as a `datasets.Dataset` with checked text/label columns; optionally a seeded subset."""
+    source = resolve(cfg, split)
+    if source is None:
+        if optional:
+            return None
+        folder = Path(dataset_location(cfg))
+        present = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in LOCAL_FORMATS)) or "none"
+        raise DataError(f"{folder}: no file for split {split!r} (looked for {split}.tsv/.csv/.json/.jsonl/.parquet; "
+                        f"found: {present}); set the split option to one of them")
+    if optional and source.kind == "local" and Path(dataset_location(cfg)).is_file() and split != cfg.train_split:
+        return None  # a single file is the training data; do not pretend to evaluate on held-out data
+    ds = _load_local(source.files[0]) if source.kind == "local" else _load_hub(cfg, split)
+    missing = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c and c not in ds.column_names]
+    if missing:
+        raise DataError(f"{dataset_location(cfg)} ({split}): no column {missing[0]!r} (columns: "
+                        f"{', '.join(ds.column_names)}); set --text-column/--label-column")
+    if len(ds) == 0:
+        raise DataError(f"{dataset_location(cfg)} ({split}): the split is empty")
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
+    return ds, source
+
+
+def label_names(ds: Dataset, cfg: DataConfig) -> list[str]:
+    """Class names in id order: ClassLabel names, the sorted set of string labels, or str(0..max) for ints."""
+    feature = ds.features[cfg.label_column]
+    names = getattr(feature, "names", None)
+    if names:
+        return list(names)
+    values = ds.unique(cfg.label_column)
+    if any(v is None for v in values):
+        raise DataError(f"{cfg.label_column}: some rows have no label; clean the data or pick another column")
+    if all(isinstance(v, int) for v in values):
+        if min(values) < 0:
+            raise DataError(f"{cfg.label_column}: integer labels must be >= 0, found {min(values)}")
+        return [str(i) for i in range(max(values) + 1)]
+    return sorted(str(v) for v in values)
+
+
+def label_ids(ds: Dataset, cfg: DataConfig, label2id: dict[str, int]) -> list[int]:
+    """Labels as ids under the model's mapping; unknown labels fail instead of silently mis-scoring."""
+    out = []
+    for value in ds[cfg.label_column]:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) not in label2id:
+            if 0 <= value < len(label2id):
+                out.append(value)
+                continue
+        key = str(value)
+        if key not in label2id:
+            raise DataError(f"{cfg.label_column}: label {value!r} is not one the model knows ({', '.join(label2id)})")
+        out.append(label2id[key])
+    return out
+
+
+def texts(ds: Dataset, cfg: DataConfig) -> tuple[list[str], list[str] | None]:
+    first = [str(t) if t is not None else "" for t in ds[cfg.text_column]]
+    second = [str(t) if t is not None else "" for t in ds[cfg.text_pair_column]] if cfg.text_pair_column else None
+    return first, second
+
+
+def encode(tokenizer: Any, ds: Dataset, cfg: DataConfig, label2id: dict[str, int] | None, *,
+           max_length: int, padding: bool | str = False) -> Dataset:
+    """Tokenize (and map labels) into a torch-ready dataset with input_ids/attention_mask[/labels]."""
+    first, second = texts(ds, cfg)
+    enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=padding)
+    columns: dict[str, Any] = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    if label2id is not None:
+        columns["labels"] = label_ids(ds, cfg, label2id)
+    from datasets import Dataset as HFDataset
+
+    return HFDataset.from_dict(columns)

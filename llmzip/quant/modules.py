@@ -1,0 +1,99 @@
+"""QuantLinear: the int8 layer that PyTorch evaluates (fake-quantized) and that exports as ONNX QDQ.
+
+Why hand-written instead of torch.ao / torchao: we need one module whose eager forward and whose ONNX graph are
+the same arithmetic, with our own scales, and whose export is the QDQ pattern onnxruntime fuses into integer
+kernels (QuantizeLinear → DequantizeLinear → MatMul ← DequantizeLinear(int8 initializer) becomes
+MatMulIntegerToFloat / QLinearMatMul). The autograd functions carry an ONNX `symbolic` for that, and a
+straight-through gradient so the same module serves quantization-aware training later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmzip.quant.qmath import QRange, dequantize, fake_quantize, qrange
+
+
+class _FakeQuant(torch.autograd.Function):
+    """Per-tensor activation quantize → dequantize; gradient passes through inside the clamp range (STE)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                qmin: int, qmax: int) -> torch.Tensor:
+        r = QRange(qmin, qmax, torch.uint8 if qmin == 0 else torch.int8)
+        q = torch.round(x / scale) + zero_point.to(x.dtype)
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return fake_quantize(x, scale, zero_point, r)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, qmin: int, qmax: int) -> Any:
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        return g.op("DequantizeLinear", q, scale, zero_point)
+
+
+class _Dequant(torch.autograd.Function):
+    """int8 weight (stored [in, out]) → float; per-channel scales run along axis 1, the output features."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        return dequantize(q, scale, zero_point)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, scale: Any, zero_point: Any) -> Any:
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=1)
+
+
+class QuantLinear(nn.Module):
+    """y = fq(x) @ dq(W_q) + b with static activation qparams and int8 weights.
+
+    The weight is stored transposed ([in, out]) because that is the layout ONNX MatMul consumes: a Transpose
+    between DequantizeLinear and MatMul would stop onnxruntime from fusing the pair into an integer kernel.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, per_channel: bool,
+                 activation_signed: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        n = out_features if per_channel else 1
+        self.register_buffer("weight_q", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(n))
+        self.register_buffer("weight_zero_point", torch.zeros(n, dtype=torch.int8))
+        act_dtype = torch.int8 if activation_signed else torch.uint8
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("input_zero_point", torch.zeros((), dtype=act_dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.activation_range = qrange(8, signed=activation_signed, symmetric=activation_signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.activation_range
+        x = _FakeQuant.apply(x, self.input_scale, self.input_zero_point, r.qmin, r.qmax)
+        scale = self.weight_scale if self.weight_scale.numel() > 1 else self.weight_scale.reshape(())
+        zero_point = self.weight_zero_point if self.weight_zero_point.numel() > 1 else self.weight_zero_point.reshape(())
+        w = _Dequant.apply(self.weight_q, scale, zero_point)
+        y = torch.matmul(x, w)
+        return y + self.bias if self.bias is not None else y
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight this layer really uses, in nn.Linear's [out, in] layout."""
+        return dequantize(self.weight_q, self.weight_scale, self.weight_zero_point).t()
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.weight_scale.numel() > 1 else "per-tensor"
+        act = "int8" if self.activation_range.qmin < 0 else "uint8"
+        return f"in={self.in_features}, out={self.out_features}, weight=int8 {kind}, input={act} static"
+
+
+def replace_linears(model: nn.Module, names: list[str], make: Any) -> None:
+    """Swap the named nn.Linear submodules for `make(name, linear)`."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, getattr(parent, child)))

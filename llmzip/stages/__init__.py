@@ -1,0 +1,1 @@
+"""One module per pipeline stage: finetune → distill → calibrate → quantize → export → bench (+ run)."""

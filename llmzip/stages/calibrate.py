@@ -1,0 +1,135 @@
+"""calibrate: model + sampled training data → activation ranges of every Linear input (+ the samples, kept)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmzip import data as data_mod
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
+from llmzip.config import CalibrateConfig, DataConfig, to_dict
+from llmzip.modeling import load_model, load_tokenizer
+from llmzip.progress import progress, step
+
+ACCEPTS = ("finetune", "distill", EXTERNAL)
+STATS_FILE = "activation_stats.json"
+SAMPLES_FILE = "calibration_samples.jsonl"
+
+
+class MinMaxObserver:
+    """Running min/max of the real (non-padding) positions of one tensor."""
+
+    def __init__(self) -> None:
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.count = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        self.count += x.numel()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min": self.min, "max": self.max, "count": self.count}
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def record(model: nn.Module, batches: list[dict[str, torch.Tensor]], names: list[str],
+           description: str = "calibrate") -> dict[str, MinMaxObserver]:
+    """Run the batches through the model with a pre-hook on each named Linear that observes its input.
+
+    Padding positions are excluded: their activations are never read by the model's output, and a padded
+    outlier would otherwise widen the range every real token has to share.
+    """
+    observers = {name: MinMaxObserver() for name in names}
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def observe(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach()
+            mask = mask_holder.get("mask")
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask]
+            observers[name].update(x)
+
+        return observe
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with progress() as bar, torch.no_grad():
+            task = bar.add_task(description, total=len(batches), info="")
+            for batch in batches:
+                mask_holder["mask"] = batch["attention_mask"].bool()
+                model(**batch)
+                bar.advance(task)
+    finally:
+        for h in handles:
+            h.remove()
+    return observers
+
+
+def batches_from_rows(tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int,
+                      batch_size: int) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        first = [r["text"] for r in chunk]
+        second = [r["text_pair"] for r in chunk] if chunk[0].get("text_pair") is not None else None
+        enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        out.append(dict(enc))
+    return out
+
+
+def read_samples(directory: Path) -> list[dict[str, Any]]:
+    with (directory / SAMPLES_FILE).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sample_rows(cfg: DataConfig, num: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
+    assert loaded is not None
+    ds, source = loaded
+    first, second = data_mod.texts(ds, cfg)
+    labels = ds[cfg.label_column] if cfg.label_column in ds.column_names else [None] * len(first)
+    rows = [{"text": t, "text_pair": second[i] if second else None, "label": labels[i]} for i, t in enumerate(first)]
+    return rows, {**source.describe(), "split": cfg.train_split, "rows": len(rows)}
+
+
+def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwrite: bool = False) -> Path:
+    """Record activation statistics of `model_dir` on config.num_samples training examples."""
+    started = time.time()
+    source: Artifact = open_artifact(Path(model_dir), verb="calibrate", accepts=ACCEPTS, role="model directory")
+    rows, described = sample_rows(config.data, config.num_samples, config.seed)
+    with staging(out_dir, overwrite=overwrite) as tmp:
+        step(f"loading {model_dir}")
+        model = load_model(source)
+        tokenizer = load_tokenizer(source.path)
+        names = linear_names(model)
+        batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
+        observers = record(model, batches, names)
+        stats = {
+            "method": config.method.value,
+            "num_samples": len(rows),
+            "tensors": {name: {"input": obs.to_dict()} for name, obs in observers.items()},
+        }
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+        with (tmp / SAMPLES_FILE).open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        carry_forward(source.path, tmp)
+        tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
+        write_manifest(tmp, stage="calibrate", parents=[source], inputs={"samples": described},
+                       config=to_dict(config), metrics={"num_samples": len(rows), "tokens": tokens,
+                                                        "tensors": len(names)},
+                       seed=config.seed, started=started)
+    return out_dir

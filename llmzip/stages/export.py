@@ -1,0 +1,148 @@
+"""export: fp32 or quantized model directory → model.onnx, checked against PyTorch and for real int8 kernels."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, staging, write_manifest
+from llmzip.config import ExportConfig, to_dict
+from llmzip.errors import ExportError
+from llmzip.modeling import load_model, load_tokenizer, quiet_transformers
+from llmzip.progress import step
+from llmzip.stages.calibrate import SAMPLES_FILE, read_samples
+
+ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
+ONNX_FILE = "model.onnx"
+# Ops that mean onnxruntime runs integer arithmetic (after its QDQ fusions), not float emulation of it.
+INT8_OPS = {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "QGemm", "QAttention",
+            "DynamicQuantizeMatMul", "QLinearAdd", "QLinearConv"}
+
+
+class _Logits(nn.Module):
+    """Positional-input wrapper: the exporter sees exactly the tokenizer's inputs and one `logits` output.
+
+    Always `.eval()` it: the exporter restores the wrapper's own mode afterwards, and a fresh module is in
+    training mode, which would switch dropout on in the wrapped model for the parity check.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors))).logits  # type: ignore[no-any-return]
+
+
+def probe_texts(directory: Path, count: int) -> list[str]:
+    """Parity inputs: the calibration samples a quantized model carries, else the demo sample's sentences."""
+    if (directory / SAMPLES_FILE).is_file():
+        return [r["text"] for r in read_samples(directory)][:count]
+    from llmzip.data import DEMO_DATASET
+
+    lines = (DEMO_DATASET / "validation.tsv").read_text().splitlines()[1:]
+    return [line.split("\t")[0] for line in lines][:count]
+
+
+def optimized_op_counts(onnx_path: Path) -> Counter[str]:
+    """Op types of the graph onnxruntime actually executes on CPU, after all its fusions."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as scratch:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+        return Counter(n.op_type for n in graph.node)
+
+
+def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    diff = np.abs(got - want)
+    cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
+            "argmax_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()), "samples": int(got.shape[0])}
+
+
+def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
+    """Write `model.onnx` (dynamic batch and sequence axes) and record parity with the PyTorch model."""
+    import onnx
+
+    started = time.time()
+    source = open_artifact(Path(model_dir), verb="export", accepts=ACCEPTS, role="model directory")
+    quantized = source.stage == "quantize"
+    quiet_transformers()
+    with staging(out_dir, overwrite=overwrite) as tmp:
+        step(f"loading {model_dir}")
+        model = load_model(source)
+        tokenizer = load_tokenizer(source.path)
+        names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+        texts = probe_texts(source.path, config.parity_samples)
+        enc = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="np")
+        feeds = {n: enc[n].astype(np.int64) for n in names}
+        example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes["logits"] = {0: "batch"}
+        path = tmp / ONNX_FILE
+        step(f"exporting {'int8' if quantized else 'fp32'} ONNX (opset {config.opset})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(_Logits(model, names).eval(), example, str(path), dynamo=False, opset_version=config.opset,
+                                  input_names=names, output_names=["logits"], dynamic_axes=axes,
+                                  do_constant_folding=True)
+            except Exception as err:  # the exporter raises many types; the user's fix is the same
+                raise ExportError(f"torch.onnx.export failed for {model_dir}: {str(err).splitlines()[0][:300]}") from None
+        try:
+            onnx.checker.check_model(str(path))
+        except onnx.checker.ValidationError as err:
+            raise ExportError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
+
+        step("checking onnxruntime against PyTorch")
+        result = parity(path, model, feeds)
+        tolerance = config.int8_tolerance if quantized else config.fp32_tolerance
+        if result["max_abs_diff"] > tolerance:
+            raise ExportError(f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance "
+                              f"{tolerance}); this is a bug: report it with the manifest of {model_dir}")
+        graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+        runtime_ops = optimized_op_counts(path)
+        int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
+        metrics: dict[str, Any] = {
+            "precision": "int8" if quantized else "fp32",
+            "parity": {**result, "tolerance": tolerance,
+                       "reference": "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model"},
+            "graph_ops": dict(sorted(graph_ops.items())),
+            "runtime_ops": dict(sorted(runtime_ops.items())),
+            "int8_kernels": int8_kernels,
+        }
+        if quantized:
+            expected = int(source.manifest["metrics"]["quantized_layers"])
+            if int8_kernels < expected:
+                raise ExportError(f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers: "
+                                  "the QDQ pattern did not fuse; report it with the manifest")
+            metrics["quantized_layers"] = expected
+        tokenizer.save_pretrained(str(tmp))
+        carry_forward(source.path, tmp)
+        metrics["size_mb"] = dir_size_mb([path])
+        write_manifest(tmp, stage="export", parents=[source], inputs={}, config=to_dict(config), metrics=metrics,
+                       seed=config.seed, started=started, extra={"task": "sequence-classification",
+                                                                 "model_file": ONNX_FILE, "inputs": names})
+    return out_dir

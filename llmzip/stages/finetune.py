@@ -1,0 +1,62 @@
+"""finetune: a pretrained encoder (folder or hub id) + labelled data → a fine-tuned sequence classifier."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from llmzip import data as data_mod
+from llmzip import training
+from llmzip.artifact import EXTERNAL, carry_forward, open_model_source, staging, write_manifest
+from llmzip.config import FinetuneConfig, to_dict
+from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, quiet_transformers
+from llmzip.progress import step, trainer_callback
+
+ACCEPTS = ("finetune", "distill", EXTERNAL)
+
+
+def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bool = False) -> Path:
+    """Train `model` with cross-entropy on config.data; returns the stage directory."""
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+    started = time.time()
+    base = open_model_source(model, verb="finetune", accepts=ACCEPTS)
+    quiet_transformers()
+    set_seed(config.seed)
+    d = config.data
+    loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=config.seed, shuffle=True)
+    assert loaded is not None
+    names = data_mod.label_names(loaded[0], d)
+    label2id = {name: i for i, name in enumerate(names)}
+    with staging(out_dir, overwrite=overwrite) as tmp:
+        step(f"loading {model}")
+        tokenizer = load_tokenizer(model)
+        net = load_pretrained(model, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
+                              ignore_mismatched_sizes=True)
+        prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
+        has_eval = prepared.eval is not None
+        work = tmp / "_trainer"
+        callback = trainer_callback("finetune")
+        trainer = training.make_trainer(
+            Trainer,
+            callback=callback,
+            model=net,
+            args=training.arguments(config, work, num_train=len(prepared.train), has_eval=has_eval),
+            train_dataset=prepared.train,
+            eval_dataset=prepared.eval,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=training.accuracy,
+        )
+        trainer.train()
+        metrics = training.summarise(trainer, callback, has_eval)
+        metrics["params"] = count_parameters(net)
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        training.cleanup(work)
+        if base.path.is_dir():
+            carry_forward(base.path, tmp)
+        for junk in ("training_args.bin",):
+            (tmp / junk).unlink(missing_ok=True)
+        write_manifest(tmp, stage="finetune", parents=[base], inputs=prepared.inputs, config=to_dict(config),
+                       metrics=metrics, seed=config.seed, started=started, extra={"task": "sequence-classification"})
+    return out_dir

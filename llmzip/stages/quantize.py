@@ -1,0 +1,154 @@
+"""quantize: model + calibration → int8 checkpoint (int8 weights, static activation qparams, per-layer error)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
+from llmzip.config import Granularity, QuantizeConfig, to_dict
+from llmzip.errors import ArtifactError, ConfigError
+from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
+from llmzip.progress import step
+from llmzip.quant.modules import QuantLinear, replace_linears
+from llmzip.quant import qmath
+from llmzip.stages.calibrate import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, read_samples
+
+ACCEPTS = ("finetune", "distill", EXTERNAL)
+
+
+def select(names: list[str], exclude: list[str]) -> list[str]:
+    try:
+        patterns = [re.compile(p) for p in exclude]
+    except re.error as err:
+        raise ConfigError(f"exclude: {err.pattern!r} is not a valid regular expression ({err})") from None
+    return [n for n in names if not any(p.search(n) for p in patterns)]
+
+
+def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeConfig) -> QuantLinear:
+    """Build the int8 layer: weight scales from the weight, input scale/zero point from calibration."""
+    per_channel = config.weight_granularity is Granularity.PER_CHANNEL
+    w_range = qmath.qrange(config.weight_bits, signed=True, symmetric=config.weight_symmetric)
+    w_scale, w_zp = qmath.weight_qparams(linear.weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel)
+    shape = (-1, 1) if per_channel else ()
+    w_q = qmath.quantize(linear.weight.detach().float(), w_scale.reshape(shape), w_zp.reshape(shape), w_range)
+
+    a_range = qmath.qrange(8, signed=config.activation_symmetric, symmetric=config.activation_symmetric)
+    lo, hi = torch.tensor(stats["min"]), torch.tensor(stats["max"])
+    if config.activation_symmetric:
+        a_scale, a_zp = qmath.symmetric_qparams(torch.maximum(lo.abs(), hi.abs()), a_range)
+    else:
+        a_scale, a_zp = qmath.asymmetric_qparams(lo, hi, a_range)
+
+    layer = QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                        per_channel=per_channel, activation_signed=config.activation_symmetric)
+    with torch.no_grad():
+        layer.weight_q.copy_(w_q.t())
+        layer.weight_scale.copy_(w_scale.reshape(-1))
+        layer.weight_zero_point.copy_(w_zp.reshape(-1).to(torch.int8))
+        layer.input_scale.copy_(a_scale)
+        layer.input_zero_point.copy_(a_zp.to(layer.input_zero_point.dtype))
+        if linear.bias is not None and layer.bias is not None:
+            layer.bias.copy_(linear.bias)
+    return layer
+
+
+def _outputs(model: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+    """Each named layer's output and the logits, over all batches (padding positions dropped)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    mask: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def keep(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            m = mask["m"]
+            seen[name].append(out[m] if out.dim() == 3 and out.shape[:2] == m.shape else out)
+
+        return keep
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    logits = []
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                mask["m"] = batch["attention_mask"].bool()
+                logits.append(model(**batch).logits)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, logits
+
+
+def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str],
+                 batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Per-layer weight and output SQNR (output error is cumulative: everything quantized upstream counts)."""
+    ref, ref_logits = _outputs(fp32, names, batches)
+    got, got_logits = _outputs(quantized, names, batches)
+    layers = {}
+    for name in names:
+        q_layer = quantized.get_submodule(name)
+        assert isinstance(q_layer, QuantLinear)
+        layers[name] = {
+            "weight_sqnr_db": round(qmath.sqnr_db(fp32.get_submodule(name).weight, q_layer.dequantized_weight()), 2),
+            "output_sqnr_db": round(qmath.sqnr_db(torch.cat(ref[name]), torch.cat(got[name])), 2),
+            "input_scale": float(q_layer.input_scale),
+            "input_zero_point": int(q_layer.input_zero_point),
+        }
+    a, b = torch.cat(ref_logits), torch.cat(got_logits)
+    return {
+        "layers": layers,
+        "logits_sqnr_db": round(qmath.sqnr_db(a, b), 2),
+        "logits_max_abs_diff": float((a - b).abs().max()),
+        "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "samples": int(a.shape[0]),
+    }
+
+
+def quantize(model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig,
+                   overwrite: bool = False) -> Path:
+    """Quantize `model_dir` with the activation ranges recorded in `calibration_dir`."""
+    from safetensors.torch import save_file
+
+    started = time.time()
+    source: Artifact = open_artifact(Path(model_dir), verb="quantize", accepts=ACCEPTS, role="model directory")
+    calib = open_artifact(Path(calibration_dir), verb="quantize", accepts=("calibrate",), role="calibration directory")
+    recorded_on = calib.manifest["parents"][0]
+    if recorded_on["sha256"] != source.hash:
+        raise ArtifactError(f"{calibration_dir} was recorded on {recorded_on['path']}, not on {model_dir}; "
+                            f"run `llmzip calibrate {model_dir}` and pass that directory")
+    stats = json.loads((calib.path / STATS_FILE).read_text())["tensors"]
+    with staging(out_dir, overwrite=overwrite) as tmp:
+        step(f"loading {model_dir}")
+        fp32 = load_model(source)
+        names = select(linear_names(fp32), config.exclude)
+        if not names:
+            raise ConfigError(f"exclude: the patterns {config.exclude} leave no Linear layer to quantize")
+        missing = [n for n in names if n not in stats]
+        if missing:
+            raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
+        quantized = copy.deepcopy(fp32)
+        replace_linears(quantized, names, lambda name, lin: quantize_linear(lin, stats[name]["input"], config))
+        quantized.eval()
+        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
+        tokenizer = load_tokenizer(source.path)
+        batches = batches_from_rows(tokenizer, read_samples(calib.path), max_length=calib.manifest["config"]["data"]["max_length"],
+                                    batch_size=32)
+        report = error_report(fp32, quantized, names, batches)
+        state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
+        spec = {"scheme": to_dict(config), "layers": {n: {"op": "Linear"} for n in names}}
+        (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+        shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
+        carry_forward(source.path, tmp)
+        metrics = {"quantized_layers": len(names), "fp32_linear_layers": len(linear_names(fp32)) - len(names),
+                   **report}
+        write_manifest(tmp, stage="quantize", parents=[source, calib], inputs={}, config=to_dict(config),
+                       metrics=metrics, seed=config.seed, started=started)
+    return out_dir

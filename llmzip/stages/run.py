@@ -1,0 +1,84 @@
+"""run: the whole chain from one recipe: finetune → distill → calibrate → quantize → export → bench.
+
+Every stage writes its own directory under OUT (each one atomic), and `run.json` is written last, so a run
+without it is one that did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from llmzip.artifact import read_manifest
+from llmzip.config import Recipe, to_dict
+from llmzip.errors import ArtifactError
+from llmzip.progress import console
+
+RUN_FILE = "run.json"
+# Variant names the benchmarks and README quote; keep them stable.
+BENCH_NAMES = {"teacher": "teacher-torch-fp32", "teacher_onnx": "teacher-ort-fp32",
+               "student_onnx": "student-ort-fp32", "student_int8": "student-llmzip-int8"}
+
+
+def _banner(name: str, target: Path) -> None:
+    console.rule(f"[bold]{name}[/] → {target}")
+
+
+def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, Any]:
+    from llmzip.stages.bench import bench
+    from llmzip.stages.calibrate import calibrate
+    from llmzip.stages.distill import distill
+    from llmzip.stages.export import export
+    from llmzip.stages.finetune import finetune
+    from llmzip.stages.quantize import quantize
+
+    started = time.time()
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not overwrite:
+            raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    s = recipe.stages
+    dirs: dict[str, Path] = {}
+
+    teacher: str | Path = recipe.model
+    if "finetune" in s:
+        _banner("finetune", out_dir / "teacher")
+        teacher = dirs["teacher"] = finetune(recipe.model, out_dir / "teacher", config=s["finetune"])
+    student: str | Path = teacher
+    if "distill" in s:
+        _banner("distill", out_dir / "student")
+        student = dirs["student"] = distill(str(teacher), out_dir / "student", config=s["distill"])
+    _banner("calibrate", out_dir / "calibration")
+    dirs["calibration"] = calibrate(Path(student), out_dir / "calibration", config=s["calibrate"])
+    _banner("quantize", out_dir / "student-int8")
+    dirs["quantized"] = quantize(Path(student), dirs["calibration"], out_dir / "student-int8", config=s["quantize"])
+    _banner("export", out_dir / "onnx")
+    dirs["onnx_int8"] = export(dirs["quantized"], out_dir / "onnx" / "student-int8", config=s["export"])
+    result: dict[str, Any] = {"recipe": recipe.raw, "resolved": {k: to_dict(v) for k, v in s.items()}}
+    if "bench" in s:
+        # The fp32 baselines are measured in the same run, on the same machine, beside the int8 model.
+        dirs["onnx_teacher"] = export(Path(teacher), out_dir / "onnx" / "teacher-fp32", config=s["export"])
+        bench_dirs = [Path(teacher), dirs["onnx_teacher"]]
+        names = [BENCH_NAMES["teacher"], BENCH_NAMES["teacher_onnx"]]
+        if "distill" in s:
+            dirs["onnx_student"] = export(Path(student), out_dir / "onnx" / "student-fp32", config=s["export"])
+            bench_dirs.append(dirs["onnx_student"])
+            names.append(BENCH_NAMES["student_onnx"])
+        bench_dirs.append(dirs["onnx_int8"])
+        names.append(BENCH_NAMES["student_int8"])
+        _banner("bench", out_dir / "bench")
+        result["bench"] = bench(bench_dirs, config=s["bench"], names=names, out_dir=out_dir / "bench")
+        dirs["bench"] = out_dir / "bench"
+    result["stages"] = {}
+    for key, path in dirs.items():
+        manifest = read_manifest(path) or {}
+        result["stages"][key] = {"path": str(path), "stage": manifest.get("stage"),
+                                 "duration_s": manifest.get("duration_s"), "metrics": manifest.get("metrics", {})}
+    result["duration_s"] = round(time.time() - started, 1)
+    (out_dir / RUN_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
