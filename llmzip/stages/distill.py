@@ -71,8 +71,8 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
     set_seed(config.seed)
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading teacher {teacher}")
-        tokenizer = load_tokenizer(teacher)
-        teacher_model = load_pretrained(teacher)
+        tokenizer = load_tokenizer(str(source.path))
+        teacher_model = load_pretrained(str(source.path))
         label2id = {str(k): int(v) for k, v in teacher_model.config.label2id.items()}
         num_teacher_layers = len(layer_stack(teacher_model)[1])
         layers = student_layers(config, num_teacher_layers)

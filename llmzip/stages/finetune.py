@@ -30,8 +30,8 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
     label2id = {name: i for i, name in enumerate(names)}
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model}")
-        tokenizer = load_tokenizer(model)
-        net = load_pretrained(model, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
+        tokenizer = load_tokenizer(str(base.path))
+        net = load_pretrained(str(base.path), num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
                               ignore_mismatched_sizes=True)
         prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
         has_eval = prepared.eval is not None

@@ -1,0 +1,86 @@
+"""export: valid ONNX, dynamic axes, int8 ops with quantize's scales, onnxruntime integer kernels, parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from safetensors.torch import load_file
+
+from llmzip.artifact import open_artifact, read_manifest
+from llmzip.modeling import load_model, load_tokenizer
+from llmzip.stages.export import INT8_OPS, optimized_op_counts
+from tests.conftest import invoke
+
+SENTENCES = ["an utterly charming film", "dull , slow and far too long", "fine", "the best meal i have had all year"]
+
+
+def _feeds(directory: Path, texts: list[str]) -> dict[str, np.ndarray]:
+    enc = load_tokenizer(directory)(texts, padding=True, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "token_type_ids", "attention_mask")}
+
+
+def _ort(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+
+
+def _torch(directory: Path, stage: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    model = load_model(open_artifact(directory, verb="test", accepts=(stage,)))
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+
+def test_int8_graph_is_valid_and_carries_quantize_scales(chain: dict[str, Path]) -> None:
+    model = onnx.load(str(chain["onnx_int8"] / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.ndim == 2]
+    assert len(int8_weights) == 6
+    # every activation scale quantize chose appears in the graph, bit for bit
+    state = load_file(str(chain["int8"] / "model.safetensors"))
+    graph_scalars = {float(a) for a in inits.values() if a.dtype == np.float32 and a.ndim == 0}
+    graph_scalars |= {float(numpy_helper.to_array(a.attribute[0].t)) for a in model.graph.node
+                      if a.op_type == "Constant" and a.attribute[0].t.dims == [] and a.attribute[0].t.data_type == 1}
+    for key, value in state.items():
+        if key.endswith("input_scale"):
+            assert float(value) in graph_scalars, key
+
+
+def test_onnxruntime_runs_int8_kernels(chain: dict[str, Path]) -> None:
+    counts = optimized_op_counts(chain["onnx_int8"] / "model.onnx")
+    assert sum(c for op, c in counts.items() if op in INT8_OPS) >= 6
+    m = read_manifest(chain["onnx_int8"])
+    assert m is not None and m["metrics"]["int8_kernels"] >= 6 and m["metrics"]["precision"] == "int8"
+
+
+@pytest.mark.parametrize("texts", [SENTENCES, SENTENCES[:1], SENTENCES * 3])
+def test_int8_parity_with_fake_quantized_torch(chain: dict[str, Path], texts: list[str]) -> None:
+    feeds = _feeds(chain["onnx_int8"], texts)  # batch and sequence differ from the export example
+    got, want = _ort(chain["onnx_int8"] / "model.onnx", feeds), _torch(chain["int8"], "quantize", feeds)
+    assert got.shape == want.shape == (len(texts), 2)
+    assert np.abs(got - want).max() < 0.05
+
+
+def test_fp32_parity(chain: dict[str, Path]) -> None:
+    feeds = _feeds(chain["onnx_fp32"], SENTENCES)
+    got, want = _ort(chain["onnx_fp32"] / "model.onnx", feeds), _torch(chain["teacher"], "finetune", feeds)
+    assert np.abs(got - want).max() < 1e-4
+    m = read_manifest(chain["onnx_fp32"])
+    assert m is not None and m["metrics"]["parity"]["max_abs_diff"] < 1e-3 and m["metrics"]["int8_kernels"] == 0
+    assert m["parents"][0]["stage"] == "finetune"
+
+
+def test_refuses_calibration_dir(chain: dict[str, Path], tmp_path: Path) -> None:
+    result = invoke("export", chain["calib"], "-o", tmp_path / "x")
+    assert result.exit_code == 3 and "is a calibrate artifact" in result.stderr
+    result = invoke("export", chain["int8"], "-o", tmp_path / "x", "--opset", 11)
+    assert result.exit_code == 2 and "opset" in result.stderr

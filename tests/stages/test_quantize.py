@@ -1,0 +1,75 @@
+"""quantize: int8 weights and activation qparams exactly as the formulas say, error report in the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from llmzip.artifact import read_manifest
+from llmzip.modeling import load_model, load_pretrained
+from llmzip.artifact import open_artifact
+from llmzip.quant.modules import QuantLinear
+from llmzip.stages.calibrate import STATS_FILE
+from tests.conftest import invoke
+
+LAYER = "bert.encoder.layer.0.intermediate.dense"
+
+
+def test_weights_and_scales_match_hand_formulas(chain: dict[str, Path]) -> None:
+    fp32 = load_pretrained(chain["student"])
+    state = load_file(str(chain["int8"] / "model.safetensors"))
+    w = fp32.get_submodule(LAYER).weight.detach()
+    scale = state[f"{LAYER}.weight_scale"]
+    assert torch.allclose(scale, w.abs().amax(dim=1) / 127)  # symmetric per-channel: absmax / 127
+    q = state[f"{LAYER}.weight_q"]
+    assert q.dtype == torch.int8 and q.shape == (w.shape[1], w.shape[0])  # stored [in, out] for ONNX MatMul
+    assert torch.equal(q.t(), torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8))
+
+    stats = json.loads((chain["calib"] / STATS_FILE).read_text())["tensors"][LAYER]["input"]
+    lo, hi = min(stats["min"], 0.0), max(stats["max"], 0.0)
+    expected_scale = (hi - lo) / 255  # S = (max - min) / (2^8 - 1)
+    assert abs(float(state[f"{LAYER}.input_scale"]) - expected_scale) < 1e-6 * max(1.0, expected_scale)
+    assert int(state[f"{LAYER}.input_zero_point"]) == round(-lo / expected_scale)
+    assert state[f"{LAYER}.input_zero_point"].dtype == torch.uint8
+
+
+def test_manifest_reports_per_layer_error(chain: dict[str, Path]) -> None:
+    m = read_manifest(chain["int8"])
+    assert m is not None and m["stage"] == "quantize"
+    assert [p["stage"] for p in m["parents"]] == ["distill", "calibrate"]
+    metrics = m["metrics"]
+    assert metrics["quantized_layers"] == 6 and metrics["fp32_linear_layers"] == 2  # pooler + classifier kept
+    layer = metrics["layers"][LAYER]
+    assert layer["weight_sqnr_db"] > 30 and layer["output_sqnr_db"] > 10
+    assert metrics["logits_sqnr_db"] > 10 and 0.5 <= metrics["argmax_agreement"] <= 1.0
+
+
+def test_quantized_checkpoint_reloads(chain: dict[str, Path]) -> None:
+    model = load_model(open_artifact(chain["int8"], verb="test", accepts=("quantize",)))
+    assert isinstance(model.get_submodule(LAYER), QuantLinear)
+    assert isinstance(model.get_submodule("classifier"), torch.nn.Linear)
+
+
+def test_per_tensor_asymmetric_variant(chain: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--weight-granularity", "per-tensor",
+                    "--weight-asymmetric", "--exclude", "classifier")
+    assert result.exit_code == 0, result.stderr
+    state = load_file(str(out / "model.safetensors"))
+    assert state[f"{LAYER}.weight_scale"].numel() == 1
+    assert state["bert.pooler.dense.weight_q"].dtype == torch.int8  # only the classifier excluded now
+    w = load_pretrained(chain["student"]).get_submodule(LAYER).weight.detach()
+    assert abs(float(state[f"{LAYER}.weight_scale"]) - float(w.max() - w.min()) / 255) < 1e-7
+
+
+def test_refuses_mismatched_or_wrong_inputs(chain: dict[str, Path], tmp_path: Path) -> None:
+    result = invoke("quantize", chain["teacher"], chain["calib"], "-o", tmp_path / "q")
+    assert result.exit_code == 3 and "was recorded on" in result.stderr and "llmzip calibrate" in result.stderr
+    result = invoke("quantize", chain["student"], chain["teacher"], "-o", tmp_path / "q")
+    assert result.exit_code == 3 and "is a finetune artifact" in result.stderr
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", tmp_path / "q", "--exclude", "(")
+    assert result.exit_code == 2 and "regular expression" in result.stderr
+    assert not (tmp_path / "q").exists()
