@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,8 +13,42 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+class LineProgress:
+    """Progress for logs (CI, `2> run.log`): a plain line every 10% or 30 s instead of a live bar."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        task = len(self.tasks)
+        self.tasks[task] = {"description": description, "total": total or 0, "completed": 0.0, "info": "",
+                            "start": time.time(), "shown_at": 0.0, "shown_pct": -1}
+        return task
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + advance)
+
+    def update(self, task: int, completed: float | None = None, info: str | None = None, **_: Any) -> None:
+        t = self.tasks[task]
+        if completed is not None:
+            t["completed"] = completed
+        if info is not None:
+            t["info"] = info
+        pct = int(100 * t["completed"] / t["total"]) if t["total"] else 0
+        now = time.time()
+        if pct // 10 > t["shown_pct"] // 10 or now - t["shown_at"] > 30 or (t["total"] and t["completed"] >= t["total"]):
+            if t["shown_pct"] == pct and now - t["shown_at"] <= 30:
+                return
+            t["shown_pct"], t["shown_at"] = pct, now
+            console.print(f"{t['description']}: {t['completed']:.0f}/{t['total']:.0f} ({pct}%) "
+                          f"{now - t['start']:.0f}s {t['info']}".rstrip(), highlight=False)
+
+
 @contextmanager
-def progress() -> Iterator[Progress]:
+def progress() -> Iterator[Any]:
+    if not console.is_terminal:
+        yield LineProgress()
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,7 +75,7 @@ def trainer_callback(description: str) -> Any:
     class RichCallback(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:
             self._cm: Any = None
-            self._bar: Progress | None = None
+            self._bar: Any = None
             self._task: Any = None
             self.history: list[dict[str, float]] = []
 

