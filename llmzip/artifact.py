@@ -121,7 +121,9 @@ def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str 
         if EXTERNAL in accepts and (path / "config.json").is_file():
             return Artifact(path=path, stage=EXTERNAL)
         wanted = ", ".join(s for s in accepts if s != EXTERNAL)
-        raise ArtifactError(f"{path}: not an llmzip artifact (no {MANIFEST}); `llmzip {verb}` takes the output of: {wanted}")
+        raise ArtifactError(
+            f"{path}: not an llmzip artifact (no {MANIFEST}); `llmzip {verb}` takes the output of: {wanted}"
+        )
     stage = str(manifest["stage"])
     if stage not in accepts:
         wanted = ", ".join(s for s in accepts if s != EXTERNAL)
@@ -229,8 +231,17 @@ def write_manifest(
 
 def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = ()) -> None:
     """Copy the model config and tokenizer files (plus `names`) so the next directory loads on its own."""
-    patterns = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab.*",
-                "merges.txt", "spiece.model", "sentencepiece.bpe.model", *names)
+    patterns = (
+        "config.json",
+        "generation_config.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "vocab.*",
+        "merges.txt",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        *names,
+    )
     for pattern in patterns:
         for file in source.glob(pattern):
             if file.is_file() and not (dest / file.name).exists():

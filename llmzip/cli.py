@@ -6,6 +6,7 @@ so `llmzip --help` answers instantly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -30,29 +31,62 @@ app = typer.Typer(
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the machine-readable result on stdout, nothing else.")]
-Recipe = Annotated[Optional[Path], typer.Option("--recipe", help="Take defaults from this stage's section of a YAML recipe.")]
+Recipe = Annotated[
+    Optional[Path], typer.Option("--recipe", help="Take defaults from this stage's section of a YAML recipe.")
+]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
-Data = Annotated[Optional[str], typer.Option("--data", help="Hub dataset id, local folder of split files, or one file (default: the built-in demo sample).", rich_help_panel="Data")]
-Subset = Annotated[Optional[str], typer.Option(help="Hub dataset configuration, e.g. sst2 for nyu-mll/glue.", rich_help_panel="Data")]
+Data = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="Hub dataset id, local folder of split files, or one file (default: the built-in demo sample).",
+        rich_help_panel="Data",
+    ),
+]
+Subset = Annotated[
+    Optional[str], typer.Option(help="Hub dataset configuration, e.g. sst2 for nyu-mll/glue.", rich_help_panel="Data")
+]
 TextColumn = Annotated[Optional[str], typer.Option(help="Text column.", rich_help_panel="Data")]
-TextPairColumn = Annotated[Optional[str], typer.Option(help="Second text column for sentence pairs.", rich_help_panel="Data")]
+TextPairColumn = Annotated[
+    Optional[str], typer.Option(help="Second text column for sentence pairs.", rich_help_panel="Data")
+]
 LabelColumn = Annotated[Optional[str], typer.Option(help="Label column.", rich_help_panel="Data")]
 TrainSplit = Annotated[Optional[str], typer.Option(help="Split to train/calibrate on.", rich_help_panel="Data")]
 EvalSplit = Annotated[Optional[str], typer.Option(help="Split to evaluate on.", rich_help_panel="Data")]
 MaxLength = Annotated[Optional[int], typer.Option(help="Tokens per example (truncation).", rich_help_panel="Data")]
-MaxTrain = Annotated[Optional[int], typer.Option(help="Use a seeded random subset of this many training rows.", rich_help_panel="Data")]
+MaxTrain = Annotated[
+    Optional[int], typer.Option(help="Use a seeded random subset of this many training rows.", rich_help_panel="Data")
+]
 MaxEval = Annotated[Optional[int], typer.Option(help="Use the first N evaluation rows.", rich_help_panel="Data")]
 Epochs = Annotated[Optional[float], typer.Option(help="Training epochs.", rich_help_panel="Training")]
-MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (overrides epochs).", rich_help_panel="Training")]
+MaxSteps = Annotated[
+    Optional[int], typer.Option(help="Stop after N optimizer steps (overrides epochs).", rich_help_panel="Training")
+]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.", rich_help_panel="Training")]
-LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (linear warm-up and decay).", rich_help_panel="Training")]
+LearningRate = Annotated[
+    Optional[float],
+    typer.Option("--lr", help="Peak learning rate (linear warm-up and decay).", rich_help_panel="Training"),
+]
 
-DATA_FLAGS = {"data": "dataset", "subset": "subset", "text_column": "text_column",
-              "text_pair_column": "text_pair_column", "label_column": "label_column", "train_split": "train_split",
-              "eval_split": "eval_split", "max_length": "max_length", "max_train_samples": "max_train_samples",
-              "max_eval_samples": "max_eval_samples"}
-TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size", "lr": "learning_rate",
-               "seed": "seed"}
+DATA_FLAGS = {
+    "data": "dataset",
+    "subset": "subset",
+    "text_column": "text_column",
+    "text_pair_column": "text_pair_column",
+    "label_column": "label_column",
+    "train_split": "train_split",
+    "eval_split": "eval_split",
+    "max_length": "max_length",
+    "max_train_samples": "max_train_samples",
+    "max_eval_samples": "max_eval_samples",
+}
+TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "seed": "seed",
+}
 
 
 def _fail(message: str, code: int) -> None:
@@ -68,7 +102,7 @@ def _build(stage: str, recipe: Path | None, flags: dict[str, Any], mapping: dict
     if recipe is not None:
         values = cfg.read_yaml(recipe)
         section = dict(values.get(stage) or {})
-        if "data" in {f for f in cfg.STAGE_CONFIGS[stage].__dataclass_fields__}:
+        if "data" in {f.name for f in dataclasses.fields(cfg.STAGE_CONFIGS[stage])}:
             section["data"] = cfg.merge(values.get("data") or {}, section.get("data") or {})
     for flag, value in flags.items():
         if value is None:
@@ -98,28 +132,48 @@ def _stage_result(out: Path) -> dict[str, Any]:
     from llmzip.artifact import read_manifest
 
     manifest = read_manifest(out) or {}
-    return {"stage": manifest.get("stage"), "out": str(out), "duration_s": manifest.get("duration_s"),
-            "metrics": manifest.get("metrics", {})}
+    return {
+        "stage": manifest.get("stage"),
+        "out": str(out),
+        "duration_s": manifest.get("duration_s"),
+        "metrics": manifest.get("metrics", {}),
+    }
 
 
 def _render_stage(result: dict[str, Any]) -> None:
     from rich.console import Console
 
-    headline = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    headline = {
+        k: v for k, v in result["metrics"].items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
     shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(headline.items())[:8])
     Console(highlight=False, soft_wrap=True).print(
-        f"[green]✓[/] {result['stage']} → [bold]{result['out']}[/] ({result['duration_s']:.1f}s)  {shown}")
+        f"[green]✓[/] {result['stage']} → [bold]{result['out']}[/] ({result['duration_s']:.1f}s)  {shown}"
+    )
 
 
 @app.command()
 def finetune(
     model: Annotated[str, typer.Argument(help="Pretrained model folder or hub id.")],
     out: Out,
-    data: Data = None, subset: Subset = None, text_column: TextColumn = None, text_pair_column: TextPairColumn = None,
-    label_column: LabelColumn = None, train_split: TrainSplit = None, eval_split: EvalSplit = None,
-    max_length: MaxLength = None, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = None,
-    epochs: Epochs = None, max_steps: MaxSteps = None, batch_size: BatchSize = None, lr: LearningRate = None,
-    seed: Seed = None, recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    eval_split: EvalSplit = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Fine-tune a pretrained encoder into a sequence classifier (cross-entropy, transformers Trainer).
 
@@ -134,7 +188,9 @@ def finetune(
     def work() -> dict[str, Any]:
         from llmzip.stages.finetune import finetune as stage
 
-        return _stage_result(stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite))
+        return _stage_result(
+            stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite)
+        )
 
     _execute(work, _render_stage, json_out)
 
@@ -143,15 +199,38 @@ def finetune(
 def distill(
     teacher: Annotated[str, typer.Argument(help="Teacher: a finetune/distill directory or a classifier folder.")],
     out: Out,
-    num_layers: Annotated[Optional[int], typer.Option(help="Student depth: evenly spaced teacher layers.", rich_help_panel="Student")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Explicit teacher layers, e.g. 0,2,4 (wins over --num-layers).", rich_help_panel="Student")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T of the soft targets.", rich_help_panel="Student")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Weight of the soft-target KL term (1-alpha on hard-label CE).", rich_help_panel="Student")] = None,
-    data: Data = None, subset: Subset = None, text_column: TextColumn = None, text_pair_column: TextPairColumn = None,
-    label_column: LabelColumn = None, train_split: TrainSplit = None, eval_split: EvalSplit = None,
-    max_length: MaxLength = None, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = None,
-    epochs: Epochs = None, max_steps: MaxSteps = None, batch_size: BatchSize = None, lr: LearningRate = None,
-    seed: Seed = None, recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    num_layers: Annotated[
+        Optional[int], typer.Option(help="Student depth: evenly spaced teacher layers.", rich_help_panel="Student")
+    ] = None,
+    layers: Annotated[
+        Optional[str],
+        typer.Option(help="Explicit teacher layers, e.g. 0,2,4 (wins over --num-layers).", rich_help_panel="Student"),
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Softmax temperature T of the soft targets.", rich_help_panel="Student")
+    ] = None,
+    alpha: Annotated[
+        Optional[float],
+        typer.Option(help="Weight of the soft-target KL term (1-alpha on hard-label CE).", rich_help_panel="Student"),
+    ] = None,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    eval_split: EvalSplit = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Distill a teacher into a student made of a subset of its layers.
 
@@ -163,27 +242,42 @@ def distill(
 
         llmzip distill runs/teacher --layers 0,2,4 --temperature 4 --alpha 0.7 -o runs/student
     """
-    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS
-             or k in ("num_layers", "layers", "temperature", "alpha")}
+    flags = {
+        k: v
+        for k, v in locals().items()
+        if k in DATA_FLAGS or k in TRAIN_FLAGS or k in ("num_layers", "layers", "temperature", "alpha")
+    }
 
     def work() -> dict[str, Any]:
         from llmzip.stages.distill import distill as stage
 
-        return _stage_result(stage(teacher, out, config=_build("distill", recipe, flags, TRAIN_FLAGS), overwrite=overwrite))
+        return _stage_result(
+            stage(teacher, out, config=_build("distill", recipe, flags, TRAIN_FLAGS), overwrite=overwrite)
+        )
 
     _execute(work, _render_stage, json_out)
 
 
 @app.command()
 def calibrate(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (finetune/distill output or a classifier folder).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Model directory (finetune/distill output or a classifier folder).")
+    ],
     out: Out,
     num_samples: Annotated[Optional[int], typer.Option(help="Training examples to sample.")] = None,
     batch_size: BatchSize = None,
     method: Annotated[Optional[cfg.CalibrationMethod], typer.Option(help="Range statistic to record.")] = None,
-    data: Data = None, subset: Subset = None, text_column: TextColumn = None, text_pair_column: TextPairColumn = None,
-    label_column: LabelColumn = None, train_split: TrainSplit = None, max_length: MaxLength = None,
-    seed: Seed = None, recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Record activation ranges of every Linear input on sampled training data (the samples are kept).
 
@@ -191,7 +285,9 @@ def calibrate(
 
         llmzip calibrate runs/student --data ../shared/data/sst2 --num-samples 256 -o runs/calib
     """
-    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "method", "seed")}
+    flags = {
+        k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "method", "seed")
+    }
 
     def work() -> dict[str, Any]:
         from llmzip.stages.calibrate import calibrate as stage
@@ -206,11 +302,29 @@ def quantize(
     model_dir: Annotated[Path, typer.Argument(help="Model directory that was calibrated.")],
     calibration_dir: Annotated[Path, typer.Argument(help="Output of `llmzip calibrate MODEL_DIR`.")],
     out: Out,
-    weight_granularity: Annotated[Optional[cfg.Granularity], typer.Option(help="One weight scale per output channel, or per tensor.")] = None,
-    weight_symmetric: Annotated[Optional[bool], typer.Option("--weight-symmetric/--weight-asymmetric", help="Weight zero point fixed at 0, or fitted to [min, max].")] = None,
-    activation_symmetric: Annotated[Optional[bool], typer.Option("--activation-symmetric/--activation-asymmetric", help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion).")] = None,
-    recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    weight_granularity: Annotated[
+        Optional[cfg.Granularity], typer.Option(help="One weight scale per output channel, or per tensor.")
+    ] = None,
+    weight_symmetric: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--weight-symmetric/--weight-asymmetric", help="Weight zero point fixed at 0, or fitted to [min, max]."
+        ),
+    ] = None,
+    activation_symmetric: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--activation-symmetric/--activation-asymmetric",
+            help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
+        ),
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion)."),
+    ] = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Quantize weights to int8 and fix static activation scales from calibration.
 
@@ -222,8 +336,12 @@ def quantize(
 
         llmzip quantize runs/student runs/calib --weight-granularity per-tensor --weight-asymmetric -o runs/q
     """
-    flags = {"weight_granularity": weight_granularity, "weight_symmetric": weight_symmetric,
-             "activation_symmetric": activation_symmetric, "exclude": exclude}
+    flags = {
+        "weight_granularity": weight_granularity,
+        "weight_symmetric": weight_symmetric,
+        "activation_symmetric": activation_symmetric,
+        "exclude": exclude,
+    }
 
     def work() -> dict[str, Any]:
         from llmzip.stages.quantize import quantize as stage
@@ -239,7 +357,9 @@ def export(
     model_dir: Annotated[Path, typer.Argument(help="fp32 model directory or `llmzip quantize` output.")],
     out: Out,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (>= 17).")] = None,
-    recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Export model.onnx (dynamic batch and sequence) and check it against PyTorch.
 
@@ -267,34 +387,77 @@ def _render_bench(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     m = result["machine"]
-    table = Table(title=f"llmzip bench — {m['cpu']} ({', '.join(m['isa']) or 'no SIMD flags'}), "
-                        f"{result['config']['threads']} thread(s), {result['config']['provider']}")
-    for col in ("variant", "kind", "batch×seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", "speedup", "size MB", "accuracy"):
+    table = Table(
+        title=f"llmzip bench — {m['cpu']} ({', '.join(m['isa']) or 'no SIMD flags'}), "
+        f"{result['config']['threads']} thread(s), {result['config']['provider']}"
+    )
+    for col in (
+        "variant",
+        "kind",
+        "batch×seq",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "samples/s",
+        "speedup",
+        "size MB",
+        "accuracy",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "kind") else "right")
     for v in result["variants"]:
         lat = v["latency_ms"]
-        table.add_row(v["name"], f"{v['kind']} {v['precision']}", f"{v['batch']}×{v['seq_len']}", f"{lat['p50']:.2f}",
-                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{v['throughput']:.1f}",
-                      f"{v['speedup_vs_baseline']:.2f}×", f"{v['size_mb']:.1f}", f"{v['accuracy']:.4f}")
-    console = Console()
+        table.add_row(
+            v["name"],
+            f"{v['kind']} {v['precision']}",
+            f"{v['batch']}×{v['seq_len']}",
+            f"{lat['p50']:.2f}",
+            f"{lat['p90']:.2f}",
+            f"{lat['p99']:.2f}",
+            f"{v['throughput']:.1f}",
+            f"{v['speedup_vs_baseline']:.2f}×",
+            f"{v['size_mb']:.1f}",
+            f"{v['accuracy']:.4f}",
+        )
+    # Not a terminal (a log, CI): wide enough that the table never squeezes its columns into "…".
+    console = Console() if Console().is_terminal else Console(width=160)
     console.print(table)
-    console.print(f"speedup: p50 vs {result['baseline']} at the same batch; accuracy on {result['variants'][0]['eval_samples']} examples")
+    samples = result["variants"][0]["eval_samples"]
+    console.print(f"speedup: p50 vs {result['baseline']} at the same batch; accuracy on {samples} examples")
 
 
 @app.command()
 def bench(
-    model_dirs: Annotated[list[Path], typer.Argument(help="Model directories: export output (ONNX) or model/quantize directories (PyTorch). The first is the speedup baseline.")],
-    name: Annotated[Optional[list[str]], typer.Option("--name", help="Variant name, once per directory, in order.")] = None,
-    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes, e.g. 1,8.")] = None,
+    model_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Model directories: export output (ONNX) or model/quantize directories (PyTorch). "
+            "The first is the speedup baseline."
+        ),
+    ],
+    name: Annotated[
+        Optional[list[str]], typer.Option("--name", help="Variant name, once per directory, in order.")
+    ] = None,
+    batch_sizes: Annotated[
+        Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes, e.g. 1,8.")
+    ] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Sequence length every input is padded/truncated to.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (onnxruntime and torch).")] = None,
     provider: Annotated[Optional[cfg.Provider], typer.Option(help="Execution provider.")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed runs per variant and batch size.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Timed runs per variant and batch size (round-robin).")] = None,
-    data: Data = None, subset: Subset = None, text_column: TextColumn = None, text_pair_column: TextPairColumn = None,
-    label_column: LabelColumn = None, eval_split: EvalSplit = None, max_eval_samples: MaxEval = None,
+    iterations: Annotated[
+        Optional[int], typer.Option(help="Timed runs per variant and batch size (round-robin).")
+    ] = None,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    eval_split: EvalSplit = None,
+    max_eval_samples: MaxEval = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write results.json + manifest here.")] = None,
-    recipe: Recipe = None, overwrite: Overwrite = False, json_out: Json = False,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, size and accuracy of several models, measured side by side.
 
@@ -304,25 +467,36 @@ def bench(
 
         llmzip bench runs/onnx-teacher runs/onnx-int8 --name fp32 --name int8 --json > bench.json
     """
-    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (
-        "batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations")}
+    flags = {
+        k: v
+        for k, v in locals().items()
+        if k in DATA_FLAGS or k in ("batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations")
+    }
 
     def work() -> dict[str, Any]:
         from llmzip.stages.bench import bench as stage
 
-        return stage(model_dirs, config=_build("bench", recipe, flags, {}), names=name, out_dir=out, overwrite=overwrite)
+        return stage(
+            model_dirs, config=_build("bench", recipe, flags, {}), names=name, out_dir=out, overwrite=overwrite
+        )
 
     _execute(work, _render_bench, json_out)
 
 
 @app.command()
 def run(
-    recipe_file: Annotated[Path, typer.Argument(help="YAML recipe: `model:`, optional `data:`, one section per stage.")],
+    recipe_file: Annotated[
+        Path, typer.Argument(help="YAML recipe: `model:`, optional `data:`, one section per stage.")
+    ],
     out: Out,
     model: Annotated[Optional[str], typer.Option(help="Override the recipe's starting model.")] = None,
     data: Data = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one field: section.key=value (YAML value), repeatable.")] = None,
-    overwrite: Overwrite = False, json_out: Json = False,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override one field: section.key=value (YAML value), repeatable."),
+    ] = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
 ) -> None:
     """Run the whole chain from a recipe: finetune → distill → calibrate → quantize → export → bench.
 
@@ -353,8 +527,14 @@ def run(
     def render(result: dict[str, Any]) -> None:
         for key, stage in result["stages"].items():
             if stage["stage"] != "bench":
-                _render_stage({"stage": f"{stage['stage']} ({key})", "out": stage["path"],
-                               "duration_s": stage["duration_s"] or 0.0, "metrics": stage["metrics"]})
+                _render_stage(
+                    {
+                        "stage": f"{stage['stage']} ({key})",
+                        "out": stage["path"],
+                        "duration_s": stage["duration_s"] or 0.0,
+                        "metrics": stage["metrics"],
+                    }
+                )
         if "bench" in result:
             _render_bench(result["bench"])
 

@@ -176,8 +176,11 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "batch_sizes",
-               f"must be positive integers, got {self.batch_sizes}")
+        _check(
+            len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes),
+            "batch_sizes",
+            f"must be positive integers, got {self.batch_sizes}",
+        )
         _check(8 <= self.seq_len <= 8192, "seq_len", f"must be in [8, 8192], got {self.seq_len}")
         _check(self.threads > 0, "threads", f"must be > 0, got {self.threads}")
         _check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")

@@ -67,7 +67,9 @@ def _load_local(file: Path) -> Dataset:
     try:
         ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for unreadable files; all mean the same to the user
-        raise DataError(f"{file}: could not read it as {builder} ({type(err).__name__}: {err})".splitlines()[0]) from None
+        raise DataError(
+            f"{file}: could not read it as {builder} ({type(err).__name__}: {err})".splitlines()[0]
+        ) from None
     return ds
 
 
@@ -85,8 +87,15 @@ def _load_hub(cfg: DataConfig, split: str) -> Dataset:
     return ds
 
 
-def load_split(cfg: DataConfig, split: str, *, limit: int | None = None, seed: int = 0,
-               shuffle: bool = False, optional: bool = False) -> tuple[Dataset, Source] | None:
+def load_split(
+    cfg: DataConfig,
+    split: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+    optional: bool = False,
+) -> tuple[Dataset, Source] | None:
     """Load one split as a `datasets.Dataset` with checked text/label columns; optionally a seeded subset."""
     source = resolve(cfg, split)
     if source is None:
@@ -94,15 +103,19 @@ def load_split(cfg: DataConfig, split: str, *, limit: int | None = None, seed: i
             return None
         folder = Path(dataset_location(cfg))
         present = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in LOCAL_FORMATS)) or "none"
-        raise DataError(f"{folder}: no file for split {split!r} (looked for {split}.tsv/.csv/.json/.jsonl/.parquet; "
-                        f"found: {present}); set the split option to one of them")
+        raise DataError(
+            f"{folder}: no file for split {split!r} (looked for {split}.tsv/.csv/.json/.jsonl/.parquet; "
+            f"found: {present}); set the split option to one of them"
+        )
     if optional and source.kind == "local" and Path(dataset_location(cfg)).is_file() and split != cfg.train_split:
         return None  # a single file is the training data; do not pretend to evaluate on held-out data
     ds = _load_local(source.files[0]) if source.kind == "local" else _load_hub(cfg, split)
     missing = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c and c not in ds.column_names]
     if missing:
-        raise DataError(f"{dataset_location(cfg)} ({split}): no column {missing[0]!r} (columns: "
-                        f"{', '.join(ds.column_names)}); set --text-column/--label-column")
+        raise DataError(
+            f"{dataset_location(cfg)} ({split}): no column {missing[0]!r} (columns: "
+            f"{', '.join(ds.column_names)}); set --text-column/--label-column"
+        )
     if len(ds) == 0:
         raise DataError(f"{dataset_location(cfg)} ({split}): the split is empty")
     if shuffle:
@@ -149,8 +162,15 @@ def texts(ds: Dataset, cfg: DataConfig) -> tuple[list[str], list[str] | None]:
     return first, second
 
 
-def encode(tokenizer: Any, ds: Dataset, cfg: DataConfig, label2id: dict[str, int] | None, *,
-           max_length: int, padding: bool | str = False) -> Dataset:
+def encode(
+    tokenizer: Any,
+    ds: Dataset,
+    cfg: DataConfig,
+    label2id: dict[str, int] | None,
+    *,
+    max_length: int,
+    padding: bool | str = False,
+) -> Dataset:
     """Tokenize (and map labels) into a torch-ready dataset with input_ids/attention_mask[/labels]."""
     first, second = texts(ds, cfg)
     enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=padding)

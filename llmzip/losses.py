@@ -17,8 +17,14 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * (t * t)
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
     """L = α·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−α)·CE(z_S, y)."""
     kd = soft_target_kl(student_logits, teacher_logits.detach(), temperature)
     ce = F.cross_entropy(student_logits, labels)

@@ -10,12 +10,27 @@ from typing import Any
 from llmzip.artifact import library_versions
 
 # The ISA features that decide which int8/bf16 kernels onnxruntime and PyTorch can use.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-             "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "sve")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "sve",
+)
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
     path = Path("/proc/cpuinfo")
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():

@@ -10,13 +10,16 @@ import enum
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from llmzip.artifact import Artifact
 from llmzip.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 QUANT_FILE = "quantization.json"
 
@@ -50,11 +53,13 @@ def load_tokenizer(source: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except Exception as err:  # transformers raises OSError/ValueError/... for the same user problem
-        raise ModelError(f"{source}: no usable tokenizer ({str(err).splitlines()[0][:200]}); "
-                         "the directory needs tokenizer files next to config.json") from None
+        raise ModelError(
+            f"{source}: no usable tokenizer ({str(err).splitlines()[0][:200]}); "
+            "the directory needs tokenizer files next to config.json"
+        ) from None
 
 
-def load_pretrained(source: str | Path, **kwargs: Any) -> nn.Module:
+def load_pretrained(source: str | Path, **kwargs: Any) -> PreTrainedModel:
     """A sequence classifier from a folder or hub id (new heads are initialised when num_labels is given)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -62,18 +67,20 @@ def load_pretrained(source: str | Path, **kwargs: Any) -> nn.Module:
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(source), **kwargs)
     except Exception as err:  # OSError (missing), ValueError (unsupported arch), ... : one line for all
-        raise ModelError(f"{source}: cannot load a sequence-classification model ({str(err).splitlines()[0][:200]})") from None
+        raise ModelError(
+            f"{source}: cannot load a sequence-classification model ({str(err).splitlines()[0][:200]})"
+        ) from None
     return model.eval()
 
 
-def load_model(artifact: Artifact) -> nn.Module:
+def load_model(artifact: Artifact) -> PreTrainedModel:
     """The PyTorch model a stage directory holds: fp32 for model stages, fake-quantized for quantize output."""
     if artifact.stage == "quantize":
         return load_quantized(artifact.path)
     return load_pretrained(artifact.path)
 
 
-def load_quantized(path: Path) -> nn.Module:
+def load_quantized(path: Path) -> PreTrainedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -87,9 +94,13 @@ def load_quantized(path: Path) -> nn.Module:
     scheme = spec["scheme"]
 
     def make(name: str, linear: nn.Linear) -> QuantLinear:
-        return QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                           per_channel=scheme["weight_granularity"] == "per-channel",
-                           activation_signed=scheme["activation_symmetric"])
+        return QuantLinear(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            per_channel=scheme["weight_granularity"] == "per-channel",
+            activation_signed=scheme["activation_symmetric"],
+        )
 
     replace_linears(model, list(spec["layers"]), make)
     state = load_file(str(path / "model.safetensors"))
@@ -97,18 +108,21 @@ def load_quantized(path: Path) -> nn.Module:
     # Tied/derived buffers (e.g. position_ids) may legitimately be absent; real weights may not.
     real_missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if real_missing or unexpected:
-        raise ModelError(f"{path}: quantized checkpoint does not match its config "
-                         f"(missing {real_missing[:3]}, unexpected {unexpected[:3]}); re-run `llmzip quantize`")
+        raise ModelError(
+            f"{path}: quantized checkpoint does not match its config "
+            f"(missing {real_missing[:3]}, unexpected {unexpected[:3]}); re-run `llmzip quantize`"
+        )
     return model.eval()
 
 
-def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def layer_stack(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
     """The transformer block list: the one ModuleList whose length is config.num_hidden_layers."""
     n = getattr(model.config, "num_hidden_layers", None)
     stacks = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if len(stacks) != 1:
-        raise ModelError(f"{type(model).__name__}: cannot find its stack of {n} transformer layers "
-                         f"(found {len(stacks)} candidates)")
+        raise ModelError(
+            f"{type(model).__name__}: cannot find its stack of {n} transformer layers (found {len(stacks)} candidates)"
+        )
     return stacks[0]
 
 
@@ -119,7 +133,7 @@ def evenly_spaced(num_teacher: int, num_student: int) -> list[int]:
     return [i * num_teacher // num_student for i in range(num_student)]
 
 
-def select_layers(model: nn.Module, indices: list[int]) -> nn.Module:
+def select_layers(model: PreTrainedModel, indices: list[int]) -> PreTrainedModel:
     """Keep only the given transformer layers (in that order), in place; everything else is shared as is."""
     name, stack = layer_stack(model)
     n = len(stack)
@@ -131,7 +145,7 @@ def select_layers(model: nn.Module, indices: list[int]) -> nn.Module:
         # Attention modules that index a KV cache by layer must see their new position.
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
+                setattr(module, "layer_idx", new_index)  # noqa: B010 (not every module declares it)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, kept)
@@ -145,4 +159,4 @@ def count_parameters(model: nn.Module) -> int:
 
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     keys = ("input_ids", "attention_mask", "token_type_ids")
-    return model(**{k: v for k, v in batch.items() if k in keys}).logits  # type: ignore[no-any-return]
+    return model(**{k: v for k, v in batch.items() if k in keys}).logits

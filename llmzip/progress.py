@@ -21,8 +21,15 @@ class LineProgress:
 
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
         task = len(self.tasks)
-        self.tasks[task] = {"description": description, "total": total or 0, "completed": 0.0, "info": "",
-                            "start": time.time(), "shown_at": 0.0, "shown_pct": -1}
+        self.tasks[task] = {
+            "description": description,
+            "total": total or 0,
+            "completed": 0.0,
+            "info": "",
+            "start": time.time(),
+            "shown_at": 0.0,
+            "shown_pct": -1,
+        }
         return task
 
     def advance(self, task: int, advance: float = 1) -> None:
@@ -36,12 +43,19 @@ class LineProgress:
             t["info"] = info
         pct = int(100 * t["completed"] / t["total"]) if t["total"] else 0
         now = time.time()
-        if pct // 10 > t["shown_pct"] // 10 or now - t["shown_at"] > 30 or (t["total"] and t["completed"] >= t["total"]):
+        if (
+            pct // 10 > t["shown_pct"] // 10
+            or now - t["shown_at"] > 30
+            or (t["total"] and t["completed"] >= t["total"])
+        ):
             if t["shown_pct"] == pct and now - t["shown_at"] <= 30:
                 return
             t["shown_pct"], t["shown_at"] = pct, now
-            console.print(f"{t['description']}: {t['completed']:.0f}/{t['total']:.0f} ({pct}%) "
-                          f"{now - t['start']:.0f}s {t['info']}".rstrip(), highlight=False)
+            console.print(
+                f"{t['description']}: {t['completed']:.0f}/{t['total']:.0f} ({pct}%) "
+                f"{now - t['start']:.0f}s {t['info']}".rstrip(),
+                highlight=False,
+            )
 
 
 @contextmanager
@@ -72,7 +86,7 @@ def trainer_callback(description: str) -> Any:
     """A transformers TrainerCallback that drives a rich bar instead of tqdm (Trainer runs with disable_tqdm)."""
     from transformers import TrainerCallback
 
-    class RichCallback(TrainerCallback):  # type: ignore[misc]
+    class RichCallback(TrainerCallback):
         def __init__(self) -> None:
             self._cm: Any = None
             self._bar: Any = None
@@ -90,8 +104,9 @@ def trainer_callback(description: str) -> Any:
             if self._bar is not None:
                 self._bar.update(self._task, completed=state.global_step)
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-                   **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
             if not logs:
                 return
             self.history.append({"step": state.global_step, **logs})

@@ -22,8 +22,9 @@ def demo_vocabulary() -> list[str]:
     return SPECIALS + sorted(words)
 
 
-def build_tiny_bert(directory: Path, *, num_layers: int = 2, hidden: int = 32, classifier: bool = False,
-                    seed: int = 0) -> Path:
+def build_tiny_bert(
+    directory: Path, *, num_layers: int = 2, hidden: int = 32, classifier: bool = False, seed: int = 0
+) -> Path:
     """Save a tiny BertModel (or BertForSequenceClassification) and its tokenizer with save_pretrained."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -34,16 +35,28 @@ def build_tiny_bert(directory: Path, *, num_layers: int = 2, hidden: int = 32, c
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=num_layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=256,
-                        num_labels=2)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=256,
+    )
+    config.num_labels = 2
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config) if classifier else BertModel(config)
     model.save_pretrained(directory)

@@ -28,7 +28,9 @@ class Prepared:
 
 def prepare(cfg: TrainConfig, tokenizer: Any, label2id: dict[str, int], *, train_loaded: Any = None) -> Prepared:
     d = cfg.data
-    loaded = train_loaded or data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True)
+    loaded = train_loaded or data_mod.load_split(
+        d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True
+    )
     assert loaded is not None  # required split: load_split raised otherwise
     train_ds, train_src = loaded
     evaluated = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples, optional=True)

@@ -23,8 +23,9 @@ from llmzip.errors import ArtifactError
 def _fake_stage(directory: Path, stage: str) -> Path:
     with staging(directory, overwrite=False) as tmp:
         (tmp / "config.json").write_text("{}")
-        write_manifest(tmp, stage=stage, parents=[], inputs={}, config={"k": 1}, metrics={"m": 0.5}, seed=3,
-                       started=time.time())
+        write_manifest(
+            tmp, stage=stage, parents=[], inputs={}, config={"k": 1}, metrics={"m": 0.5}, seed=3, started=time.time()
+        )
     return directory
 
 
@@ -51,8 +52,18 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 def test_manifest_fields(tmp_path: Path) -> None:
     manifest = read_manifest(_fake_stage(tmp_path / "out", "distill"))
     assert manifest is not None
-    for key in ("schema_version", "stage", "parents", "inputs", "config", "files", "metrics", "versions", "seed",
-                "duration_s"):
+    for key in (
+        "schema_version",
+        "stage",
+        "parents",
+        "inputs",
+        "config",
+        "files",
+        "metrics",
+        "versions",
+        "seed",
+        "duration_s",
+    ):
         assert key in manifest
     assert manifest["files"]["config.json"]["sha256"]
     assert "torch" in manifest["versions"] and manifest["seed"] == 3

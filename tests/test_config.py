@@ -40,17 +40,22 @@ def test_enum_and_list_coercion() -> None:
 
 def test_nested_data_errors_carry_the_path() -> None:
     with pytest.raises(ConfigError, match=r"distill\.data\.max_length"):
-        load_recipe({"model": "m", "distill": {"data": {"max_length": 2}}, "calibrate": {}, "quantize": {},
-                     "export": {}})
+        load_recipe(
+            {"model": "m", "distill": {"data": {"max_length": 2}}, "calibrate": {}, "quantize": {}, "export": {}}
+        )
 
 
 def test_recipe_shared_data_is_the_default_for_each_stage() -> None:
-    recipe = load_recipe({
-        "model": "m",
-        "data": {"dataset": "d", "max_length": 64},
-        "finetune": {"data": {"max_length": 32}},
-        "calibrate": {}, "quantize": {}, "export": {},
-    })
+    recipe = load_recipe(
+        {
+            "model": "m",
+            "data": {"dataset": "d", "max_length": 64},
+            "finetune": {"data": {"max_length": 32}},
+            "calibrate": {},
+            "quantize": {},
+            "export": {},
+        }
+    )
     assert recipe.stages["finetune"].data.max_length == 32
     assert recipe.stages["finetune"].data.dataset == "d"
     assert recipe.stages["calibrate"].data.max_length == 64

@@ -21,8 +21,9 @@ class _FakeQuant(torch.autograd.Function):
     """Per-tensor activation quantize → dequantize; gradient passes through inside the clamp range (STE)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                qmin: int, qmax: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+    ) -> torch.Tensor:
         r = QRange(qmin, qmax, torch.uint8 if qmin == 0 else torch.int8)
         q = torch.round(x / scale) + zero_point.to(x.dtype)
         ctx.save_for_backward((q >= qmin) & (q <= qmax))
@@ -58,8 +59,15 @@ class QuantLinear(nn.Module):
     between DequantizeLinear and MatMul would stop onnxruntime from fusing the pair into an integer kernel.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, per_channel: bool,
-                 activation_signed: bool) -> None:
+    weight_q: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    input_scale: torch.Tensor
+    input_zero_point: torch.Tensor
+
+    def __init__(
+        self, in_features: int, out_features: int, *, bias: bool, per_channel: bool, activation_signed: bool
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         n = out_features if per_channel else 1
@@ -76,7 +84,9 @@ class QuantLinear(nn.Module):
         r = self.activation_range
         x = _FakeQuant.apply(x, self.input_scale, self.input_zero_point, r.qmin, r.qmax)
         scale = self.weight_scale if self.weight_scale.numel() > 1 else self.weight_scale.reshape(())
-        zero_point = self.weight_zero_point if self.weight_zero_point.numel() > 1 else self.weight_zero_point.reshape(())
+        zero_point = (
+            self.weight_zero_point if self.weight_zero_point.numel() > 1 else self.weight_zero_point.reshape(())
+        )
         w = _Dequant.apply(self.weight_q, scale, zero_point)
         y = torch.matmul(x, w)
         return y + self.bias if self.bias is not None else y

@@ -67,8 +67,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return (torch.clamp(torch.round(x / scale) + zp, r.qmin, r.qmax) - zp) * scale
 
 
-def weight_qparams(weight: torch.Tensor, r: QRange, *, symmetric: bool, per_channel: bool,
-                   axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_qparams(
+    weight: torch.Tensor, r: QRange, *, symmetric: bool, per_channel: bool, axis: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight scales from the weight itself: one per output channel (`axis`) or one for the tensor."""
     w = weight.detach().float()
     if per_channel:

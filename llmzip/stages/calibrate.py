@@ -44,8 +44,9 @@ def linear_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def record(model: nn.Module, batches: list[dict[str, torch.Tensor]], names: list[str],
-           description: str = "calibrate") -> dict[str, MinMaxObserver]:
+def record(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], names: list[str], description: str = "calibrate"
+) -> dict[str, MinMaxObserver]:
     """Run the batches through the model with a pre-hook on each named Linear that observes its input.
 
     Padding positions are excluded: their activations are never read by the model's output, and a padded
@@ -78,8 +79,9 @@ def record(model: nn.Module, batches: list[dict[str, torch.Tensor]], names: list
     return observers
 
 
-def batches_from_rows(tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int,
-                      batch_size: int) -> list[dict[str, torch.Tensor]]:
+def batches_from_rows(
+    tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -128,8 +130,14 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         carry_forward(source.path, tmp)
         tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
-        write_manifest(tmp, stage="calibrate", parents=[source], inputs={"samples": described},
-                       config=to_dict(config), metrics={"num_samples": len(rows), "tokens": tokens,
-                                                        "tensors": len(names)},
-                       seed=config.seed, started=started)
+        write_manifest(
+            tmp,
+            stage="calibrate",
+            parents=[source],
+            inputs={"samples": described},
+            config=to_dict(config),
+            metrics={"num_samples": len(rows), "tokens": tokens, "tensors": len(names)},
+            seed=config.seed,
+            started=started,
+        )
     return out_dir

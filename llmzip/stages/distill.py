@@ -39,23 +39,30 @@ def student_layers(config: DistillConfig, num_teacher_layers: int) -> list[int]:
 def _distill_trainer_class() -> type:
     from transformers import Trainer
 
-    class DistillTrainer(Trainer):  # type: ignore[misc]
+    class DistillTrainer(Trainer):
         """Trainer whose loss is the soft-target KD loss against a frozen teacher."""
 
-        def __init__(self, *args: Any, teacher: torch.nn.Module, temperature: float, alpha: float,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, teacher: torch.nn.Module, temperature: float, alpha: float, **kwargs: Any
+        ) -> None:
             super().__init__(*args, **kwargs)
             self.teacher = teacher.to(self.args.device).eval()
             self.temperature, self.alpha = temperature, alpha
 
-        def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, torch.Tensor],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
             features = {k: v for k, v in inputs.items() if k != "labels"}
             with torch.no_grad():
                 teacher_logits = self.teacher(**features).logits
             outputs = model(**features)
-            loss = distillation_loss(outputs.logits, teacher_logits, inputs["labels"],
-                                     temperature=self.temperature, alpha=self.alpha)
+            loss = distillation_loss(
+                outputs.logits, teacher_logits, inputs["labels"], temperature=self.temperature, alpha=self.alpha
+            )
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
@@ -73,7 +80,7 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
         step(f"loading teacher {teacher}")
         tokenizer = load_tokenizer(str(source.path))
         teacher_model = load_pretrained(str(source.path))
-        label2id = {str(k): int(v) for k, v in teacher_model.config.label2id.items()}
+        label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
         num_teacher_layers = len(layer_stack(teacher_model)[1])
         layers = student_layers(config, num_teacher_layers)
         # The student starts as an exact copy of the chosen teacher layers, embeddings and head (DistilBERT init).
@@ -100,13 +107,23 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
         )
         trainer.train()
         metrics = training.summarise(trainer, callback, has_eval)
-        metrics.update(teacher_params=count_parameters(teacher_model), student_params=count_parameters(student),
-                       teacher_layers=num_teacher_layers, student_layers=layers)
+        metrics.update(
+            teacher_params=count_parameters(teacher_model),
+            student_params=count_parameters(student),
+            teacher_layers=num_teacher_layers,
+            student_layers=layers,
+        )
         if has_eval:
             from transformers import Trainer
 
-            judge = training.make_trainer(Trainer, model=teacher_model, args=trainer.args, eval_dataset=prepared.eval,
-                                          data_collator=trainer.data_collator, compute_metrics=training.accuracy)
+            judge = training.make_trainer(
+                Trainer,
+                model=teacher_model,
+                args=trainer.args,
+                eval_dataset=prepared.eval,
+                data_collator=trainer.data_collator,
+                compute_metrics=training.accuracy,
+            )
             metrics["teacher_eval_accuracy"] = float(judge.evaluate()["eval_accuracy"])
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -114,6 +131,15 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
         if source.path.is_dir():
             carry_forward(source.path, tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        write_manifest(tmp, stage="distill", parents=[source], inputs=prepared.inputs, config=to_dict(config),
-                       metrics=metrics, seed=config.seed, started=started, extra={"task": "sequence-classification"})
+        write_manifest(
+            tmp,
+            stage="distill",
+            parents=[source],
+            inputs=prepared.inputs,
+            config=to_dict(config),
+            metrics=metrics,
+            seed=config.seed,
+            started=started,
+            extra={"task": "sequence-classification"},
+        )
     return out_dir

@@ -23,8 +23,16 @@ from llmzip.stages.calibrate import SAMPLES_FILE, read_samples
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
 ONNX_FILE = "model.onnx"
 # Ops that mean onnxruntime runs integer arithmetic (after its QDQ fusions), not float emulation of it.
-INT8_OPS = {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "QGemm", "QAttention",
-            "DynamicQuantizeMatMul", "QLinearAdd", "QLinearConv"}
+INT8_OPS = {
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "QLinearAdd",
+    "QLinearConv",
+}
 
 
 class _Logits(nn.Module):
@@ -39,7 +47,7 @@ class _Logits(nn.Module):
         self.model, self.names = model, names
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors))).logits  # type: ignore[no-any-return]
+        return self.model(**dict(zip(self.names, tensors))).logits
 
 
 def probe_texts(directory: Path, count: int) -> list[str]:
@@ -78,8 +86,13 @@ def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> d
         want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
     diff = np.abs(got - want)
     cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12))
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
-            "argmax_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()), "samples": int(got.shape[0])}
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "cosine": cos,
+        "argmax_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
+        "samples": int(got.shape[0]),
+    }
 
 
 def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
@@ -106,11 +119,21 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(_Logits(model, names).eval(), example, str(path), dynamo=False, opset_version=config.opset,
-                                  input_names=names, output_names=["logits"], dynamic_axes=axes,
-                                  do_constant_folding=True)
+                torch.onnx.export(
+                    _Logits(model, names).eval(),
+                    example,
+                    str(path),
+                    dynamo=False,
+                    opset_version=config.opset,
+                    input_names=names,
+                    output_names=["logits"],
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
             except Exception as err:  # the exporter raises many types; the user's fix is the same
-                raise ExportError(f"torch.onnx.export failed for {model_dir}: {str(err).splitlines()[0][:300]}") from None
+                raise ExportError(
+                    f"torch.onnx.export failed for {model_dir}: {str(err).splitlines()[0][:300]}"
+                ) from None
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:
@@ -120,15 +143,20 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         result = parity(path, model, feeds)
         tolerance = config.int8_tolerance if quantized else config.fp32_tolerance
         if result["max_abs_diff"] > tolerance:
-            raise ExportError(f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance "
-                              f"{tolerance}); this is a bug: report it with the manifest of {model_dir}")
+            raise ExportError(
+                f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance "
+                f"{tolerance}); this is a bug: report it with the manifest of {model_dir}"
+            )
         graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
         runtime_ops = optimized_op_counts(path)
         int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
         metrics: dict[str, Any] = {
             "precision": "int8" if quantized else "fp32",
-            "parity": {**result, "tolerance": tolerance,
-                       "reference": "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model"},
+            "parity": {
+                **result,
+                "tolerance": tolerance,
+                "reference": "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model",
+            },
             "graph_ops": dict(sorted(graph_ops.items())),
             "runtime_ops": dict(sorted(runtime_ops.items())),
             "int8_kernels": int8_kernels,
@@ -136,13 +164,23 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         if quantized:
             expected = int(source.manifest["metrics"]["quantized_layers"])
             if int8_kernels < expected:
-                raise ExportError(f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers: "
-                                  "the QDQ pattern did not fuse; report it with the manifest")
+                raise ExportError(
+                    f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers: "
+                    "the QDQ pattern did not fuse; report it with the manifest"
+                )
             metrics["quantized_layers"] = expected
         tokenizer.save_pretrained(str(tmp))
         carry_forward(source.path, tmp)
         metrics["size_mb"] = dir_size_mb([path])
-        write_manifest(tmp, stage="export", parents=[source], inputs={}, config=to_dict(config), metrics=metrics,
-                       seed=config.seed, started=started, extra={"task": "sequence-classification",
-                                                                 "model_file": ONNX_FILE, "inputs": names})
+        write_manifest(
+            tmp,
+            stage="export",
+            parents=[source],
+            inputs={},
+            config=to_dict(config),
+            metrics=metrics,
+            seed=config.seed,
+            started=started,
+            extra={"task": "sequence-classification", "model_file": ONNX_FILE, "inputs": names},
+        )
     return out_dir

@@ -31,8 +31,13 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model}")
         tokenizer = load_tokenizer(str(base.path))
-        net = load_pretrained(str(base.path), num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
-                              ignore_mismatched_sizes=True)
+        net = load_pretrained(
+            str(base.path),
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+        )
         prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
         has_eval = prepared.eval is not None
         work = tmp / "_trainer"
@@ -57,6 +62,15 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
             carry_forward(base.path, tmp)
         for junk in ("training_args.bin",):
             (tmp / junk).unlink(missing_ok=True)
-        write_manifest(tmp, stage="finetune", parents=[base], inputs=prepared.inputs, config=to_dict(config),
-                       metrics=metrics, seed=config.seed, started=started, extra={"task": "sequence-classification"})
+        write_manifest(
+            tmp,
+            stage="finetune",
+            parents=[base],
+            inputs=prepared.inputs,
+            config=to_dict(config),
+            metrics=metrics,
+            seed=config.seed,
+            started=started,
+            extra={"task": "sequence-classification"},
+        )
     return out_dir

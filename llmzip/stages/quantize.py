@@ -18,8 +18,8 @@ from llmzip.config import Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
-from llmzip.quant.modules import QuantLinear, replace_linears
 from llmzip.quant import qmath
+from llmzip.quant.modules import QuantLinear, replace_linears
 from llmzip.stages.calibrate import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, read_samples
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -37,7 +37,9 @@ def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeCo
     """Build the int8 layer: weight scales from the weight, input scale/zero point from calibration."""
     per_channel = config.weight_granularity is Granularity.PER_CHANNEL
     w_range = qmath.qrange(config.weight_bits, signed=True, symmetric=config.weight_symmetric)
-    w_scale, w_zp = qmath.weight_qparams(linear.weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel)
+    w_scale, w_zp = qmath.weight_qparams(
+        linear.weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel
+    )
     shape = (-1, 1) if per_channel else ()
     w_q = qmath.quantize(linear.weight.detach().float(), w_scale.reshape(shape), w_zp.reshape(shape), w_range)
 
@@ -48,8 +50,13 @@ def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeCo
     else:
         a_scale, a_zp = qmath.asymmetric_qparams(lo, hi, a_range)
 
-    layer = QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                        per_channel=per_channel, activation_signed=config.activation_symmetric)
+    layer = QuantLinear(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        per_channel=per_channel,
+        activation_signed=config.activation_symmetric,
+    )
     with torch.no_grad():
         layer.weight_q.copy_(w_q.t())
         layer.weight_scale.copy_(w_scale.reshape(-1))
@@ -61,7 +68,9 @@ def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeCo
     return layer
 
 
-def _outputs(model: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+def _outputs(
+    model: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]
+) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
     """Each named layer's output and the logits, over all batches (padding positions dropped)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     mask: dict[str, torch.Tensor] = {}
@@ -86,17 +95,18 @@ def _outputs(model: nn.Module, names: list[str], batches: list[dict[str, torch.T
     return seen, logits
 
 
-def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str],
-                 batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def error_report(
+    fp32: nn.Module, quantized: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]
+) -> dict[str, Any]:
     """Per-layer weight and output SQNR (output error is cumulative: everything quantized upstream counts)."""
     ref, ref_logits = _outputs(fp32, names, batches)
     got, got_logits = _outputs(quantized, names, batches)
     layers = {}
     for name in names:
-        q_layer = quantized.get_submodule(name)
-        assert isinstance(q_layer, QuantLinear)
+        q_layer, fp_layer = quantized.get_submodule(name), fp32.get_submodule(name)
+        assert isinstance(q_layer, QuantLinear) and isinstance(fp_layer, nn.Linear)
         layers[name] = {
-            "weight_sqnr_db": round(qmath.sqnr_db(fp32.get_submodule(name).weight, q_layer.dequantized_weight()), 2),
+            "weight_sqnr_db": round(qmath.sqnr_db(fp_layer.weight, q_layer.dequantized_weight()), 2),
             "output_sqnr_db": round(qmath.sqnr_db(torch.cat(ref[name]), torch.cat(got[name])), 2),
             "input_scale": float(q_layer.input_scale),
             "input_zero_point": int(q_layer.input_zero_point),
@@ -111,8 +121,9 @@ def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str],
     }
 
 
-def quantize(model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig,
-                   overwrite: bool = False) -> Path:
+def quantize(
+    model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
+) -> Path:
     """Quantize `model_dir` with the activation ranges recorded in `calibration_dir`."""
     from safetensors.torch import save_file
 
@@ -121,8 +132,10 @@ def quantize(model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: Q
     calib = open_artifact(Path(calibration_dir), verb="quantize", accepts=("calibrate",), role="calibration directory")
     recorded_on = calib.manifest["parents"][0]
     if recorded_on["sha256"] != source.hash:
-        raise ArtifactError(f"{calibration_dir} was recorded on {recorded_on['path']}, not on {model_dir}; "
-                            f"run `llmzip calibrate {model_dir}` and pass that directory")
+        raise ArtifactError(
+            f"{calibration_dir} was recorded on {recorded_on['path']}, not on {model_dir}; "
+            f"run `llmzip calibrate {model_dir}` and pass that directory"
+        )
     stats = json.loads((calib.path / STATS_FILE).read_text())["tensors"]
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model_dir}")
@@ -138,8 +151,12 @@ def quantize(model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: Q
         quantized.eval()
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         tokenizer = load_tokenizer(source.path)
-        batches = batches_from_rows(tokenizer, read_samples(calib.path), max_length=calib.manifest["config"]["data"]["max_length"],
-                                    batch_size=32)
+        batches = batches_from_rows(
+            tokenizer,
+            read_samples(calib.path),
+            max_length=calib.manifest["config"]["data"]["max_length"],
+            batch_size=32,
+        )
         report = error_report(fp32, quantized, names, batches)
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
@@ -147,8 +164,15 @@ def quantize(model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: Q
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
         carry_forward(source.path, tmp)
-        metrics = {"quantized_layers": len(names), "fp32_linear_layers": len(linear_names(fp32)) - len(names),
-                   **report}
-        write_manifest(tmp, stage="quantize", parents=[source, calib], inputs={}, config=to_dict(config),
-                       metrics=metrics, seed=config.seed, started=started)
+        metrics = {"quantized_layers": len(names), "fp32_linear_layers": len(linear_names(fp32)) - len(names), **report}
+        write_manifest(
+            tmp,
+            stage="quantize",
+            parents=[source, calib],
+            inputs={},
+            config=to_dict(config),
+            metrics=metrics,
+            seed=config.seed,
+            started=started,
+        )
     return out_dir

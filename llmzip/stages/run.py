@@ -19,8 +19,12 @@ from llmzip.progress import console
 
 RUN_FILE = "run.json"
 # Variant names the benchmarks and README quote; keep them stable.
-BENCH_NAMES = {"teacher": "teacher-torch-fp32", "teacher_onnx": "teacher-ort-fp32",
-               "student_onnx": "student-ort-fp32", "student_int8": "student-llmzip-int8"}
+BENCH_NAMES = {
+    "teacher": "teacher-torch-fp32",
+    "teacher_onnx": "teacher-ort-fp32",
+    "student_onnx": "student-ort-fp32",
+    "student_int8": "student-llmzip-int8",
+}
 
 
 def _banner(name: str, target: Path) -> None:
@@ -77,8 +81,12 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
     result["stages"] = {}
     for key, path in dirs.items():
         manifest = read_manifest(path) or {}
-        result["stages"][key] = {"path": str(path), "stage": manifest.get("stage"),
-                                 "duration_s": manifest.get("duration_s"), "metrics": manifest.get("metrics", {})}
+        result["stages"][key] = {
+            "path": str(path),
+            "stage": manifest.get("stage"),
+            "duration_s": manifest.get("duration_s"),
+            "metrics": manifest.get("metrics", {}),
+        }
     result["duration_s"] = round(time.time() - started, 1)
     (out_dir / RUN_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -15,12 +15,29 @@ SCHEMA = {"name", "kind", "provider", "threads", "batch", "seq_len", "latency_ms
 
 def test_schema_and_values(chain: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    result = invoke_json("bench", chain["teacher"], chain["onnx_fp32"], chain["onnx_int8"], "--data", DEMO_VALIDATION,
-                         "--batch-sizes", "1,4", "--seq-len", 32, "--iterations", 4, "--warmup", 1, "-o", out)
+    result = invoke_json(
+        "bench",
+        chain["teacher"],
+        chain["onnx_fp32"],
+        chain["onnx_int8"],
+        "--data",
+        DEMO_VALIDATION,
+        "--batch-sizes",
+        "1,4",
+        "--seq-len",
+        32,
+        "--iterations",
+        4,
+        "--warmup",
+        1,
+        "-o",
+        out,
+    )
     variants = result["variants"]
     assert len(variants) == 6
     assert {(v["name"], v["batch"]) for v in variants} == {
-        (n, b) for n in ("teacher", "onnx_fp32", "onnx_int8") for b in (1, 4)}
+        (n, b) for n in ("teacher", "onnx_fp32", "onnx_int8") for b in (1, 4)
+    }
     for v in variants:
         assert SCHEMA <= set(v)
         assert set(v["latency_ms"]) >= {"p50", "p90", "p99"}

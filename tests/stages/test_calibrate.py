@@ -29,7 +29,10 @@ def test_stats_cover_every_linear(chain: dict[str, Path]) -> None:
 def test_padding_positions_are_not_observed(chain: dict[str, Path]) -> None:
     model = load_pretrained(chain["student"])
     tokenizer = load_tokenizer(chain["student"])
-    rows = [{"text": "a wonderful film", "text_pair": None}, {"text": "the plot drags on and on and on", "text_pair": None}]
+    rows = [
+        {"text": "a wonderful film", "text_pair": None},
+        {"text": "the plot drags on and on and on", "text_pair": None},
+    ]
     names = ["bert.encoder.layer.0.attention.self.query"]
     together = record(model, batches_from_rows(tokenizer, rows, max_length=32, batch_size=2), names)[names[0]]
     apart = record(model, batches_from_rows(tokenizer, rows, max_length=32, batch_size=1), names)[names[0]]

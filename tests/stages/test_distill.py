@@ -55,8 +55,21 @@ def read_manifest_hash(path: Path) -> str:
 
 def test_explicit_layers_and_kd_flags(chain: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "s"
-    result = invoke("distill", chain["teacher"], "-o", out, "--layers", "1", "--temperature", 4, "--alpha", 0.9,
-                    "--max-steps", 2, "--json")
+    result = invoke(
+        "distill",
+        chain["teacher"],
+        "-o",
+        out,
+        "--layers",
+        "1",
+        "--temperature",
+        4,
+        "--alpha",
+        0.9,
+        "--max-steps",
+        2,
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     m = read_manifest(out)
     assert m is not None and m["metrics"]["student_layers"] == [1] and m["config"]["temperature"] == 4.0

@@ -48,8 +48,11 @@ def test_int8_graph_is_valid_and_carries_quantize_scales(chain: dict[str, Path])
     # every activation scale quantize chose appears in the graph, bit for bit
     state = load_file(str(chain["int8"] / "model.safetensors"))
     graph_scalars = {float(a) for a in inits.values() if a.dtype == np.float32 and a.ndim == 0}
-    graph_scalars |= {float(numpy_helper.to_array(a.attribute[0].t)) for a in model.graph.node
-                      if a.op_type == "Constant" and a.attribute[0].t.dims == [] and a.attribute[0].t.data_type == 1}
+    graph_scalars |= {
+        float(numpy_helper.to_array(a.attribute[0].t))
+        for a in model.graph.node
+        if a.op_type == "Constant" and a.attribute[0].t.dims == [] and a.attribute[0].t.data_type == 1
+    }
     for key, value in state.items():
         if key.endswith("input_scale"):
             assert float(value) in graph_scalars, key

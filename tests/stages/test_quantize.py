@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from llmzip.artifact import read_manifest
+from llmzip.artifact import open_artifact, read_manifest
 from llmzip.modeling import load_model, load_pretrained
-from llmzip.artifact import open_artifact
 from llmzip.quant.modules import QuantLinear
 from llmzip.stages.calibrate import STATS_FILE
 from tests.conftest import invoke
@@ -55,8 +54,18 @@ def test_quantized_checkpoint_reloads(chain: dict[str, Path]) -> None:
 
 def test_per_tensor_asymmetric_variant(chain: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "q"
-    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--weight-granularity", "per-tensor",
-                    "--weight-asymmetric", "--exclude", "classifier")
+    result = invoke(
+        "quantize",
+        chain["student"],
+        chain["calib"],
+        "-o",
+        out,
+        "--weight-granularity",
+        "per-tensor",
+        "--weight-asymmetric",
+        "--exclude",
+        "classifier",
+    )
     assert result.exit_code == 0, result.stderr
     state = load_file(str(out / "model.safetensors"))
     assert state[f"{LAYER}.weight_scale"].numel() == 1

@@ -11,8 +11,9 @@ from tests.conftest import REPO, invoke, invoke_json
 
 def test_tiny_recipe_end_to_end(tiny_base: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = invoke_json("run", REPO / "configs" / "tiny.yaml", "--out", out, "--model", tiny_base,
-                         "--set", "bench.iterations=3")
+    result = invoke_json(
+        "run", REPO / "configs" / "tiny.yaml", "--out", out, "--model", tiny_base, "--set", "bench.iterations=3"
+    )
     assert (out / "run.json").exists()
     assert set(result["stages"]) >= {"teacher", "student", "calibration", "quantized", "onnx_int8", "bench"}
     chain = ["teacher", "student", "student-int8"]
