@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from llmzip import data as data_mod
-from llmzip.config import TrainConfig
+from llmzip.artifact import Artifact, carry_forward, write_manifest
+from llmzip.config import TrainConfig, to_dict
 
 
 @dataclass
@@ -97,9 +98,36 @@ def make_trainer(cls: Any, *, callback: Any = None, **kwargs: Any) -> Any:
     return trainer
 
 
-def cleanup(work_dir: Path) -> None:
-    """Trainer's checkpoints are scratch: the stage directory keeps only the final model."""
-    shutil.rmtree(work_dir, ignore_errors=True)
+def save_trained(
+    trainer: Any,
+    tokenizer: Any,
+    tmp: Path,
+    *,
+    stage: str,
+    source: Artifact,
+    inputs: dict[str, Any],
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    started: float,
+) -> None:
+    """Write the trained model, tokenizer and manifest into the staging dir; Trainer's checkpoints are scratch."""
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    if source.path.is_dir():
+        carry_forward(source.path, tmp)
+    write_manifest(
+        tmp,
+        stage=stage,
+        parents=[source],
+        inputs=inputs,
+        config=to_dict(config),
+        metrics=metrics,
+        seed=config.seed,
+        started=started,
+        extra={"task": "sequence-classification"},
+    )
 
 
 def summarise(trainer: Any, callback: Any, has_eval: bool) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from llmzip import training
-from llmzip.artifact import EXTERNAL, carry_forward, open_model_source, staging, write_manifest
-from llmzip.config import DistillConfig, to_dict
+from llmzip.artifact import EXTERNAL, open_model_source, staging
+from llmzip.config import DistillConfig
 from llmzip.errors import ConfigError
 from llmzip.losses import distillation_loss
 from llmzip.modeling import (
@@ -125,21 +125,15 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
                 compute_metrics=training.accuracy,
             )
             metrics["teacher_eval_accuracy"] = float(judge.evaluate()["eval_accuracy"])
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        training.cleanup(work)
-        if source.path.is_dir():
-            carry_forward(source.path, tmp)
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        write_manifest(
+        training.save_trained(
+            trainer,
+            tokenizer,
             tmp,
             stage="distill",
-            parents=[source],
+            source=source,
             inputs=prepared.inputs,
-            config=to_dict(config),
+            config=config,
             metrics=metrics,
-            seed=config.seed,
             started=started,
-            extra={"task": "sequence-classification"},
         )
     return out_dir

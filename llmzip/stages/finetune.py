@@ -7,8 +7,8 @@ from pathlib import Path
 
 from llmzip import data as data_mod
 from llmzip import training
-from llmzip.artifact import EXTERNAL, carry_forward, open_model_source, staging, write_manifest
-from llmzip.config import FinetuneConfig, to_dict
+from llmzip.artifact import EXTERNAL, open_model_source, staging
+from llmzip.config import FinetuneConfig
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, quiet_transformers
 from llmzip.progress import step, trainer_callback
 
@@ -55,22 +55,15 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
         trainer.train()
         metrics = training.summarise(trainer, callback, has_eval)
         metrics["params"] = count_parameters(net)
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        training.cleanup(work)
-        if base.path.is_dir():
-            carry_forward(base.path, tmp)
-        for junk in ("training_args.bin",):
-            (tmp / junk).unlink(missing_ok=True)
-        write_manifest(
+        training.save_trained(
+            trainer,
+            tokenizer,
             tmp,
             stage="finetune",
-            parents=[base],
+            source=base,
             inputs=prepared.inputs,
-            config=to_dict(config),
+            config=config,
             metrics=metrics,
-            seed=config.seed,
             started=started,
-            extra={"task": "sequence-classification"},
         )
     return out_dir
