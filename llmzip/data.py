@@ -76,6 +76,9 @@ def _load_local(file: Path) -> Dataset:
 def _load_hub(cfg: DataConfig, split: str) -> Dataset:
     import datasets
 
+    from llmzip.progress import quiet_libraries
+
+    quiet_libraries()
     try:
         ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=split)
     except Exception as err:  # network, missing split or unknown id: one message with the fix

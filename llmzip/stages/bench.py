@@ -20,8 +20,8 @@ from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb, open_artifact, stag
 from llmzip.config import BenchConfig, Provider, to_dict
 from llmzip.errors import ConfigError, ProviderError
 from llmzip.machine import machine_info
-from llmzip.modeling import load_model, load_tokenizer, quiet_transformers
-from llmzip.progress import progress, step
+from llmzip.modeling import load_model, load_tokenizer
+from llmzip.progress import progress, quiet_libraries, step
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
 RESULTS_FILE = "results.json"
@@ -196,7 +196,7 @@ def bench(
         raise ConfigError("bench needs at least one model directory")
     artifacts = [open_artifact(Path(d), verb="bench", accepts=ACCEPTS, role="model directory") for d in model_dirs]
     labels_for = variant_names([Path(d) for d in model_dirs], names)
-    quiet_transformers()
+    quiet_libraries()
     d = config.data
     loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
     assert loaded is not None

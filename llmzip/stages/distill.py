@@ -14,16 +14,8 @@ from llmzip.artifact import EXTERNAL, open_model_source, staging
 from llmzip.config import DistillConfig
 from llmzip.errors import ConfigError
 from llmzip.losses import distillation_loss
-from llmzip.modeling import (
-    count_parameters,
-    evenly_spaced,
-    layer_stack,
-    load_pretrained,
-    load_tokenizer,
-    quiet_transformers,
-    select_layers,
-)
-from llmzip.progress import step, trainer_callback
+from llmzip.modeling import count_parameters, evenly_spaced, layer_stack, load_pretrained, load_tokenizer, select_layers
+from llmzip.progress import quiet_libraries, step, trainer_callback
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -74,7 +66,7 @@ def distill(teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bo
 
     started = time.time()
     source = open_model_source(teacher, verb="distill", accepts=ACCEPTS)
-    quiet_transformers()
+    quiet_libraries()
     set_seed(config.seed)
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading teacher {teacher}")

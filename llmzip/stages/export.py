@@ -16,8 +16,8 @@ from torch import nn
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, staging, write_manifest
 from llmzip.config import ExportConfig, to_dict
 from llmzip.errors import ExportError
-from llmzip.modeling import load_model, load_tokenizer, quiet_transformers
-from llmzip.progress import step
+from llmzip.modeling import load_model, load_tokenizer
+from llmzip.progress import quiet_libraries, step
 from llmzip.stages.calibrate import SAMPLES_FILE, read_samples
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
@@ -102,7 +102,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
     started = time.time()
     source = open_artifact(Path(model_dir), verb="export", accepts=ACCEPTS, role="model directory")
     quantized = source.stage == "quantize"
-    quiet_transformers()
+    quiet_libraries()
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)

@@ -9,8 +9,8 @@ from llmzip import data as data_mod
 from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source, staging
 from llmzip.config import FinetuneConfig
-from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, quiet_transformers
-from llmzip.progress import step, trainer_callback
+from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
+from llmzip.progress import quiet_libraries, step, trainer_callback
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -21,7 +21,7 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
 
     started = time.time()
     base = open_model_source(model, verb="finetune", accepts=ACCEPTS)
-    quiet_transformers()
+    quiet_libraries()
     set_seed(config.seed)
     d = config.data
     loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=config.seed, shuffle=True)
