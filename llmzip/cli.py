@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,15 @@ LearningRate = Annotated[
     typer.Option("--lr", help="Peak learning rate (linear warm-up and decay).", rich_help_panel="Training"),
 ]
 
+Bf16 = Annotated[Optional[bool], typer.Option("--bf16", help="bf16 mixed precision.", rich_help_panel="Training")]
+Fp16 = Annotated[Optional[bool], typer.Option("--fp16", help="fp16 mixed precision (GPU).", rich_help_panel="Training")]
+GradAccum = Annotated[
+    Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel="Training")
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run with the same --out.")
+]
+
 DATA_FLAGS = {
     "data": "dataset",
     "subset": "subset",
@@ -81,6 +91,9 @@ DATA_FLAGS = {
     "max_eval_samples": "max_eval_samples",
 }
 TRAIN_FLAGS = {
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "grad_accum": "gradient_accumulation_steps",
     "epochs": "epochs",
     "max_steps": "max_steps",
     "batch_size": "batch_size",
@@ -122,6 +135,8 @@ def _execute(work: Callable[[], Any], render: Callable[[Any], None], as_json: bo
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; no output was written", 130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 writes the artifact and reports it
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     else:
@@ -170,7 +185,11 @@ def finetune(
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
+    bf16: Bf16 = None,
+    fp16: Fp16 = None,
+    grad_accum: GradAccum = None,
     seed: Seed = None,
+    resume: Resume = False,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
@@ -189,7 +208,7 @@ def finetune(
         from llmzip.stages.finetune import finetune as stage
 
         return _stage_result(
-            stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite)
+            stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite, resume=resume)
         )
 
     _execute(work, _render_stage, json_out)
@@ -213,6 +232,47 @@ def distill(
         Optional[float],
         typer.Option(help="Weight of the soft-target KL term (1-alpha on hard-label CE).", rich_help_panel="Student"),
     ] = None,
+    hidden_size: Annotated[
+        Optional[int], typer.Option(help="Narrower student width.", rich_help_panel="Student")
+    ] = None,
+    intermediate_size: Annotated[
+        Optional[int], typer.Option(help="Student FFN size.", rich_help_panel="Student")
+    ] = None,
+    num_attention_heads: Annotated[
+        Optional[int], typer.Option(help="Student heads.", rich_help_panel="Student")
+    ] = None,
+    hidden_mse: Annotated[
+        Optional[float], typer.Option(help="Weight of hidden-state MSE.", rich_help_panel="Losses")
+    ] = None,
+    hidden_cos: Annotated[
+        Optional[float], typer.Option(help="Weight of hidden-state cosine loss.", rich_help_panel="Losses")
+    ] = None,
+    attention: Annotated[
+        Optional[float], typer.Option(help="Weight of attention-map MSE.", rich_help_panel="Losses")
+    ] = None,
+    embedding: Annotated[
+        Optional[float], typer.Option(help="Weight of embedding MSE.", rich_help_panel="Losses")
+    ] = None,
+    layer_map: Annotated[
+        Optional[str],
+        typer.Option(help="Teacher layer (1-based) per student layer, e.g. 2,4,6.", rich_help_panel="Losses"),
+    ] = None,
+    intermediate_epochs: Annotated[
+        Optional[float],
+        typer.Option(
+            help="TinyBERT stage 1 (intermediate losses only) before the prediction stage.", rich_help_panel="Losses"
+        ),
+    ] = None,
+    teacher_cache: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--teacher-cache/--no-teacher-cache", help="Cache teacher logits on disk.", rich_help_panel="Losses"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[str],
+        typer.Option(help="Teacher cache folder (default $LLMZIP_CACHE or ~/.cache/llmzip).", rich_help_panel="Losses"),
+    ] = None,
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
@@ -227,32 +287,56 @@ def distill(
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
+    bf16: Bf16 = None,
+    fp16: Fp16 = None,
+    grad_accum: GradAccum = None,
     seed: Seed = None,
+    resume: Resume = False,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
 ) -> None:
-    """Distill a teacher into a student made of a subset of its layers.
+    """Distill a teacher into a smaller student (DistilBERT / TinyBERT recipes).
 
-    Loss: alpha·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−alpha)·CE(z_S, y).
+    Prediction loss: alpha·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−alpha)·CE(z_S, y); optional hidden-state
+    MSE/cosine, attention-map and embedding losses, learned projections for a narrower student, and TinyBERT's
+    two stages with --intermediate-epochs. Works under `torchrun --nproc_per_node=N -m llmzip distill …`.
 
     Examples:
 
         llmzip distill runs/teacher --num-layers 3 --data ../shared/data/sst2 -o runs/student
 
-        llmzip distill runs/teacher --layers 0,2,4 --temperature 4 --alpha 0.7 -o runs/student
+        llmzip distill runs/teacher --layers 0,2,4 --temperature 4 --alpha 0.7 --hidden-cos 1 -o runs/student
+
+        llmzip distill runs/teacher --num-layers 4 --hidden-size 312 --intermediate-size 1200 \
+            --hidden-mse 1 --attention 1 --embedding 1 --intermediate-epochs 1 -o runs/tinybert
     """
-    flags = {
-        k: v
-        for k, v in locals().items()
-        if k in DATA_FLAGS or k in TRAIN_FLAGS or k in ("num_layers", "layers", "temperature", "alpha")
-    }
+    student_flags = (
+        "num_layers",
+        "layers",
+        "temperature",
+        "alpha",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "hidden_mse",
+        "hidden_cos",
+        "attention",
+        "embedding",
+        "layer_map",
+        "intermediate_epochs",
+        "teacher_cache",
+        "cache_dir",
+    )
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS or k in student_flags}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.distill import distill as stage
 
         return _stage_result(
-            stage(teacher, out, config=_build("distill", recipe, flags, TRAIN_FLAGS), overwrite=overwrite)
+            stage(
+                teacher, out, config=_build("distill", recipe, flags, TRAIN_FLAGS), overwrite=overwrite, resume=resume
+            )
         )
 
     _execute(work, _render_stage, json_out)

@@ -73,10 +73,21 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False  # mixed precision (Trainer/accelerate); bf16 needs AVX512-BF16/AMX on CPU or Ampere+ GPUs
+    fp16: bool = False
+    save_steps: int | None = None  # evaluate + checkpoint (for --resume) every N steps (default: once per epoch)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _check(
+            self.gradient_accumulation_steps > 0,
+            "gradient_accumulation_steps",
+            f"must be > 0, got {self.gradient_accumulation_steps}",
+        )
+        _check(not (self.bf16 and self.fp16), "bf16", "bf16 and fp16 are exclusive; pick one")
+        _check(self.save_steps is None or self.save_steps > 0, "save_steps", f"must be > 0, got {self.save_steps}")
         _check(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
         _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.eval_batch_size > 0, "eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
@@ -92,22 +103,70 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class DistillConfig(TrainConfig):
-    """Teacher → student built from a subset of the teacher's layers, trained with soft targets."""
+    """Teacher → student (a subset of the teacher's layers, optionally narrower), trained with KD losses.
+
+    Prediction layer: alpha·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1 − alpha)·CE(z_S, y).
+    Intermediate layers (weights, 0 = off): hidden-state MSE and cosine, attention-map MSE, embedding MSE, on the
+    student↔teacher `layer_map`, through learned projections when the student is narrower.
+    `intermediate_epochs > 0` runs TinyBERT's two stages: intermediate losses only, then the prediction layer for
+    `epochs`; with 0, all non-zero losses are summed in one stage (DistilBERT's triple loss).
+    """
 
     num_layers: int | None = None  # evenly spaced teacher layers
     layers: list[int] | None = None  # explicit teacher layer indices (wins over num_layers)
+    hidden_size: int | None = None  # a narrower student (None: the teacher's width)
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft-target KL term; 1 - alpha goes to the hard-label CE
+    hidden_mse: float = 0.0
+    hidden_cos: float = 0.0
+    attention: float = 0.0
+    embedding: float = 0.0
+    layer_map: list[int] | None = None  # teacher layer (1-based output) for each student layer; default uniform
+    intermediate_epochs: float = 0.0
+    teacher_cache: bool = True  # teacher logits computed once, cached on disk, reused across epochs and runs
+    cache_dir: str | None = None  # default: $LLMZIP_CACHE or ~/.cache/llmzip
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
+        for key in ("hidden_mse", "hidden_cos", "attention", "embedding", "intermediate_epochs"):
+            _check(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+            _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        _check(
+            self.intermediate_epochs == 0 or self.intermediate_weight > 0,
+            "intermediate_epochs",
+            "a two-stage schedule needs an intermediate loss (hidden_mse, hidden_cos, attention or embedding > 0)",
+        )
         _check(self.num_layers is None or self.num_layers > 0, "num_layers", f"must be > 0, got {self.num_layers}")
         if self.layers is not None:
             _check(len(self.layers) > 0, "layers", "must name at least one teacher layer")
             _check(len(set(self.layers)) == len(self.layers), "layers", f"has duplicates: {self.layers}")
             _check(all(i >= 0 for i in self.layers), "layers", f"must be >= 0, got {self.layers}")
+
+    @property
+    def intermediate_weight(self) -> float:
+        return self.hidden_mse + self.hidden_cos + self.attention + self.embedding
+
+    def losses(self, *, stage: str) -> dict[str, float]:
+        """The non-zero loss weights of one training stage ("intermediate" or "prediction")."""
+        intermediate = {
+            "hidden_mse": self.hidden_mse,
+            "hidden_cos": self.hidden_cos,
+            "attention": self.attention,
+            "embedding": self.embedding,
+        }
+        prediction = {"kd": self.alpha, "ce": 1.0 - self.alpha}
+        if stage == "intermediate":
+            chosen = intermediate
+        elif self.intermediate_epochs > 0:
+            chosen = prediction
+        else:
+            chosen = {**prediction, **intermediate}
+        return {k: v for k, v in chosen.items() if v > 0}
 
 
 @dataclass

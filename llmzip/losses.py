@@ -29,3 +29,34 @@ def distillation_loss(
     kd = soft_target_kl(student_logits, teacher_logits.detach(), temperature)
     ce = F.cross_entropy(student_logits, labels)
     return alpha * kd + (1.0 - alpha) * ce
+
+
+def _token_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B, S] attention mask → weights broadcastable to [B, S, H], as float."""
+    return mask.to(like.dtype).unsqueeze(-1)
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real (non-padding) tokens, TinyBERT's hidden-state and embedding loss."""
+    m = _token_mask(mask, student)
+    return ((student - teacher.detach()) ** 2 * m).sum() / (m.sum() * student.shape[-1]).clamp(min=1)
+
+
+def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − cos(h_S, h_T) per real token, averaged: DistilBERT's cosine embedding loss on hidden states."""
+    cos = F.cosine_similarity(student, teacher.detach(), dim=-1)
+    m = mask.to(cos.dtype)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp(min=1)
+
+
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between attention maps [B, heads, S, S] over real query/key pairs (TinyBERT's attention loss).
+
+    When head counts differ the maps are averaged over heads first, so a student with fewer heads still
+    learns where the teacher's layer attends.
+    """
+    if student.shape[1] != teacher.shape[1]:
+        student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+    pair = (mask[:, None, :, None] * mask[:, None, None, :]).to(student.dtype)
+    squared = (student - teacher.detach()) ** 2 * pair
+    return squared.sum() / (pair.sum() * student.shape[1]).clamp(min=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,7 +96,7 @@ def trainer_callback(description: str) -> Any:
             self.history: list[dict[str, float]] = []
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if not state.is_world_process_zero:
+            if int(os.environ.get("RANK", "0")) != 0:  # one bar per job, not one per torchrun rank
                 return
             self._cm = progress()
             self._bar = self._cm.__enter__()

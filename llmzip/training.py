@@ -7,7 +7,11 @@ chooses the schedule (evaluate and keep the best checkpoint once per epoch) and 
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,9 @@ import numpy as np
 import torch
 
 from llmzip import data as data_mod
-from llmzip.artifact import Artifact, carry_forward, write_manifest
+from llmzip.artifact import Artifact, carry_forward, staging, write_manifest
 from llmzip.config import TrainConfig, to_dict
+from llmzip.errors import ArtifactError
 
 
 @dataclass
@@ -51,29 +56,66 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def arguments(cfg: TrainConfig, work_dir: Path, *, num_train: int, has_eval: bool) -> Any:
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch every rank runs the stage; only rank 0 writes the artifact."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def stage_output(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
+    """`staging` on the main process; a throwaway folder on the other ranks (same refusal rules for all)."""
+    if is_main_process():
+        with staging(out_dir, overwrite=overwrite) as tmp:
+            yield tmp
+        shutil.rmtree(work_dir(out_dir), ignore_errors=True)  # done: the checkpoints are no longer needed
+        return
+    if Path(out_dir).exists() and not overwrite:
+        raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
+    with tempfile.TemporaryDirectory() as scratch:
+        yield Path(scratch)
+
+
+def work_dir(out_dir: Path) -> Path:
+    """Trainer's checkpoints live beside the output, at a stable path, so `--resume` finds them after a kill."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.work"
+
+
+def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
+    if not resume:
+        return None
+    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def arguments(cfg: TrainConfig, work: Path, *, num_train: int, has_eval: bool, epochs: float | None = None) -> Any:
     """TrainingArguments for one llmzip training stage: evaluate + checkpoint once per epoch, keep the best."""
     from transformers import TrainingArguments
 
-    steps_per_epoch = max(1, math.ceil(num_train / cfg.batch_size))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    every = min(steps_per_epoch, total)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world
+    steps_per_epoch = max(1, math.ceil(num_train / per_step))
+    total = cfg.max_steps or max(1, math.ceil((epochs or cfg.epochs) * steps_per_epoch))
+    # Evaluate and checkpoint together (Trainer keeps the best checkpoint only when they line up): once per epoch,
+    # or every `save_steps` when the user wants finer-grained --resume points.
+    every = min(cfg.save_steps or steps_per_epoch, total)
     return TrainingArguments(
-        output_dir=str(work_dir),
+        output_dir=str(work),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
         warmup_steps=int(cfg.warmup_ratio * total),
         lr_scheduler_type="linear",
         max_grad_norm=1.0,
-        num_train_epochs=cfg.epochs,
         max_steps=total,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=every,
-        save_strategy="steps" if has_eval else "no",
+        save_strategy="steps",
         save_steps=every,
-        save_total_limit=1,
+        save_total_limit=2,  # the best and the latest
         load_best_model_at_end=has_eval,
         metric_for_best_model="accuracy" if has_eval else None,
         greater_is_better=True,
@@ -85,6 +127,9 @@ def arguments(cfg: TrainConfig, work_dir: Path, *, num_train: int, has_eval: boo
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
+        label_names=["labels"],  # explicit: distill trains a wrapper whose forward does not name them
+        # The intermediate distillation stage leaves the task head unused; DDP must not wait for its gradients.
+        ddp_find_unused_parameters=True,
     )
 
 
@@ -99,7 +144,7 @@ def make_trainer(cls: Any, *, callback: Any = None, **kwargs: Any) -> Any:
 
 
 def save_trained(
-    trainer: Any,
+    model: Any,
     tokenizer: Any,
     tmp: Path,
     *,
@@ -110,11 +155,11 @@ def save_trained(
     metrics: dict[str, Any],
     started: float,
 ) -> None:
-    """Write the trained model, tokenizer and manifest into the staging dir; Trainer's checkpoints are scratch."""
-    trainer.save_model(str(tmp))
+    """Write the trained model, tokenizer and manifest into the staging dir (main process only)."""
+    if not is_main_process():
+        return
+    model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)
-    (tmp / "training_args.bin").unlink(missing_ok=True)
     if source.path.is_dir():
         carry_forward(source.path, tmp)
     write_manifest(

@@ -40,3 +40,26 @@ def test_gradient_flows_to_student_only() -> None:
     distillation_loss(student, teacher, torch.tensor([0]), temperature=2.0, alpha=0.5).backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
     assert teacher.grad is None
+
+
+def test_hidden_losses_ignore_padding() -> None:
+    from llmzip.losses import hidden_cosine, hidden_mse
+
+    s = torch.tensor([[[1.0, 0.0], [5.0, 5.0]]])  # second token is padding
+    t = torch.tensor([[[0.0, 1.0], [-9.0, 9.0]]])
+    mask = torch.tensor([[1, 0]])
+    assert abs(float(hidden_mse(s, t, mask)) - 1.0) < 1e-6  # ((1-0)² + (0-1)²) / 2
+    assert abs(float(hidden_cosine(s, t, mask)) - 1.0) < 1e-6  # orthogonal → 1 - 0
+    assert float(hidden_cosine(s, s, mask)) < 1e-6
+
+
+def test_attention_mse_over_real_pairs_and_head_mismatch() -> None:
+    from llmzip.losses import attention_mse
+
+    t = torch.zeros(1, 2, 2, 2)
+    s = torch.zeros(1, 2, 2, 2)
+    s[0, :, 0, 0] = 1.0  # one real (query 0, key 0) pair differs by 1 in each head
+    s[0, :, 1, 1] = 7.0  # padding pair: ignored
+    mask = torch.tensor([[1, 0]])
+    assert abs(float(attention_mse(s, t, mask)) - 1.0) < 1e-6
+    assert abs(float(attention_mse(s[:, :1], t, mask)) - 1.0) < 1e-6  # 1 student head vs 2: head means

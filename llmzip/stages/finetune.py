@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmzip import data as data_mod
 from llmzip import training
-from llmzip.artifact import EXTERNAL, open_model_source, staging
+from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import FinetuneConfig
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
@@ -15,7 +15,9 @@ from llmzip.progress import quiet_libraries, step, trainer_callback
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
 
-def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bool = False) -> Path:
+def finetune(
+    model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bool = False, resume: bool = False
+) -> Path:
     """Train `model` with cross-entropy on config.data; returns the stage directory."""
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
@@ -28,7 +30,7 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
     assert loaded is not None
     names = data_mod.label_names(loaded[0], d)
     label2id = {name: i for i, name in enumerate(names)}
-    with staging(out_dir, overwrite=overwrite) as tmp:
+    with training.stage_output(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model}")
         tokenizer = load_tokenizer(str(base.path))
         net = load_pretrained(
@@ -40,7 +42,7 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
         )
         prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
         has_eval = prepared.eval is not None
-        work = tmp / "_trainer"
+        work = training.work_dir(out_dir)
         callback = trainer_callback("finetune")
         trainer = training.make_trainer(
             Trainer,
@@ -52,11 +54,11 @@ def finetune(model: str, out_dir: Path, *, config: FinetuneConfig, overwrite: bo
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=training.accuracy,
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=training.checkpoint_to_resume(work, resume))
         metrics = training.summarise(trainer, callback, has_eval)
         metrics["params"] = count_parameters(net)
         training.save_trained(
-            trainer,
+            trainer.model,
             tokenizer,
             tmp,
             stage="finetune",

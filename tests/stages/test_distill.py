@@ -83,3 +83,162 @@ def test_refuses_calibration_dir_and_bad_layers(chain: dict[str, Path], tmp_path
     result = invoke("distill", chain["teacher"], "-o", tmp_path / "s")
     assert result.exit_code == 2 and "num_layers" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_tinybert_two_stage_narrow_student(chain: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "tiny-bert"
+    result = invoke(
+        "distill",
+        chain["teacher"],
+        "-o",
+        out,
+        "--num-layers",
+        1,
+        "--hidden-size",
+        16,
+        "--intermediate-size",
+        32,
+        "--num-attention-heads",
+        2,
+        "--hidden-mse",
+        1,
+        "--attention",
+        1,
+        "--embedding",
+        1,
+        "--intermediate-epochs",
+        1,
+        "--max-steps",
+        3,
+        "--cache-dir",
+        tmp_path / "c",
+    )
+    assert result.exit_code == 0, result.stderr
+    m = read_manifest(out)
+    assert m is not None
+    stages = m["metrics"]["stages"]
+    assert set(stages["intermediate"]["losses"]) == {"hidden_mse", "attention", "embedding"}
+    assert set(stages["prediction"]["losses"]) == {"kd", "ce"}
+    assert m["metrics"]["student_hidden_size"] == 16 and m["metrics"]["layer_map"] == [2]
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "model.safetensors")).keys()
+    assert not any("projection" in k for k in keys)  # projections are training state, not part of the student
+    student = load_pretrained(out)
+    assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 1
+    assert not (tmp_path / ".tiny-bert.work").exists()
+
+
+def test_teacher_cache_is_exact_and_reused(chain: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    cache = tmp_path / "cache"
+    for run in ("a", "b"):
+        result = invoke(
+            "distill", chain["teacher"], "-o", tmp_path / run, "--num-layers", 1, "--max-steps", 2, "--cache-dir", cache
+        )
+        assert result.exit_code == 0, result.stderr
+    first = read_manifest(tmp_path / "a")["metrics"]["stages"]["prediction"]["teacher_cache"]  # type: ignore[index]
+    second = read_manifest(tmp_path / "b")["metrics"]["stages"]["prediction"]["teacher_cache"]  # type: ignore[index]
+    assert first["hit"] is False and second["hit"] is True and first["key"] == second["key"]
+    cached = np.load(Path(first["path"]) / "logits.npy")
+    # the cache holds what the teacher really outputs, row for row (fp16)
+    from llmzip.config import DataConfig
+    from llmzip.data import load_split
+
+    teacher = load_pretrained(chain["teacher"])
+    tokenizer = load_tokenizer_for(chain["teacher"])
+    ds, _ = load_split(DataConfig(), "train", seed=0, shuffle=True)  # type: ignore[misc]
+    enc = tokenizer(ds["sentence"][:5], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        want = teacher(**enc).logits.numpy()
+    assert np.allclose(cached[:5], want, atol=2e-3)
+    other = invoke(
+        "distill",
+        chain["teacher"],
+        "-o",
+        tmp_path / "c",
+        "--num-layers",
+        1,
+        "--max-steps",
+        1,
+        "--cache-dir",
+        cache,
+        "--max-train-samples",
+        100,
+    )
+    assert other.exit_code == 0
+    third = read_manifest(tmp_path / "c")["metrics"]["stages"]["prediction"]["teacher_cache"]  # type: ignore[index]
+    assert third["hit"] is False and third["key"] != first["key"]  # other data, other key
+
+
+def load_tokenizer_for(path: Path):  # type: ignore[no-untyped-def]
+    from llmzip.modeling import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def test_resume_after_interrupt(chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmzip.config import DistillConfig
+    from llmzip.progress import trainer_callback
+    from llmzip.stages import distill as stage
+
+    out = tmp_path / "student"
+
+    def killing_callback(description: str):  # type: ignore[no-untyped-def]
+        callback = trainer_callback(description)
+        original = callback.on_step_end
+
+        def on_step_end(args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            original(args, state, control, **kwargs)
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+        callback.on_step_end = on_step_end
+        return callback
+
+    config = DistillConfig(num_layers=1, max_steps=4, save_steps=2, batch_size=16, teacher_cache=False)
+    monkeypatch.setattr(stage, "trainer_callback", killing_callback)
+    with pytest.raises(KeyboardInterrupt):
+        stage.distill(str(chain["teacher"]), out, config=config)
+    assert not out.exists()
+    assert (tmp_path / ".student.work" / "prediction" / "checkpoint-2").is_dir()
+    monkeypatch.undo()
+    stage.distill(str(chain["teacher"]), out, config=config, resume=True)
+    m = read_manifest(out)
+    assert m is not None and m["metrics"]["steps"] == 4
+    assert not (tmp_path / ".student.work").exists()
+
+
+def test_torchrun_two_processes(chain: dict[str, Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "llmzip",
+        "distill",
+        str(chain["teacher"]),
+        "-o",
+        str(out),
+        "--num-layers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = read_manifest(out)
+    assert m is not None and m["metrics"]["steps"] == 10  # 320 rows / (16 per rank × 2 ranks)
+    assert load_pretrained(out).config.num_hidden_layers == 1
