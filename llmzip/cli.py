@@ -467,7 +467,6 @@ def export(
 
 
 def _render_bench(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     m = result["machine"]
@@ -502,8 +501,9 @@ def _render_bench(result: dict[str, Any]) -> None:
             f"{v['size_mb']:.1f}",
             f"{v['accuracy']:.4f}",
         )
-    # Not a terminal (a log, CI): wide enough that the table never squeezes its columns into "…".
-    console = Console() if Console().is_terminal else Console(width=160)
+    from llmzip.progress import stdout_console
+
+    console = stdout_console()
     console.print(table)
     samples = result["variants"][0]["eval_samples"]
     console.print(f"speedup: p50 vs {result['baseline']} at the same batch; accuracy on {samples} examples")

@@ -79,6 +79,12 @@ def progress() -> Iterator[Any]:
         yield bar
 
 
+def stdout_console() -> Console:
+    """Results on stdout; in a log or CI (not a terminal) wide enough that tables never squeeze into '…'."""
+    plain = Console()
+    return plain if plain.is_terminal else Console(width=160)
+
+
 def step(message: str) -> None:
     """A one-line status for work without a natural count (loading, exporting)."""
     console.print(f"[dim]·[/] {message}", highlight=False)
@@ -94,6 +100,8 @@ def trainer_callback(description: str) -> Any:
             self._bar: Any = None
             self._task: Any = None
             self.history: list[dict[str, float]] = []
+            self.step_times: list[float] = []
+            self._last = 0.0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if int(os.environ.get("RANK", "0")) != 0:  # one bar per job, not one per torchrun rank
@@ -102,7 +110,11 @@ def trainer_callback(description: str) -> Any:
             self._bar = self._cm.__enter__()
             self._task = self._bar.add_task(description, total=state.max_steps, info="")
 
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._last = time.perf_counter()
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step_times.append(time.perf_counter() - self._last)
             if self._bar is not None:
                 self._bar.update(self._task, completed=state.global_step)
 

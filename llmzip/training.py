@@ -177,6 +177,9 @@ def save_trained(
 
 def summarise(trainer: Any, callback: Any, has_eval: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {"steps": int(trainer.state.global_step)}
+    if callback.step_times:
+        # Median optimizer-step time: robust to the evaluation and checkpoint pauses inside train().
+        metrics["step_time_s"] = round(float(np.median(callback.step_times)), 4)
     losses = [h["loss"] for h in callback.history if "loss" in h]
     if losses:
         metrics["final_train_loss"] = float(losses[-1])

@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench-*`: commands that print and write measured numbers, never tests."""
