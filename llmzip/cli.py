@@ -74,6 +74,10 @@ Fp16 = Annotated[Optional[bool], typer.Option("--fp16", help="fp16 mixed precisi
 GradAccum = Annotated[
     Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel="Training")
 ]
+SaveSteps = Annotated[
+    Optional[int],
+    typer.Option(help="Evaluate + checkpoint every N steps (default once per epoch).", rich_help_panel="Training"),
+]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run with the same --out.")
 ]
@@ -94,6 +98,7 @@ TRAIN_FLAGS = {
     "bf16": "bf16",
     "fp16": "fp16",
     "grad_accum": "gradient_accumulation_steps",
+    "save_steps": "save_steps",
     "epochs": "epochs",
     "max_steps": "max_steps",
     "batch_size": "batch_size",
@@ -188,6 +193,7 @@ def finetune(
     bf16: Bf16 = None,
     fp16: Fp16 = None,
     grad_accum: GradAccum = None,
+    save_steps: SaveSteps = None,
     seed: Seed = None,
     resume: Resume = False,
     recipe: Recipe = None,
@@ -290,6 +296,7 @@ def distill(
     bf16: Bf16 = None,
     fp16: Fp16 = None,
     grad_accum: GradAccum = None,
+    save_steps: SaveSteps = None,
     seed: Seed = None,
     resume: Resume = False,
     recipe: Recipe = None,
@@ -350,7 +357,7 @@ def calibrate(
     out: Out,
     num_samples: Annotated[Optional[int], typer.Option(help="Training examples to sample.")] = None,
     batch_size: BatchSize = None,
-    method: Annotated[Optional[cfg.CalibrationMethod], typer.Option(help="Range statistic to record.")] = None,
+    bins: Annotated[Optional[int], typer.Option(help="Histogram bins per tensor (memory stays O(bins)).")] = None,
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
@@ -369,9 +376,7 @@ def calibrate(
 
         llmzip calibrate runs/student --data ../shared/data/sst2 --num-samples 256 -o runs/calib
     """
-    flags = {
-        k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "method", "seed")
-    }
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "bins", "seed")}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.calibrate import calibrate as stage
@@ -402,6 +407,11 @@ def quantize(
             help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
         ),
     ] = None,
+    method: Annotated[
+        Optional[cfg.CalibrationMethod],
+        typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
+    ] = None,
+    percentile: Annotated[Optional[float], typer.Option(help="For --method percentile, e.g. 99.99.")] = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion)."),
@@ -419,8 +429,12 @@ def quantize(
         llmzip quantize runs/student runs/calib -o runs/student-int8
 
         llmzip quantize runs/student runs/calib --weight-granularity per-tensor --weight-asymmetric -o runs/q
+
+        llmzip quantize runs/student runs/calib --method percentile --percentile 99.99 -o runs/q-p9999
     """
     flags = {
+        "method": method,
+        "percentile": percentile,
         "weight_granularity": weight_granularity,
         "weight_symmetric": weight_symmetric,
         "activation_symmetric": activation_symmetric,

@@ -26,7 +26,12 @@ class Provider(str, enum.Enum):
 
 
 class CalibrationMethod(str, enum.Enum):
+    """How `quantize` turns a recorded activation histogram into a clip range."""
+
     MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
 
 
 class Granularity(str, enum.Enum):
@@ -176,11 +181,12 @@ class CalibrateConfig:
     data: DataConfig = field(default_factory=DataConfig)
     num_samples: int = 256
     batch_size: int = 32
-    method: CalibrationMethod = CalibrationMethod.MINMAX
+    bins: int = 2048  # histogram bins per tensor: memory is O(bins), whatever num_samples is
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.num_samples > 0, "num_samples", f"must be > 0, got {self.num_samples}")
+        _check(self.bins >= 128 and self.bins % 2 == 0, "bins", f"must be even and >= 128, got {self.bins}")
         _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
 
 
@@ -197,11 +203,14 @@ class QuantizeConfig:
     weight_symmetric: bool = True
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
     activation_symmetric: bool = False
+    method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
+    percentile: float = 99.99  # for method=percentile: keep this share of values on each side
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.weight_bits == 8, "weight_bits", f"only 8 is supported so far, got {self.weight_bits}")
+        _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
 
 
 @dataclass

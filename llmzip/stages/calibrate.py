@@ -1,4 +1,4 @@
-"""calibrate: model + sampled training data → activation ranges of every Linear input (+ the samples, kept)."""
+"""calibrate: model + sampled training data → streaming histograms of every Linear input (+ the samples, kept)."""
 
 from __future__ import annotations
 
@@ -15,29 +15,12 @@ from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, st
 from llmzip.config import CalibrateConfig, DataConfig, to_dict
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.progress import progress, step
+from llmzip.quant.observers import DEFAULT_BINS, HistogramObserver
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 STATS_FILE = "activation_stats.json"
+HISTOGRAMS_FILE = "activation_histograms.safetensors"
 SAMPLES_FILE = "calibration_samples.jsonl"
-
-
-class MinMaxObserver:
-    """Running min/max of the real (non-padding) positions of one tensor."""
-
-    def __init__(self) -> None:
-        self.min = float("inf")
-        self.max = float("-inf")
-        self.count = 0
-
-    def update(self, x: torch.Tensor) -> None:
-        if x.numel() == 0:
-            return
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
-        self.count += x.numel()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"min": self.min, "max": self.max, "count": self.count}
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -45,14 +28,19 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def record(
-    model: nn.Module, batches: list[dict[str, torch.Tensor]], names: list[str], description: str = "calibrate"
-) -> dict[str, MinMaxObserver]:
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    names: list[str],
+    *,
+    bins: int = DEFAULT_BINS,
+    description: str = "calibrate",
+) -> dict[str, HistogramObserver]:
     """Run the batches through the model with a pre-hook on each named Linear that observes its input.
 
     Padding positions are excluded: their activations are never read by the model's output, and a padded
     outlier would otherwise widen the range every real token has to share.
     """
-    observers = {name: MinMaxObserver() for name in names}
+    observers = {name: HistogramObserver(bins) for name in names}
     mask_holder: dict[str, torch.Tensor] = {}
 
     def hook(name: str) -> Any:
@@ -92,6 +80,17 @@ def batches_from_rows(
     return out
 
 
+def read_observers(directory: Path) -> dict[str, HistogramObserver]:
+    """The per-tensor input histograms a calibration directory holds, keyed by Linear name."""
+    from safetensors.torch import load_file
+
+    stats = json.loads((directory / STATS_FILE).read_text())["tensors"]
+    counts = load_file(str(directory / HISTOGRAMS_FILE))
+    return {
+        name: HistogramObserver.from_state(entry["input"], counts[f"{name}.input"]) for name, entry in stats.items()
+    }
+
+
 def read_samples(directory: Path) -> list[dict[str, Any]]:
     with (directory / SAMPLES_FILE).open() as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -108,7 +107,9 @@ def sample_rows(cfg: DataConfig, num: int, seed: int) -> tuple[list[dict[str, An
 
 
 def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwrite: bool = False) -> Path:
-    """Record activation statistics of `model_dir` on config.num_samples training examples."""
+    """Record activation histograms (and exact min/max) of `model_dir` on config.num_samples training examples."""
+    from safetensors.torch import save_file
+
     started = time.time()
     source: Artifact = open_artifact(Path(model_dir), verb="calibrate", accepts=ACCEPTS, role="model directory")
     rows, described = sample_rows(config.data, config.num_samples, config.seed)
@@ -118,13 +119,15 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
         tokenizer = load_tokenizer(source.path)
         names = linear_names(model)
         batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
-        observers = record(model, batches, names)
+        observers = record(model, batches, names, bins=config.bins)
         stats = {
-            "method": config.method.value,
             "num_samples": len(rows),
-            "tensors": {name: {"input": obs.to_dict()} for name, obs in observers.items()},
+            "bins": config.bins,
+            "tensors": {name: {"input": obs.state()} for name, obs in observers.items()},
         }
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+        # The histograms let `quantize --method` pick min/max, percentile, entropy or MSE without re-calibrating.
+        save_file({f"{name}.input": obs.counts for name, obs in observers.items()}, str(tmp / HISTOGRAMS_FILE))
         with (tmp / SAMPLES_FILE).open("w") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

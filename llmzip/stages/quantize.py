@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
-from llmzip.config import Granularity, QuantizeConfig, to_dict
+from llmzip.config import CalibrationMethod, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
-from llmzip.quant import qmath
+from llmzip.quant import qmath, ranges
 from llmzip.quant.modules import QuantLinear, replace_linears
-from llmzip.stages.calibrate import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, read_samples
+from llmzip.quant.observers import HistogramObserver
+from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -33,8 +34,14 @@ def select(names: list[str], exclude: list[str]) -> list[str]:
     return [n for n in names if not any(p.search(n) for p in patterns)]
 
 
-def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeConfig) -> QuantLinear:
-    """Build the int8 layer: weight scales from the weight, input scale/zero point from calibration."""
+def activation_range(obs: HistogramObserver, config: QuantizeConfig) -> tuple[float, float]:
+    if config.method is CalibrationMethod.PERCENTILE:
+        return ranges.percentile(obs, config.percentile)
+    return ranges.METHODS[config.method.value](obs)
+
+
+def quantize_linear(linear: nn.Linear, act_range: tuple[float, float], config: QuantizeConfig) -> QuantLinear:
+    """Build the int8 layer: weight scales from the weight, input scale/zero point from the activation range."""
     per_channel = config.weight_granularity is Granularity.PER_CHANNEL
     w_range = qmath.qrange(config.weight_bits, signed=True, symmetric=config.weight_symmetric)
     w_scale, w_zp = qmath.weight_qparams(
@@ -44,7 +51,7 @@ def quantize_linear(linear: nn.Linear, stats: dict[str, Any], config: QuantizeCo
     w_q = qmath.quantize(linear.weight.detach().float(), w_scale.reshape(shape), w_zp.reshape(shape), w_range)
 
     a_range = qmath.qrange(8, signed=config.activation_symmetric, symmetric=config.activation_symmetric)
-    lo, hi = torch.tensor(stats["min"]), torch.tensor(stats["max"])
+    lo, hi = torch.tensor(act_range[0]), torch.tensor(act_range[1])
     if config.activation_symmetric:
         a_scale, a_zp = qmath.symmetric_qparams(torch.maximum(lo.abs(), hi.abs()), a_range)
     else:
@@ -136,18 +143,19 @@ def quantize(
             f"{calibration_dir} was recorded on {recorded_on['path']}, not on {model_dir}; "
             f"run `llmzip calibrate {model_dir}` and pass that directory"
         )
-    stats = json.loads((calib.path / STATS_FILE).read_text())["tensors"]
+    observers = read_observers(calib.path)
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model_dir}")
         fp32 = load_model(source)
         names = select(linear_names(fp32), config.exclude)
         if not names:
             raise ConfigError(f"exclude: the patterns {config.exclude} leave no Linear layer to quantize")
-        missing = [n for n in names if n not in stats]
+        missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
         quantized = copy.deepcopy(fp32)
-        replace_linears(quantized, names, lambda name, lin: quantize_linear(lin, stats[name]["input"], config))
+        act_ranges = {n: activation_range(observers[n], config) for n in names}
+        replace_linears(quantized, names, lambda name, lin: quantize_linear(lin, act_ranges[name], config))
         quantized.eval()
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         tokenizer = load_tokenizer(source.path)
@@ -158,13 +166,23 @@ def quantize(
             batch_size=32,
         )
         report = error_report(fp32, quantized, names, batches)
+        for name in names:
+            lo, hi = act_ranges[name]
+            report["layers"][name].update(
+                range=[round(lo, 6), round(hi, 6)], observed=[observers[name].min, observers[name].max]
+            )
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
         spec = {"scheme": to_dict(config), "layers": {n: {"op": "Linear"} for n in names}}
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
         carry_forward(source.path, tmp)
-        metrics = {"quantized_layers": len(names), "fp32_linear_layers": len(linear_names(fp32)) - len(names), **report}
+        metrics = {
+            "quantized_layers": len(names),
+            "fp32_linear_layers": len(linear_names(fp32)) - len(names),
+            "method": config.method.value,
+            **report,
+        }
         write_manifest(
             tmp,
             stage="quantize",

@@ -44,3 +44,15 @@ def test_padding_positions_are_not_observed(chain: dict[str, Path]) -> None:
 def test_refuses_quantized_dir(chain: dict[str, Path], tmp_path: Path) -> None:
     result = invoke("calibrate", chain["int8"], "-o", tmp_path / "c")
     assert result.exit_code == 3 and "is a quantize artifact" in result.stderr and "llmzip export" in result.stderr
+
+
+def test_histograms_are_saved_and_reload(chain: dict[str, Path]) -> None:
+    from llmzip.stages.calibrate import HISTOGRAMS_FILE, read_observers
+
+    assert (chain["calib"] / HISTOGRAMS_FILE).is_file()
+    observers = read_observers(chain["calib"])
+    stats = json.loads((chain["calib"] / STATS_FILE).read_text())
+    for name, obs in observers.items():
+        assert int(obs.counts.sum()) == obs.count == stats["tensors"][name]["input"]["count"]
+        assert obs.counts.numel() == stats["bins"] == 2048
+        assert -obs.radius <= obs.min <= obs.max <= obs.radius

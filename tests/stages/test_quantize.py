@@ -82,3 +82,21 @@ def test_refuses_mismatched_or_wrong_inputs(chain: dict[str, Path], tmp_path: Pa
     result = invoke("quantize", chain["student"], chain["calib"], "-o", tmp_path / "q", "--exclude", "(")
     assert result.exit_code == 2 and "regular expression" in result.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_range_methods_from_saved_histograms(chain: dict[str, Path], tmp_path: Path) -> None:
+    scales = {}
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        out = tmp_path / method
+        extra = ["--percentile", "99.0"] if method == "percentile" else []
+        result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--method", method, *extra)
+        assert result.exit_code == 0, result.stderr
+        m = read_manifest(out)
+        assert m is not None and m["metrics"]["method"] == method
+        layer = m["metrics"]["layers"][LAYER]
+        lo, hi = layer["range"]
+        assert layer["observed"][0] - 1e-6 <= lo <= hi <= layer["observed"][1] + 1e-6
+        scales[method] = layer["input_scale"]
+    assert scales["percentile"] < scales["minmax"]  # 1% clipped on each side: a strictly narrower range
+    for method in ("entropy", "mse"):
+        assert scales[method] <= scales["minmax"] * (1 + 1e-6)
