@@ -9,7 +9,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow demo tiny sst2 bench-distill lint clean
+.PHONY: install test test-slow demo tiny sst2 bench-distill bench-quant lint clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ sst2: install
 ## make bench-distill [BENCH_QUICK=1]: 5 students of the reference teacher, same budget (~1 h; quick: minutes)
 bench-distill: install
 	$(BIN)/python -m llmzip.benchmarks.distill $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-quant [BENCH_QUICK=1]: int8 range methods vs onnxruntime quantize_static/dynamic, calibration RSS
+bench-quant: install
+	$(BIN)/python -m llmzip.benchmarks.quant $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 lint: install
 	$(BIN)/ruff check llmzip tests

@@ -412,6 +412,18 @@ def quantize(
         typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
     ] = None,
     percentile: Annotated[Optional[float], typer.Option(help="For --method percentile, e.g. 99.99.")] = None,
+    sensitivity: Annotated[
+        Optional[bool],
+        typer.Option("--sensitivity", help="Report each layer quantized alone (SQNR, accuracy drop on --data)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        typer.Option(help="Keep the most sensitive layers fp32 until the accuracy drop (points) fits; needs --data."),
+    ] = None,
+    data: Data = None,
+    eval_split: EvalSplit = None,
+    max_eval_samples: MaxEval = None,
+    max_length: MaxLength = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion)."),
@@ -431,8 +443,16 @@ def quantize(
         llmzip quantize runs/student runs/calib --weight-granularity per-tensor --weight-asymmetric -o runs/q
 
         llmzip quantize runs/student runs/calib --method percentile --percentile 99.99 -o runs/q-p9999
+
+        llmzip quantize runs/student runs/calib --max-accuracy-drop 0.5 --data ../shared/data/sst2 -o runs/q-safe
     """
     flags = {
+        "data": data,
+        "eval_split": eval_split,
+        "max_eval_samples": max_eval_samples,
+        "max_length": max_length,
+        "sensitivity": sensitivity,
+        "max_accuracy_drop": max_accuracy_drop,
         "method": method,
         "percentile": percentile,
         "weight_granularity": weight_granularity,

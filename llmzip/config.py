@@ -205,12 +205,20 @@ class QuantizeConfig:
     activation_symmetric: bool = False
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
+    sensitivity: bool = False  # quantize each layer alone: logit SQNR and accuracy drop on data's eval split
+    max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
+    data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.weight_bits == 8, "weight_bits", f"only 8 is supported so far, got {self.weight_bits}")
         _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
+        _check(
+            self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,
+            "max_accuracy_drop",
+            f"must be >= 0 (points), got {self.max_accuracy_drop}",
+        )
 
 
 @dataclass

@@ -45,37 +45,6 @@ def test_accuracy(model_dir: Path, *, max_length: int = 64, batch_size: int = 64
     return correct / len(enc), count_parameters(model)
 
 
-def scatter_png(
-    path: Path,
-    points: list[dict[str, Any]],
-    *,
-    x: str,
-    y: str,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    hline: float | None = None,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for p in points:
-        ax.scatter(p[x], p[y], s=40)
-        ax.annotate(p["name"], (p[x], p[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if hline is not None:
-        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2) + "\n")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from llmzip.artifact import read_manifest
-from llmzip.benchmarks.common import SST2, TEACHER, require_shared, scatter_png, test_accuracy, write_json
+from llmzip.benchmarks.common import SST2, TEACHER, require_shared, test_accuracy, write_json
 from llmzip.config import DataConfig, DistillConfig
 from llmzip.machine import machine_info
+from llmzip.plots import scatter_png
 from llmzip.progress import stdout_console
 from llmzip.stages.distill import distill
 

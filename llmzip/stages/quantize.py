@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -13,17 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmzip import data as data_mod
+from llmzip import plots
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
 from llmzip.config import CalibrationMethod, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
-from llmzip.quant import qmath, ranges
-from llmzip.quant.modules import QuantLinear, replace_linears
+from llmzip.quant import qmath, ranges, sensitivity
+from llmzip.quant.modules import QuantLinear
 from llmzip.quant.observers import HistogramObserver
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
+SENSITIVITY_FILE = "sensitivity.json"
+FALLBACK_FILE = "fallback.json"
 
 
 def select(names: list[str], exclude: list[str]) -> list[str]:
@@ -128,6 +131,59 @@ def error_report(
     }
 
 
+def eval_batches(config: QuantizeConfig, tokenizer: Any, model: Any, size: int = 64) -> list[dict[str, Any]]:
+    d = config.data
+    loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
+    assert loaded is not None
+    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
+    return [dict(tokenizer.pad(enc[i : i + size], return_tensors="pt")) for i in range(0, len(enc), size)]
+
+
+def accuracy_aware(
+    fp32: nn.Module,
+    names: list[str],
+    make: Any,
+    probe: list[dict[str, Any]],
+    tokenizer: Any,
+    config: QuantizeConfig,
+    tmp: Path,
+) -> tuple[list[str], dict[str, Any]]:
+    """Sensitivity report (+ PNG) and, with max_accuracy_drop, the greedy fp32 fallback and its Pareto list."""
+    evaluation = eval_batches(config, tokenizer, fp32)
+    base = sensitivity.accuracy(fp32, evaluation)
+    rows = sensitivity.layer_sensitivity(fp32, names, make, probe, evaluation)
+    (tmp / SENSITIVITY_FILE).write_text(json.dumps({"fp32_accuracy": base, "layers": rows}, indent=1) + "\n")
+    if plots.available():
+        plots.bars_png(
+            tmp / "sensitivity.png",
+            [r["layer"] for r in rows],
+            [r["accuracy_drop_pt"] for r in rows],
+            title="accuracy drop with only this layer int8",
+            ylabel="points",
+        )
+    extra: dict[str, Any] = {
+        "fp32_eval_accuracy": round(base, 4),
+        "eval_samples": sum(len(b["labels"]) for b in evaluation),
+        "most_sensitive": sorted(rows, key=lambda r: -r["accuracy_drop_pt"])[:5],
+    }
+    if config.max_accuracy_drop is None:
+        return names, extra
+    kept, tried = sensitivity.fallback(fp32, names, make, rows, evaluation, max_drop_pt=config.max_accuracy_drop)
+    (tmp / FALLBACK_FILE).write_text(
+        json.dumps({"target_drop_pt": config.max_accuracy_drop, "tried": tried, "chosen_fp32_layers": kept}, indent=1)
+        + "\n"
+    )
+    chosen = next((t for t in tried if t["meets_target"]), tried[-1])
+    extra["fallback"] = {
+        "fp32_layers": kept,
+        "eval_accuracy": chosen["accuracy"],
+        "met": chosen["meets_target"],
+        "configurations_tried": len(tried),
+    }
+    return [n for n in names if n not in kept], extra
+
+
 def quantize(
     model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
 ) -> Path:
@@ -153,11 +209,11 @@ def quantize(
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
-        quantized = copy.deepcopy(fp32)
         act_ranges = {n: activation_range(observers[n], config) for n in names}
-        replace_linears(quantized, names, lambda name, lin: quantize_linear(lin, act_ranges[name], config))
-        quantized.eval()
-        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
+
+        def make(name: str, lin: nn.Linear) -> QuantLinear:
+            return quantize_linear(lin, act_ranges[name], config)
+
         tokenizer = load_tokenizer(source.path)
         batches = batches_from_rows(
             tokenizer,
@@ -165,6 +221,11 @@ def quantize(
             max_length=calib.manifest["config"]["data"]["max_length"],
             batch_size=32,
         )
+        extra: dict[str, Any] = {}
+        if config.sensitivity or config.max_accuracy_drop is not None:
+            names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
+        quantized = sensitivity.with_quantized(fp32, names, make)
+        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         report = error_report(fp32, quantized, names, batches)
         for name in names:
             lo, hi = act_ranges[name]
@@ -182,6 +243,7 @@ def quantize(
             "fp32_linear_layers": len(linear_names(fp32)) - len(names),
             "method": config.method.value,
             **report,
+            **extra,
         }
         write_manifest(
             tmp,

@@ -100,3 +100,23 @@ def test_range_methods_from_saved_histograms(chain: dict[str, Path], tmp_path: P
     assert scales["percentile"] < scales["minmax"]  # 1% clipped on each side: a strictly narrower range
     for method in ("entropy", "mse"):
         assert scales[method] <= scales["minmax"] * (1 + 1e-6)
+
+
+def test_sensitivity_and_fallback(chain: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import DEMO_VALIDATION
+
+    out = tmp_path / "safe"
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--sensitivity",
+                    "--max-accuracy-drop", 0.0, "--data", DEMO_VALIDATION)
+    assert result.exit_code == 0, result.stderr
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert len(sens["layers"]) == 6 and all("accuracy_drop_pt" in r and "logits_sqnr_db" in r for r in sens["layers"])
+    fb = json.loads((out / "fallback.json").read_text())
+    tried = fb["tried"]
+    assert [t["int8_layers"] for t in tried] == list(range(6, 6 - len(tried), -1))  # one more fp32 layer each
+    assert tried[-1]["meets_target"] or len(tried) == 7
+    m = read_manifest(out)
+    assert m is not None
+    assert m["metrics"]["quantized_layers"] == 6 - len(fb["chosen_fp32_layers"])
+    assert m["metrics"]["fallback"]["fp32_layers"] == fb["chosen_fp32_layers"]
+    assert m["metrics"]["eval_samples"] == 80

@@ -1,0 +1,245 @@
+"""`make bench-quant`: static int8 range methods on the reference teacher vs onnxruntime's own quantizers.
+
+All variants are ONNX models scored by onnxruntime on SST-2 test.tsv (GLUE dev) with the same tokenization;
+llmzip and onnxruntime's static quantizer calibrate on the same sentences. Calibration peak RSS is measured
+in fresh processes at 100 / 1,000 / 10,000 samples.
+`python -m llmzip.benchmarks.quant [--quick] [--out runs/bench-quant]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmzip.artifact import read_manifest
+from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
+from llmzip.config import CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
+from llmzip.machine import machine_info
+from llmzip.modeling import load_tokenizer
+from llmzip.progress import console, stdout_console
+from llmzip.quant.qmath import sqnr_db
+from llmzip.stages.calibrate import calibrate, read_samples
+from llmzip.stages.export import export
+from llmzip.stages.quantize import quantize
+
+MAX_LENGTH = 64
+METHODS: list[tuple[str, dict[str, Any]]] = [
+    ("llmzip-minmax", {"method": "minmax"}),
+    ("llmzip-percentile-99.99", {"method": "percentile", "percentile": 99.99}),
+    ("llmzip-percentile-99.999", {"method": "percentile", "percentile": 99.999}),
+    ("llmzip-entropy", {"method": "entropy"}),
+    ("llmzip-mse", {"method": "mse"}),
+]
+
+
+def test_feeds() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    tokenizer = load_tokenizer(TEACHER)
+    rows = [line.split("\t") for line in (SST2 / "test.tsv").read_text().splitlines()[1:]]
+    enc = tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="np")
+    feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return feeds, np.asarray([int(r[1]) for r in rows])
+
+
+def ort_logits(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    n = len(next(iter(feeds.values())))
+    parts = [
+        session.run(None, {k: v[i : i + batch] for k, v in feeds.items() if k in names})[0] for i in range(0, n, batch)
+    ]
+    return np.concatenate(parts)
+
+
+def score(
+    name: str,
+    source: str,
+    method: str,
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    labels: np.ndarray,
+    reference: np.ndarray,
+    fp32_layers: int,
+) -> dict[str, Any]:
+    import torch
+
+    logits = ort_logits(path, feeds)
+    return {
+        "name": name,
+        "source": source,
+        "method": method,
+        "accuracy": round(float((logits.argmax(-1) == labels).mean()), 4),
+        "sqnr_db": round(sqnr_db(torch.from_numpy(reference), torch.from_numpy(logits)), 2),
+        "fp32_layers": fp32_layers,
+        "size_mb": round(path.stat().st_size / 1e6, 1),
+    }
+
+
+def ort_baselines(fp32_onnx: Path, calib_dir: Path, out: Path) -> list[tuple[str, str, Path]]:
+    """onnxruntime's quantize_static (QDQ, per-channel, MinMax, U8S8) on our calibration sentences, and
+    quantize_dynamic (per-channel), both on the same fp32 export."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    tokenizer = load_tokenizer(TEACHER)
+    texts = [r["text"] for r in read_samples(calib_dir)]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.items = iter(
+                {
+                    k: v.astype(np.int64)
+                    for k, v in tokenizer([t], truncation=True, max_length=MAX_LENGTH, return_tensors="np").items()
+                }
+                for t in texts
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    static, dynamic = out / "ort-static-minmax.onnx", out / "ort-dynamic.onnx"
+    quantize_static(
+        str(fp32_onnx),
+        str(static),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    quantize_dynamic(str(fp32_onnx), str(dynamic), per_channel=True, weight_type=QuantType.QInt8)
+    return [("ort-static-minmax-qdq", "minmax", static), ("ort-dynamic", "dynamic", dynamic)]
+
+
+RSS_PROBE = """
+import resource, sys
+from llmzip.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as done:
+    if done.code:
+        raise
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def calibration_rss(out: Path, sizes: list[int]) -> dict[str, float]:
+    """Peak RSS (MB) of a fresh `llmzip calibrate` process per sample count."""
+    result = {}
+    for n in sizes:
+        cmd = [
+            sys.executable,
+            "-c",
+            RSS_PROBE,
+            "calibrate",
+            str(TEACHER),
+            "-o",
+            str(out / f"calib-{n}"),
+            "--data",
+            str(SST2),
+            "--num-samples",
+            str(n),
+            "--max-length",
+            str(MAX_LENGTH),
+            "--overwrite",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        kb = int(done.stdout.split("PEAK_RSS_KB")[-1].split()[0])
+        result[str(n)] = round(kb / 1024, 1)
+        console.print(f"calibration peak RSS at {n} samples: {result[str(n)]} MB")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-quant"))
+    args = parser.parse_args()
+    require_shared()
+    started = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    n_calib = 64 if args.quick else 256
+    data = DataConfig(dataset=str(SST2), max_length=MAX_LENGTH)
+    calib = calibrate(
+        TEACHER, out / "calibration", config=CalibrateConfig(data=data, num_samples=n_calib), overwrite=True
+    )
+    fp32 = export(TEACHER, out / "onnx-fp32", config=ExportConfig(), overwrite=True)
+    feeds, labels = test_feeds()
+    reference = ort_logits(fp32 / "model.onnx", feeds)
+    result: dict[str, Any] = {
+        "fp32": {"accuracy": round(float((reference.argmax(-1) == labels).mean()), 4)},
+        "teacher": str(TEACHER),
+        "calibration_samples": n_calib,
+        "eval": str(SST2 / "test.tsv"),
+        "machine": machine_info(),
+        "variants": [],
+    }
+    for name, overrides in METHODS:
+        console.rule(f"[bold]{name}")
+        q = quantize(TEACHER, calib, out / name, config=QuantizeConfig(**overrides), overwrite=True)
+        onnx_dir = export(q, out / f"onnx-{name}", config=ExportConfig(), overwrite=True)
+        m = read_manifest(q) or {}
+        result["variants"].append(
+            score(
+                name,
+                "llmzip",
+                overrides["method"],
+                onnx_dir / "model.onnx",
+                feeds,
+                labels,
+                reference,
+                m.get("metrics", {}).get("fp32_linear_layers", 0),
+            )
+        )
+        write_json(out / "results.json", result)
+    for name, method, path in ort_baselines(fp32 / "model.onnx", calib, out):
+        result["variants"].append(score(name, "onnxruntime", method, path, feeds, labels, reference, 0))
+    sizes = [100, 1000] if args.quick else [100, 1000, 10000]
+    result["calibration_peak_rss_mb"] = calibration_rss(out / "rss", sizes)
+    result["wall_s"] = round(time.time() - started, 1)
+    write_json(out / "results.json", result)
+    render(result)
+
+
+def render(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    fp32 = result["fp32"]["accuracy"]
+    table = Table(title=f"bench-quant: reference teacher on SST-2 dev (fp32 {fp32:.4f})")
+    for col in ("variant", "source", "method", "accuracy", "Δ pt", "logit SQNR dB", "fp32 layers", "MB"):
+        table.add_column(col, justify="left" if col in ("variant", "source", "method") else "right")
+    for v in result["variants"]:
+        table.add_row(
+            v["name"],
+            v["source"],
+            v["method"],
+            f"{v['accuracy']:.4f}",
+            f"{100 * (v['accuracy'] - fp32):+.2f}",
+            f"{v['sqnr_db']:.1f}",
+            str(v["fp32_layers"]),
+            f"{v['size_mb']:.1f}",
+        )
+    out = stdout_console()
+    out.print(table)
+    out.print(f"calibration peak RSS (MB): {json.dumps(result['calibration_peak_rss_mb'])}")
+
+
+if __name__ == "__main__":
+    main()
