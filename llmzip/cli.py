@@ -412,6 +412,9 @@ def quantize(
         typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
     ] = None,
     percentile: Annotated[Optional[float], typer.Option(help="For --method percentile, e.g. 99.99.")] = None,
+    smoothquant: Annotated[
+        Optional[float], typer.Option(help="SmoothQuant migration strength α in [0, 1] (e.g. 0.5); off by default.")
+    ] = None,
     sensitivity: Annotated[
         Optional[bool],
         typer.Option("--sensitivity", help="Report each layer quantized alone (SQNR, accuracy drop on --data)."),
@@ -455,6 +458,7 @@ def quantize(
         "max_accuracy_drop": max_accuracy_drop,
         "method": method,
         "percentile": percentile,
+        "smoothquant": smoothquant,
         "weight_granularity": weight_granularity,
         "weight_symmetric": weight_symmetric,
         "activation_symmetric": activation_symmetric,

@@ -205,6 +205,7 @@ class QuantizeConfig:
     activation_symmetric: bool = False
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
+    smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
     sensitivity: bool = False  # quantize each layer alone: logit SQNR and accuracy drop on data's eval split
     max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
     data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback

@@ -88,6 +88,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
             bias=linear.bias is not None,
             per_channel=scheme["weight_granularity"] == "per-channel",
             activation_signed=scheme["activation_symmetric"],
+            smooth=bool(spec["layers"][name].get("smooth", False)),
         )
 
     replace_linears(model, list(spec["layers"]), make)

@@ -37,6 +37,10 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     ("llmzip-percentile-99.999", {"method": "percentile", "percentile": 99.999}),
     ("llmzip-entropy", {"method": "entropy"}),
     ("llmzip-mse", {"method": "mse"}),
+    ("llmzip-smoothquant-0.5", {"method": "minmax", "smoothquant": 0.5}),
+    ("llmzip-smoothquant-0.5-p99.99", {"method": "percentile", "percentile": 99.99, "smoothquant": 0.5}),
+    # Fallback is decided on the validation split (never on test), then scored on test like the rest.
+    ("llmzip-minmax+fallback-0.5pt", {"method": "minmax", "max_accuracy_drop": 0.5, "fallback": True}),
 ]
 
 
@@ -193,7 +197,15 @@ def main() -> None:
     }
     for name, overrides in METHODS:
         console.rule(f"[bold]{name}")
-        q = quantize(TEACHER, calib, out / name, config=QuantizeConfig(**overrides), overwrite=True)
+        settings = {k: v for k, v in overrides.items() if k != "fallback"}
+        if overrides.get("fallback"):
+            settings["data"] = DataConfig(
+                dataset=str(SST2),
+                max_length=MAX_LENGTH,
+                eval_split="validation",
+                max_eval_samples=200 if args.quick else 1000,
+            )
+        q = quantize(TEACHER, calib, out / name, config=QuantizeConfig(**settings), overwrite=True)
         onnx_dir = export(q, out / f"onnx-{name}", config=ExportConfig(), overwrite=True)
         m = read_manifest(q) or {}
         result["variants"].append(

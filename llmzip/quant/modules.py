@@ -66,9 +66,23 @@ class QuantLinear(nn.Module):
     input_zero_point: torch.Tensor
 
     def __init__(
-        self, in_features: int, out_features: int, *, bias: bool, per_channel: bool, activation_signed: bool
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        per_channel: bool,
+        activation_signed: bool,
+        smooth: bool = False,
     ) -> None:
         super().__init__()
+        # SmoothQuant: the input is divided per channel by s (a Mul before QuantizeLinear in ONNX) and the weight
+        # columns were multiplied by s before quantization, so x @ W is unchanged but x has no outlier channels.
+        self.input_smooth: torch.Tensor | None
+        if smooth:
+            self.register_buffer("input_smooth", torch.ones(in_features))
+        else:
+            self.input_smooth = None
         self.in_features, self.out_features = in_features, out_features
         n = out_features if per_channel else 1
         self.register_buffer("weight_q", torch.zeros(in_features, out_features, dtype=torch.int8))
@@ -82,6 +96,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.activation_range
+        if self.input_smooth is not None:
+            x = x * self.input_smooth
         x = _FakeQuant.apply(x, self.input_scale, self.input_zero_point, r.qmin, r.qmax)
         scale = self.weight_scale if self.weight_scale.numel() > 1 else self.weight_scale.reshape(())
         zero_point = (
@@ -92,8 +108,9 @@ class QuantLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The weight this layer really uses, in nn.Linear's [out, in] layout."""
-        return dequantize(self.weight_q, self.weight_scale, self.weight_zero_point).t()
+        """The weight this layer really uses on the original input, in nn.Linear's [out, in] layout."""
+        w = dequantize(self.weight_q, self.weight_scale, self.weight_zero_point).t()
+        return w * self.input_smooth if self.input_smooth is not None else w
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.weight_scale.numel() > 1 else "per-tensor"

@@ -25,6 +25,8 @@ class HistogramObserver:
         self.min = float("inf")
         self.max = float("-inf")
         self.count = 0
+        # Per-input-channel max |x| (the last dimension): what SmoothQuant needs to migrate outliers to weights.
+        self.channel_absmax: torch.Tensor | None = None
 
     def _grow_to(self, needed: float) -> None:
         if self.radius == 0.0:
@@ -43,7 +45,12 @@ class HistogramObserver:
     def update(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
-        x = x.detach().float().reshape(-1)
+        x = x.detach().float()
+        per_channel = x.reshape(-1, x.shape[-1]).abs().amax(0)
+        self.channel_absmax = (
+            per_channel if self.channel_absmax is None else torch.maximum(self.channel_absmax, per_channel)
+        )
+        x = x.reshape(-1)
         lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.numel()
@@ -57,8 +64,11 @@ class HistogramObserver:
         return {"bins": self.bins, "radius": self.radius, "min": self.min, "max": self.max, "count": self.count}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], counts: torch.Tensor) -> HistogramObserver:
+    def from_state(
+        cls, state: dict[str, Any], counts: torch.Tensor, channel_absmax: torch.Tensor | None = None
+    ) -> HistogramObserver:
         obs = cls(int(state["bins"]))
+        obs.channel_absmax = channel_absmax
         obs.counts = counts.double().clone()
         obs.radius, obs.min, obs.max, obs.count = (
             float(state["radius"]),

@@ -33,12 +33,14 @@ def record(
     names: list[str],
     *,
     bins: int = DEFAULT_BINS,
+    scale_inputs: dict[str, torch.Tensor] | None = None,
     description: str = "calibrate",
 ) -> dict[str, HistogramObserver]:
     """Run the batches through the model with a pre-hook on each named Linear that observes its input.
 
     Padding positions are excluded: their activations are never read by the model's output, and a padded
-    outlier would otherwise widen the range every real token has to share.
+    outlier would otherwise widen the range every real token has to share. `scale_inputs` multiplies a layer's
+    input per channel before observing it (the SmoothQuant-scaled input the int8 layer will really see).
     """
     observers = {name: HistogramObserver(bins) for name in names}
     mask_holder: dict[str, torch.Tensor] = {}
@@ -49,6 +51,8 @@ def record(
             mask = mask_holder.get("mask")
             if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
                 x = x[mask]
+            if scale_inputs is not None and name in scale_inputs:
+                x = x * scale_inputs[name]
             observers[name].update(x)
 
         return observe
@@ -87,7 +91,10 @@ def read_observers(directory: Path) -> dict[str, HistogramObserver]:
     stats = json.loads((directory / STATS_FILE).read_text())["tensors"]
     counts = load_file(str(directory / HISTOGRAMS_FILE))
     return {
-        name: HistogramObserver.from_state(entry["input"], counts[f"{name}.input"]) for name, entry in stats.items()
+        name: HistogramObserver.from_state(
+            entry["input"], counts[f"{name}.input"], counts.get(f"{name}.input_channel_absmax")
+        )
+        for name, entry in stats.items()
     }
 
 
@@ -127,7 +134,11 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
         }
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
         # The histograms let `quantize --method` pick min/max, percentile, entropy or MSE without re-calibrating.
-        save_file({f"{name}.input": obs.counts for name, obs in observers.items()}, str(tmp / HISTOGRAMS_FILE))
+        tensors = {f"{name}.input": obs.counts for name, obs in observers.items()}
+        tensors |= {
+            f"{n}.input_channel_absmax": o.channel_absmax for n, o in observers.items() if o.channel_absmax is not None
+        }
+        save_file(tensors, str(tmp / HISTOGRAMS_FILE))
         with (tmp / SAMPLES_FILE).open("w") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -22,7 +22,7 @@ from llmzip.progress import step
 from llmzip.quant import qmath, ranges, sensitivity
 from llmzip.quant.modules import QuantLinear
 from llmzip.quant.observers import HistogramObserver
-from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples
+from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 SENSITIVITY_FILE = "sensitivity.json"
@@ -43,15 +43,36 @@ def activation_range(obs: HistogramObserver, config: QuantizeConfig) -> tuple[fl
     return ranges.METHODS[config.method.value](obs)
 
 
-def quantize_linear(linear: nn.Linear, act_range: tuple[float, float], config: QuantizeConfig) -> QuantLinear:
+def smoothing_factors(
+    model: nn.Module, names: list[str], observers: dict[str, HistogramObserver], alpha: float
+) -> dict[str, torch.Tensor]:
+    """SmoothQuant (Xiao et al. 2023): s_j = max|X_j|^α / max|W_:,j|^(1−α) per input channel j.
+
+    Dividing the input by s and multiplying the weight's columns by s leaves x @ Wᵀ unchanged while moving the
+    activation outliers (e.g. FFN2's GELU output) into the weights, which per-channel quantization handles well.
+    """
+    factors = {}
+    for name in names:
+        act = observers[name].channel_absmax
+        if act is None:
+            raise ArtifactError(f"the calibration has no per-channel statistics for {name}; re-run `llmzip calibrate`")
+        linear = model.get_submodule(name)
+        assert isinstance(linear, nn.Linear)
+        weight = linear.weight.detach().abs().amax(0)
+        factors[name] = (act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5).float()
+    return factors
+
+
+def quantize_linear(
+    linear: nn.Linear, act_range: tuple[float, float], config: QuantizeConfig, smooth: torch.Tensor | None = None
+) -> QuantLinear:
     """Build the int8 layer: weight scales from the weight, input scale/zero point from the activation range."""
     per_channel = config.weight_granularity is Granularity.PER_CHANNEL
+    weight = linear.weight.detach().float() * smooth[None, :] if smooth is not None else linear.weight.detach().float()
     w_range = qmath.qrange(config.weight_bits, signed=True, symmetric=config.weight_symmetric)
-    w_scale, w_zp = qmath.weight_qparams(
-        linear.weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel
-    )
+    w_scale, w_zp = qmath.weight_qparams(weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel)
     shape = (-1, 1) if per_channel else ()
-    w_q = qmath.quantize(linear.weight.detach().float(), w_scale.reshape(shape), w_zp.reshape(shape), w_range)
+    w_q = qmath.quantize(weight, w_scale.reshape(shape), w_zp.reshape(shape), w_range)
 
     a_range = qmath.qrange(8, signed=config.activation_symmetric, symmetric=config.activation_symmetric)
     lo, hi = torch.tensor(act_range[0]), torch.tensor(act_range[1])
@@ -66,8 +87,11 @@ def quantize_linear(linear: nn.Linear, act_range: tuple[float, float], config: Q
         bias=linear.bias is not None,
         per_channel=per_channel,
         activation_signed=config.activation_symmetric,
+        smooth=smooth is not None,
     )
     with torch.no_grad():
+        if smooth is not None and layer.input_smooth is not None:
+            layer.input_smooth.copy_(1.0 / smooth)
         layer.weight_q.copy_(w_q.t())
         layer.weight_scale.copy_(w_scale.reshape(-1))
         layer.weight_zero_point.copy_(w_zp.reshape(-1).to(torch.int8))
@@ -209,11 +233,6 @@ def quantize(
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
-        act_ranges = {n: activation_range(observers[n], config) for n in names}
-
-        def make(name: str, lin: nn.Linear) -> QuantLinear:
-            return quantize_linear(lin, act_ranges[name], config)
-
         tokenizer = load_tokenizer(source.path)
         batches = batches_from_rows(
             tokenizer,
@@ -221,6 +240,23 @@ def quantize(
             max_length=calib.manifest["config"]["data"]["max_length"],
             batch_size=32,
         )
+        smooth: dict[str, torch.Tensor] = {}
+        if config.smoothquant is not None:
+            smooth = smoothing_factors(fp32, names, observers, config.smoothquant)
+            # The int8 layers see x / s: observe that (on the kept calibration samples) to fit its range.
+            inverse = {n: 1.0 / s for n, s in smooth.items()}
+            bins = calib.manifest["config"].get("bins", 2048)
+            observers = {
+                **observers,
+                **record(
+                    fp32, batches, names, bins=bins, scale_inputs=inverse, description="re-observing smoothed inputs"
+                ),
+            }
+        act_ranges = {n: activation_range(observers[n], config) for n in names}
+
+        def make(name: str, lin: nn.Linear) -> QuantLinear:
+            return quantize_linear(lin, act_ranges[name], config, smooth.get(name))
+
         extra: dict[str, Any] = {}
         if config.sensitivity or config.max_accuracy_drop is not None:
             names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
@@ -234,7 +270,7 @@ def quantize(
             )
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
-        spec = {"scheme": to_dict(config), "layers": {n: {"op": "Linear"} for n in names}}
+        spec = {"scheme": to_dict(config), "layers": {n: {"op": "Linear", "smooth": n in smooth} for n in names}}
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
         carry_forward(source.path, tmp)

@@ -6,8 +6,13 @@ from llmzip.benchmarks.distill import targets
 
 
 def _student(name: str, acc: float, layers: int = 3, hidden: int = 384, step: float = 0.5) -> dict:
-    return {"name": name, "accuracy": acc, "layers": layers, "hidden_size": hidden,
-            "train_step_s": {"prediction": step}}
+    return {
+        "name": name,
+        "accuracy": acc,
+        "layers": layers,
+        "hidden_size": hidden,
+        "train_step_s": {"prediction": step},
+    }
 
 
 def test_targets_from_results() -> None:

@@ -106,8 +106,18 @@ def test_sensitivity_and_fallback(chain: dict[str, Path], tmp_path: Path) -> Non
     from tests.conftest import DEMO_VALIDATION
 
     out = tmp_path / "safe"
-    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--sensitivity",
-                    "--max-accuracy-drop", 0.0, "--data", DEMO_VALIDATION)
+    result = invoke(
+        "quantize",
+        chain["student"],
+        chain["calib"],
+        "-o",
+        out,
+        "--sensitivity",
+        "--max-accuracy-drop",
+        0.0,
+        "--data",
+        DEMO_VALIDATION,
+    )
     assert result.exit_code == 0, result.stderr
     sens = json.loads((out / "sensitivity.json").read_text())
     assert len(sens["layers"]) == 6 and all("accuracy_drop_pt" in r and "logits_sqnr_db" in r for r in sens["layers"])
@@ -120,3 +130,24 @@ def test_sensitivity_and_fallback(chain: dict[str, Path], tmp_path: Path) -> Non
     assert m["metrics"]["quantized_layers"] == 6 - len(fb["chosen_fp32_layers"])
     assert m["metrics"]["fallback"]["fp32_layers"] == fb["chosen_fp32_layers"]
     assert m["metrics"]["eval_samples"] == 80
+
+
+def test_smoothquant_keeps_the_product_and_exports(chain: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    out = tmp_path / "sq"
+    assert invoke("quantize", chain["student"], chain["calib"], "-o", out, "--smoothquant", 0.5).exit_code == 0
+    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    layer = model.get_submodule(LAYER)
+    assert isinstance(layer, QuantLinear) and layer.input_smooth is not None
+    fp32 = load_pretrained(chain["student"]).get_submodule(LAYER).weight.detach()
+    # dequantized weight on the original input ≈ the fp32 weight: smoothing moved scale, not meaning
+    assert float((layer.dequantized_weight() - fp32).abs().max()) < 0.05 * float(fp32.abs().max())
+    m = read_manifest(out)
+    assert m is not None and m["config"]["smoothquant"] == 0.5
+    onnx_dir = tmp_path / "sq-onnx"
+    result = invoke("export", out, "-o", onnx_dir)
+    assert result.exit_code == 0, result.stderr
+    em = read_manifest(onnx_dir)
+    assert em is not None and em["metrics"]["int8_kernels"] >= 6 and "Mul" in em["metrics"]["graph_ops"]
+    assert np.isfinite(em["metrics"]["parity"]["max_abs_diff"])
