@@ -412,6 +412,13 @@ def quantize(
         typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
     ] = None,
     percentile: Annotated[Optional[float], typer.Option(help="For --method percentile, e.g. 99.99.")] = None,
+    qat_steps: Annotated[
+        Optional[int], typer.Option(help="Quantization-aware training steps after calibration (0 = off); uses --data.")
+    ] = None,
+    qat_learning_rate: Annotated[Optional[float], typer.Option(help="QAT learning rate.")] = None,
+    qat_alpha: Annotated[
+        Optional[float], typer.Option(help="QAT: KD weight from the fp32 model (0 = labels only).")
+    ] = None,
     smoothquant: Annotated[
         Optional[float], typer.Option(help="SmoothQuant migration strength α in [0, 1] (e.g. 0.5); off by default.")
     ] = None,
@@ -448,6 +455,8 @@ def quantize(
         llmzip quantize runs/student runs/calib --method percentile --percentile 99.99 -o runs/q-p9999
 
         llmzip quantize runs/student runs/calib --max-accuracy-drop 0.5 --data ../shared/data/sst2 -o runs/q-safe
+
+        llmzip quantize runs/student runs/calib --qat-steps 300 --data ../shared/data/sst2 -o runs/q-qat
     """
     flags = {
         "data": data,
@@ -459,6 +468,9 @@ def quantize(
         "method": method,
         "percentile": percentile,
         "smoothquant": smoothquant,
+        "qat_steps": qat_steps,
+        "qat_learning_rate": qat_learning_rate,
+        "qat_alpha": qat_alpha,
         "weight_granularity": weight_granularity,
         "weight_symmetric": weight_symmetric,
         "activation_symmetric": activation_symmetric,

@@ -208,7 +208,11 @@ class QuantizeConfig:
     smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
     sensitivity: bool = False  # quantize each layer alone: logit SQNR and accuracy drop on data's eval split
     max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
-    data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback
+    qat_steps: int = 0  # > 0: quantization-aware training after calibration (STE), on data's train split
+    qat_learning_rate: float = 2e-5
+    qat_batch_size: int = 32
+    qat_alpha: float = 0.5  # KD weight from the fp32 model as teacher (0 = labels only)
+    data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback, train for QAT
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     seed: int = 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
 from llmzip.quant import qmath, ranges, sensitivity
-from llmzip.quant.modules import QuantLinear
+from llmzip.quant.modules import QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
@@ -208,6 +209,54 @@ def accuracy_aware(
     return [n for n in names if n not in kept], extra
 
 
+def quantization_aware_training(
+    fp32: Any, names: list[str], make: Any, tokenizer: Any, config: QuantizeConfig, work: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune the fake-quantized model (fp32 model as KD teacher) and convert it back to int8 layers."""
+    from transformers import DataCollatorWithPadding
+
+    from llmzip import training
+    from llmzip.config import TrainConfig
+    from llmzip.progress import trainer_callback
+    from llmzip.quant.qat import QATLinear, to_quant_linear
+    from llmzip.stages.distill import StudentWithProjections, _trainer_class
+
+    model = copy.deepcopy(fp32)
+    replace_linears(model, names, lambda n, lin: QATLinear(lin, make(n, lin), config))
+    label2id = {str(k): int(v) for k, v in (fp32.config.label2id or {}).items()}
+    train_cfg = TrainConfig(
+        data=config.data,
+        max_steps=config.qat_steps,
+        batch_size=config.qat_batch_size,
+        learning_rate=config.qat_learning_rate,
+        warmup_ratio=0.1,
+        seed=config.seed,
+    )
+    prepared = training.prepare(train_cfg, tokenizer, label2id)
+    has_eval = prepared.eval is not None
+    weights = {k: v for k, v in {"kd": config.qat_alpha, "ce": 1 - config.qat_alpha}.items() if v > 0}
+    callback = trainer_callback(f"quantization-aware training ({'+'.join(weights)})")
+    trainer = training.make_trainer(
+        _trainer_class(),
+        callback=callback,
+        model=StudentWithProjections(model, None, hidden=False, attentions=False),
+        args=training.arguments(train_cfg, work, num_train=len(prepared.train), has_eval=has_eval),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=training.accuracy,
+        teacher=fp32,
+        weights=weights,
+        temperature=2.0,
+        layer_map=[],
+        cached_logits=None,
+    )
+    trainer.train()
+    metrics = {"qat": {"losses": weights, **training.summarise(trainer, callback, has_eval), "inputs": prepared.inputs}}
+    replace_linears(model, names, lambda n, layer: to_quant_linear(layer, config, quantize_linear))
+    return model.eval(), metrics
+
+
 def quantize(
     model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
 ) -> Path:
@@ -260,7 +309,16 @@ def quantize(
         extra: dict[str, Any] = {}
         if config.sensitivity or config.max_accuracy_drop is not None:
             names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
-        quantized = sensitivity.with_quantized(fp32, names, make)
+        if config.qat_steps > 0:
+            from llmzip.training import work_dir
+
+            quantized, qat_metrics = quantization_aware_training(
+                fp32, names, make, tokenizer, config, work_dir(out_dir)
+            )
+            shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+            extra.update(qat_metrics)
+        else:
+            quantized = sensitivity.with_quantized(fp32, names, make)
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         report = error_report(fp32, quantized, names, batches)
         for name in names:

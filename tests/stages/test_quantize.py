@@ -151,3 +151,34 @@ def test_smoothquant_keeps_the_product_and_exports(chain: dict[str, Path], tmp_p
     em = read_manifest(onnx_dir)
     assert em is not None and em["metrics"]["int8_kernels"] >= 6 and "Mul" in em["metrics"]["graph_ops"]
     assert np.isfinite(em["metrics"]["parity"]["max_abs_diff"])
+
+
+def test_quantization_aware_training(chain: dict[str, Path], tmp_path: Path) -> None:
+    from llmzip.quant.qat import QATLinear
+
+    out = tmp_path / "qat"
+    result = invoke(
+        "quantize",
+        chain["student"],
+        chain["calib"],
+        "-o",
+        out,
+        "--qat-steps",
+        4,
+        "--qat-learning-rate",
+        1e-3,
+        "--smoothquant",
+        0.5,
+    )
+    assert result.exit_code == 0, result.stderr
+    m = read_manifest(out)
+    assert m is not None and m["metrics"]["qat"]["steps"] == 4 and set(m["metrics"]["qat"]["losses"]) == {"kd", "ce"}
+    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    layer = model.get_submodule(LAYER)
+    assert isinstance(layer, QuantLinear) and not isinstance(layer, QATLinear)
+    ptq = load_file(str(chain["int8"] / "model.safetensors"))
+    qat = load_file(str(out / "model.safetensors"))
+    assert not torch.equal(ptq[f"{LAYER}.weight_q"], qat[f"{LAYER}.weight_q"])  # training moved the weights
+    assert not (tmp_path / ".qat.work").exists()
+    onnx_dir = tmp_path / "qat-onnx"
+    assert invoke("export", out, "-o", onnx_dir).exit_code == 0  # parity and int8 kernels checked by export
