@@ -41,6 +41,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     ("llmzip-smoothquant-0.5-p99.99", {"method": "percentile", "percentile": 99.99, "smoothquant": 0.5}),
     # Fallback is decided on the validation split (never on test), then scored on test like the rest.
     ("llmzip-minmax+fallback-0.5pt", {"method": "minmax", "max_accuracy_drop": 0.5, "fallback": True}),
+    ("llmzip-minmax+qat", {"method": "minmax", "qat_steps": 300, "qat_learning_rate": 1e-5, "qat_alpha": 0.5}),
 ]
 
 

@@ -46,10 +46,10 @@ class HistogramObserver:
         if x.numel() == 0:
             return
         x = x.detach().float()
-        per_channel = x.reshape(-1, x.shape[-1]).abs().amax(0)
-        self.channel_absmax = (
-            per_channel if self.channel_absmax is None else torch.maximum(self.channel_absmax, per_channel)
-        )
+        if x.dim() >= 2:  # [..., channels]: a 1-D tensor has no channel axis
+            per_channel = x.reshape(-1, x.shape[-1]).abs().amax(0)
+            known = self.channel_absmax
+            self.channel_absmax = per_channel if known is None else torch.maximum(known, per_channel)
         x = x.reshape(-1)
         lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)

@@ -81,3 +81,10 @@ def test_entropy_keeps_the_body_of_a_gaussian() -> None:
     x = torch.randn(100_000)
     lo, hi = ranges.entropy(_observe(x))
     assert 2.0 < hi <= float(x.max()) and -float(x.abs().max()) <= lo < -2.0
+
+
+def test_channel_absmax_for_smoothquant() -> None:
+    obs = HistogramObserver()
+    obs.update(torch.tensor([[1.0, -5.0, 0.5], [-2.0, 1.0, 0.25]]))
+    obs.update(torch.tensor([[0.5, 0.5, -3.0]]))
+    assert obs.channel_absmax is not None and obs.channel_absmax.tolist() == [2.0, 5.0, 3.0]
