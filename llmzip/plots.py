@@ -31,9 +31,10 @@ def scatter_png(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for p in points:
+    for i, p in enumerate(points):
         ax.scatter(p[x], p[y], s=40)
-        ax.annotate(p["name"], (p[x], p[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # Stagger labels vertically: variants of one model size sit on the same x.
+        ax.annotate(p["name"], (p[x], p[y]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)), fontsize=8)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
     ax.set_title(title)

@@ -23,6 +23,7 @@ class StudentPlan:
     layer_map: list[int]  # teacher hidden-state index (1-based layer output) each student layer imitates
     hidden_size: int
     narrower: bool
+    basis: torch.Tensor | None = None  # teacher→student embedding projection, when narrower (set by build)
 
 
 def plan(config: DistillConfig, teacher: PreTrainedModel) -> StudentPlan:
@@ -76,7 +77,42 @@ def build(config: DistillConfig, teacher: PreTrainedModel, p: StudentPlan) -> tu
     target = student.state_dict()
     copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     student.load_state_dict(copied, strict=False)
-    return student, {"init": "config (narrower); matching tensors copied", "copied_tensors": len(copied)}
+    info: dict[str, Any] = {"init": "config (narrower); matching tensors copied", "copied_tensors": len(copied)}
+    if p.narrower:
+        basis = embedding_basis(teacher, p.hidden_size)
+        info["projected_embeddings"] = project_embeddings(teacher, student, basis)
+        info["init"] += "; embeddings = teacher embeddings projected on their top principal directions"
+        p.basis = basis
+    return student, info
+
+
+def embedding_basis(teacher: PreTrainedModel, width: int) -> torch.Tensor:
+    """The top-`width` principal directions [teacher_hidden, width] of the teacher's word embeddings.
+
+    A narrow student that starts from random embeddings must learn a 30k-word vocabulary from the task data
+    alone; projecting the teacher's embeddings on their principal subspace keeps most of what they encode.
+    """
+    embeddings: Any = teacher.get_input_embeddings()
+    weight = embeddings.weight.detach().float()
+    centered = weight - weight.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centered, full_matrices=False)
+    return v[:width].t().contiguous()
+
+
+def project_embeddings(teacher: PreTrainedModel, student: PreTrainedModel, basis: torch.Tensor) -> list[str]:
+    """Copy every embedding table whose width shrank (word, position, token type) as table @ basis."""
+    done = []
+    t_state = teacher.state_dict()
+    params: Any = student.named_parameters()
+    with torch.no_grad():
+        for name, param in params:
+            if "embeddings" not in name or not name.endswith("weight") or param.dim() != 2 or name not in t_state:
+                continue
+            source = t_state[name]
+            if source.shape == (param.shape[0], basis.shape[0]) and param.shape[1] == basis.shape[1]:
+                param.copy_(source.float() @ basis)
+                done.append(name)
+    return done
 
 
 class Projections(nn.Module):
@@ -86,9 +122,15 @@ class Projections(nn.Module):
     student is saved: they only exist to make the losses comparable.
     """
 
-    def __init__(self, student_width: int, teacher_width: int, count: int) -> None:
+    def __init__(self, student_width: int, teacher_width: int, count: int, basis: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.maps = nn.ModuleList([nn.Linear(student_width, teacher_width) for _ in range(count)])
+        maps = [nn.Linear(student_width, teacher_width) for _ in range(count)]
+        if basis is not None:  # start as the inverse of the embedding projection: h_s · basisᵀ ≈ h_t
+            with torch.no_grad():
+                for m in maps:
+                    m.weight.copy_(basis)
+                    m.bias.zero_()
+        self.maps = nn.ModuleList(maps)
 
     def forward(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.maps[index](hidden)

@@ -190,15 +190,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--timing-only", action="store_true", help="Re-measure cache timing into results.json.")
+    parser.add_argument("--only", help="Re-run one student (by name) and replace it in results.json.")
     args = parser.parse_args()
     require_shared()
     b = budget(args.quick)
     work = args.out / "students"
     cache = args.out / "teacher-cache"
-    if args.timing_only:
+    if args.only:
         previous = json.loads((args.out / "results.json").read_text())
-        previous["cache_timing"] = cache_timing(b, args.out, cache, steps=20 if args.quick else 100)
+        recipe = dict(recipes())[args.only]
+        row = run_student(args.only, recipe, b, work, cache)
+        previous["students"] = [row if s["name"] == args.only else s for s in previous["students"]]
         write_json(args.out / "results.json", previous)
+    if args.timing_only or args.only:
+        previous = json.loads((args.out / "results.json").read_text())
+        if args.timing_only:
+            previous["cache_timing"] = cache_timing(b, args.out, cache, steps=20 if args.quick else 100)
+            write_json(args.out / "results.json", previous)
         previous["targets"] = targets(previous)
         write_json(args.out / "results.json", previous)
         render(previous)

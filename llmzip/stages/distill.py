@@ -115,16 +115,17 @@ def _trainer_class() -> type:
             w, mask = self.weights, features["attention_mask"]
             needs_states = any(k in w for k in ("hidden_mse", "hidden_cos", "embedding", "attention"))
             teacher_out = None
+            teacher_logits = None
             if self.cached_logits is not None and example_id is not None and not needs_states:
                 teacher_logits = self.cached_logits[example_id.cpu()].to(out["logits"].device).float()
-            else:
+            elif "kd" in w or needs_states:  # labels-only training never pays for a teacher forward
                 with torch.no_grad():
                     teacher_out = self.teacher(
                         **features, output_hidden_states=needs_states, output_attentions="attention" in w
                     )
                 teacher_logits = teacher_out.logits
             parts: dict[str, torch.Tensor] = {}
-            if "kd" in w:
+            if "kd" in w and teacher_logits is not None:
                 parts["kd"] = soft_target_kl(out["logits"], teacher_logits, self.temperature)
             if "ce" in w:
                 parts["ce"] = F.cross_entropy(out["logits"], labels)
@@ -175,7 +176,7 @@ def distill(
             for s in ("intermediate", "prediction")
         )
         projections = (
-            students.Projections(plan.hidden_size, teacher_model.config.hidden_size, len(plan.layers) + 1)
+            students.Projections(plan.hidden_size, teacher_model.config.hidden_size, len(plan.layers) + 1, plan.basis)
             if needs_projection
             else None
         )
