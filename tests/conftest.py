@@ -58,3 +58,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> dict[str
         result = invoke(*args)
         assert result.exit_code == 0, f"{args[0]} failed: {result.stderr}"
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write the teacher-logit cache into the user's ~/.cache."""
+    import os
+
+    os.environ["LLMZIP_CACHE"] = str(tmp_path_factory.mktemp("llmzip-cache"))

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmzip.config import (
-    BenchConfig,
-    DistillConfig,
-    Granularity,
-    QuantizeConfig,
-    from_dict,
-    load_recipe,
-    set_dotted,
-    to_dict,
-)
+from llmzip.config import BenchConfig, DistillConfig, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ConfigError
+from llmzip.recipe import from_dict, load_recipe, set_dotted
 
 
 def test_unknown_key_is_named() -> None:

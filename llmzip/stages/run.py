@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from llmzip.artifact import read_manifest
-from llmzip.config import Recipe, to_dict
+from llmzip.config import to_dict
 from llmzip.errors import ArtifactError
 from llmzip.progress import console
+from llmzip.recipe import Recipe
 
 RUN_FILE = "run.json"
 # Variant names the benchmarks and README quote; keep them stable.

@@ -221,6 +221,7 @@ def test_torchrun_two_processes(chain: dict[str, Path], tmp_path: Path) -> None:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free rendezvous port: no clash with anything else on the machine
         "--nproc_per_node=2",
         "-m",
         "llmzip",

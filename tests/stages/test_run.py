@@ -37,7 +37,7 @@ def test_bad_override_names_the_key(tiny_base: Path, tmp_path: Path) -> None:
 
 
 def test_shipped_recipes_validate() -> None:
-    from llmzip.config import load_recipe, read_yaml
+    from llmzip.recipe import load_recipe, read_yaml
 
     for name in ("tiny.yaml", "demo.yaml", "sst2-minilm.yaml"):
         recipe = load_recipe(read_yaml(REPO / "configs" / name))

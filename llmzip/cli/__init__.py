@@ -1,0 +1,26 @@
+"""The `llmzip` command line: one module per group of verbs; each parses flags (or a YAML recipe section), calls one
+stage function and prints a summary. Importing this package must stay light: `llmzip --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+from llmzip.cli import model, report, train
+from llmzip.cli.common import app
+
+__all__ = ["app", "main"]
+
+# Registered here, in pipeline order, so `llmzip --help` reads as the chain it runs.
+for _command in (
+    train.finetune,
+    train.distill,
+    model.calibrate,
+    model.quantize,
+    model.export,
+    report.bench,
+    report.run,
+):
+    app.command()(_command)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,173 @@
+"""What every `llmzip` verb shares: the Typer app, option types, config building, error handling, summaries.
+
+Heavy libraries (torch, transformers, onnxruntime, datasets) are imported inside the commands, never here,
+so `llmzip --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmzip import config as cfg
+from llmzip import recipe as recipes
+from llmzip.errors import LlmzipError
+
+app = typer.Typer(
+    name="llmzip",
+    help="Make transformer models small and fast: finetune → distill → calibrate → quantize → export → bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+# Option types shared by several verbs (typer reads the Annotated metadata; defaults stay in config.py).
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the machine-readable result on stdout, nothing else.")]
+Recipe = Annotated[
+    Optional[Path], typer.Option("--recipe", help="Take defaults from this stage's section of a YAML recipe.")
+]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
+Data = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="Hub dataset id, local folder of split files, or one file (default: the built-in demo sample).",
+        rich_help_panel="Data",
+    ),
+]
+Subset = Annotated[
+    Optional[str], typer.Option(help="Hub dataset configuration, e.g. sst2 for nyu-mll/glue.", rich_help_panel="Data")
+]
+TextColumn = Annotated[Optional[str], typer.Option(help="Text column.", rich_help_panel="Data")]
+TextPairColumn = Annotated[
+    Optional[str], typer.Option(help="Second text column for sentence pairs.", rich_help_panel="Data")
+]
+LabelColumn = Annotated[Optional[str], typer.Option(help="Label column.", rich_help_panel="Data")]
+TrainSplit = Annotated[Optional[str], typer.Option(help="Split to train/calibrate on.", rich_help_panel="Data")]
+EvalSplit = Annotated[Optional[str], typer.Option(help="Split to evaluate on.", rich_help_panel="Data")]
+MaxLength = Annotated[Optional[int], typer.Option(help="Tokens per example (truncation).", rich_help_panel="Data")]
+MaxTrain = Annotated[
+    Optional[int], typer.Option(help="Use a seeded random subset of this many training rows.", rich_help_panel="Data")
+]
+MaxEval = Annotated[Optional[int], typer.Option(help="Use the first N evaluation rows.", rich_help_panel="Data")]
+Epochs = Annotated[Optional[float], typer.Option(help="Training epochs.", rich_help_panel="Training")]
+MaxSteps = Annotated[
+    Optional[int], typer.Option(help="Stop after N optimizer steps (overrides epochs).", rich_help_panel="Training")
+]
+BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.", rich_help_panel="Training")]
+LearningRate = Annotated[
+    Optional[float],
+    typer.Option("--lr", help="Peak learning rate (linear warm-up and decay).", rich_help_panel="Training"),
+]
+
+Bf16 = Annotated[Optional[bool], typer.Option("--bf16", help="bf16 mixed precision.", rich_help_panel="Training")]
+Fp16 = Annotated[Optional[bool], typer.Option("--fp16", help="fp16 mixed precision (GPU).", rich_help_panel="Training")]
+GradAccum = Annotated[
+    Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel="Training")
+]
+SaveSteps = Annotated[
+    Optional[int],
+    typer.Option(help="Evaluate + checkpoint every N steps (default once per epoch).", rich_help_panel="Training"),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run with the same --out.")
+]
+
+DATA_FLAGS = {
+    "data": "dataset",
+    "subset": "subset",
+    "text_column": "text_column",
+    "text_pair_column": "text_pair_column",
+    "label_column": "label_column",
+    "train_split": "train_split",
+    "eval_split": "eval_split",
+    "max_length": "max_length",
+    "max_train_samples": "max_train_samples",
+    "max_eval_samples": "max_eval_samples",
+}
+TRAIN_FLAGS = {
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "grad_accum": "gradient_accumulation_steps",
+    "save_steps": "save_steps",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "seed": "seed",
+}
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _build(stage: str, recipe: Path | None, flags: dict[str, Any], mapping: dict[str, str]) -> Any:
+    """Stage config = recipe section (with the recipe's shared `data`) overridden by the flags the user set."""
+    section: dict[str, Any] = {}
+    if recipe is not None:
+        values = recipes.read_yaml(recipe)
+        section = dict(values.get(stage) or {})
+        if "data" in {f.name for f in dataclasses.fields(cfg.STAGE_CONFIGS[stage])}:
+            section["data"] = recipes.merge(values.get("data") or {}, section.get("data") or {})
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        if flag in DATA_FLAGS:
+            section.setdefault("data", {})[DATA_FLAGS[flag]] = value
+        else:
+            section[mapping.get(flag, flag)] = value
+    return recipes.from_dict(cfg.STAGE_CONFIGS[stage], section, prefix="" if recipe is None else f"{stage}.")
+
+
+def _execute(work: Callable[[], Any], render: Callable[[Any], None], as_json: bool) -> None:
+    """Run a stage; LlmzipError becomes one red line and its exit code. Anything else is a bug: traceback."""
+    try:
+        result = work()
+    except LlmzipError as err:
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; no output was written", 130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 writes the artifact and reports it
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        render(result)
+
+
+def _stage_result(out: Path) -> dict[str, Any]:
+    from llmzip.artifact import read_manifest
+
+    manifest = read_manifest(out) or {}
+    return {
+        "stage": manifest.get("stage"),
+        "out": str(out),
+        "duration_s": manifest.get("duration_s"),
+        "metrics": manifest.get("metrics", {}),
+    }
+
+
+def _render_stage(result: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    headline = {
+        k: v for k, v in result["metrics"].items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
+    shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(headline.items())[:8])
+    Console(highlight=False, soft_wrap=True).print(
+        f"[green]✓[/] {result['stage']} → [bold]{result['out']}[/] ({result['duration_s']:.1f}s)  {shown}"
+    )

@@ -1,0 +1,196 @@
+"""`llmzip calibrate`, `llmzip quantize` and `llmzip export`: from a trained model to an int8 ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmzip import config as cfg
+from llmzip.cli.common import (
+    DATA_FLAGS,
+    BatchSize,
+    Data,
+    EvalSplit,
+    Json,
+    LabelColumn,
+    MaxEval,
+    MaxLength,
+    Out,
+    Overwrite,
+    Recipe,
+    Seed,
+    Subset,
+    TextColumn,
+    TextPairColumn,
+    TrainSplit,
+    _build,
+    _execute,
+    _render_stage,
+    _stage_result,
+)
+
+
+def calibrate(
+    model_dir: Annotated[
+        Path, typer.Argument(help="Model directory (finetune/distill output or a classifier folder).")
+    ],
+    out: Out,
+    num_samples: Annotated[Optional[int], typer.Option(help="Training examples to sample.")] = None,
+    batch_size: BatchSize = None,
+    bins: Annotated[Optional[int], typer.Option(help="Histogram bins per tensor (memory stays O(bins)).")] = None,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Record activation ranges of every Linear input on sampled training data (the samples are kept).
+
+    Examples:
+
+        llmzip calibrate runs/student --data ../shared/data/sst2 --num-samples 256 -o runs/calib
+    """
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "bins", "seed")}
+
+    def work() -> dict[str, Any]:
+        from llmzip.stages.calibrate import calibrate as stage
+
+        return _stage_result(stage(model_dir, out, config=_build("calibrate", recipe, flags, {}), overwrite=overwrite))
+
+    _execute(work, _render_stage, json_out)
+
+
+def quantize(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory that was calibrated.")],
+    calibration_dir: Annotated[Path, typer.Argument(help="Output of `llmzip calibrate MODEL_DIR`.")],
+    out: Out,
+    weight_granularity: Annotated[
+        Optional[cfg.Granularity], typer.Option(help="One weight scale per output channel, or per tensor.")
+    ] = None,
+    weight_symmetric: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--weight-symmetric/--weight-asymmetric", help="Weight zero point fixed at 0, or fitted to [min, max]."
+        ),
+    ] = None,
+    activation_symmetric: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--activation-symmetric/--activation-asymmetric",
+            help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
+        ),
+    ] = None,
+    method: Annotated[
+        Optional[cfg.CalibrationMethod],
+        typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
+    ] = None,
+    percentile: Annotated[Optional[float], typer.Option(help="For --method percentile, e.g. 99.99.")] = None,
+    qat_steps: Annotated[
+        Optional[int], typer.Option(help="Quantization-aware training steps after calibration (0 = off); uses --data.")
+    ] = None,
+    qat_learning_rate: Annotated[Optional[float], typer.Option(help="QAT learning rate.")] = None,
+    qat_alpha: Annotated[
+        Optional[float], typer.Option(help="QAT: KD weight from the fp32 model (0 = labels only).")
+    ] = None,
+    smoothquant: Annotated[
+        Optional[float], typer.Option(help="SmoothQuant migration strength α in [0, 1] (e.g. 0.5); off by default.")
+    ] = None,
+    sensitivity: Annotated[
+        Optional[bool],
+        typer.Option("--sensitivity", help="Report each layer quantized alone (SQNR, accuracy drop on --data)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        typer.Option(help="Keep the most sensitive layers fp32 until the accuracy drop (points) fits; needs --data."),
+    ] = None,
+    data: Data = None,
+    eval_split: EvalSplit = None,
+    max_eval_samples: MaxEval = None,
+    max_length: MaxLength = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion)."),
+    ] = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Quantize weights to int8 and fix static activation scales from calibration.
+
+    Writes per-layer weight/output SQNR and logit agreement into the manifest.
+
+    Examples:
+
+        llmzip quantize runs/student runs/calib -o runs/student-int8
+
+        llmzip quantize runs/student runs/calib --weight-granularity per-tensor --weight-asymmetric -o runs/q
+
+        llmzip quantize runs/student runs/calib --method percentile --percentile 99.99 -o runs/q-p9999
+
+        llmzip quantize runs/student runs/calib --max-accuracy-drop 0.5 --data ../shared/data/sst2 -o runs/q-safe
+
+        llmzip quantize runs/student runs/calib --qat-steps 300 --data ../shared/data/sst2 -o runs/q-qat
+    """
+    flags = {
+        "data": data,
+        "eval_split": eval_split,
+        "max_eval_samples": max_eval_samples,
+        "max_length": max_length,
+        "sensitivity": sensitivity,
+        "max_accuracy_drop": max_accuracy_drop,
+        "method": method,
+        "percentile": percentile,
+        "smoothquant": smoothquant,
+        "qat_steps": qat_steps,
+        "qat_learning_rate": qat_learning_rate,
+        "qat_alpha": qat_alpha,
+        "weight_granularity": weight_granularity,
+        "weight_symmetric": weight_symmetric,
+        "activation_symmetric": activation_symmetric,
+        "exclude": exclude,
+    }
+
+    def work() -> dict[str, Any]:
+        from llmzip.stages.quantize import quantize as stage
+
+        config = _build("quantize", recipe, flags, {})
+        return _stage_result(stage(model_dir, calibration_dir, out, config=config, overwrite=overwrite))
+
+    _execute(work, _render_stage, json_out)
+
+
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="fp32 model directory or `llmzip quantize` output.")],
+    out: Out,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (>= 17).")] = None,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Export model.onnx (dynamic batch and sequence) and check it against PyTorch.
+
+    A quantized directory exports as QDQ int8 that onnxruntime fuses into integer kernels; the export fails if
+    it does not, or if the logits drift from the PyTorch model beyond tolerance.
+
+    Examples:
+
+        llmzip export runs/student-int8 -o runs/onnx-int8
+
+        llmzip export runs/teacher -o runs/onnx-teacher --json
+    """
+    flags = {"opset": opset}
+
+    def work() -> dict[str, Any]:
+        from llmzip.stages.export import export as stage
+
+        return _stage_result(stage(model_dir, out, config=_build("export", recipe, flags, {}), overwrite=overwrite))
+
+    _execute(work, _render_stage, json_out)

@@ -1,0 +1,215 @@
+"""`llmzip finetune` and `llmzip distill`: the training verbs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmzip.cli.common import (
+    DATA_FLAGS,
+    TRAIN_FLAGS,
+    BatchSize,
+    Bf16,
+    Data,
+    Epochs,
+    EvalSplit,
+    Fp16,
+    GradAccum,
+    Json,
+    LabelColumn,
+    LearningRate,
+    MaxEval,
+    MaxLength,
+    MaxSteps,
+    MaxTrain,
+    Out,
+    Overwrite,
+    Recipe,
+    Resume,
+    SaveSteps,
+    Seed,
+    Subset,
+    TextColumn,
+    TextPairColumn,
+    TrainSplit,
+    _build,
+    _execute,
+    _render_stage,
+    _stage_result,
+)
+
+
+def finetune(
+    model: Annotated[str, typer.Argument(help="Pretrained model folder or hub id.")],
+    out: Out,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    eval_split: EvalSplit = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    bf16: Bf16 = None,
+    fp16: Fp16 = None,
+    grad_accum: GradAccum = None,
+    save_steps: SaveSteps = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Fine-tune a pretrained encoder into a sequence classifier (cross-entropy, transformers Trainer).
+
+    Examples:
+
+        llmzip finetune ./bert-base --data ../shared/data/sst2 -o runs/teacher
+
+        llmzip finetune nyu-mll/glue --subset sst2 --epochs 1 -o runs/teacher --json
+    """
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS}
+
+    def work() -> dict[str, Any]:
+        from llmzip.stages.finetune import finetune as stage
+
+        return _stage_result(
+            stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite, resume=resume)
+        )
+
+    _execute(work, _render_stage, json_out)
+
+
+def distill(
+    teacher: Annotated[str, typer.Argument(help="Teacher: a finetune/distill directory or a classifier folder.")],
+    out: Out,
+    num_layers: Annotated[
+        Optional[int], typer.Option(help="Student depth: evenly spaced teacher layers.", rich_help_panel="Student")
+    ] = None,
+    layers: Annotated[
+        Optional[str],
+        typer.Option(help="Explicit teacher layers, e.g. 0,2,4 (wins over --num-layers).", rich_help_panel="Student"),
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Softmax temperature T of the soft targets.", rich_help_panel="Student")
+    ] = None,
+    alpha: Annotated[
+        Optional[float],
+        typer.Option(help="Weight of the soft-target KL term (1-alpha on hard-label CE).", rich_help_panel="Student"),
+    ] = None,
+    hidden_size: Annotated[
+        Optional[int], typer.Option(help="Narrower student width.", rich_help_panel="Student")
+    ] = None,
+    intermediate_size: Annotated[
+        Optional[int], typer.Option(help="Student FFN size.", rich_help_panel="Student")
+    ] = None,
+    num_attention_heads: Annotated[
+        Optional[int], typer.Option(help="Student heads.", rich_help_panel="Student")
+    ] = None,
+    hidden_mse: Annotated[
+        Optional[float], typer.Option(help="Weight of hidden-state MSE.", rich_help_panel="Losses")
+    ] = None,
+    hidden_cos: Annotated[
+        Optional[float], typer.Option(help="Weight of hidden-state cosine loss.", rich_help_panel="Losses")
+    ] = None,
+    attention: Annotated[
+        Optional[float], typer.Option(help="Weight of attention-map MSE.", rich_help_panel="Losses")
+    ] = None,
+    embedding: Annotated[
+        Optional[float], typer.Option(help="Weight of embedding MSE.", rich_help_panel="Losses")
+    ] = None,
+    layer_map: Annotated[
+        Optional[str],
+        typer.Option(help="Teacher layer (1-based) per student layer, e.g. 2,4,6.", rich_help_panel="Losses"),
+    ] = None,
+    intermediate_epochs: Annotated[
+        Optional[float],
+        typer.Option(
+            help="TinyBERT stage 1 (intermediate losses only) before the prediction stage.", rich_help_panel="Losses"
+        ),
+    ] = None,
+    teacher_cache: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--teacher-cache/--no-teacher-cache", help="Cache teacher logits on disk.", rich_help_panel="Losses"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[str],
+        typer.Option(help="Teacher cache folder (default $LLMZIP_CACHE or ~/.cache/llmzip).", rich_help_panel="Losses"),
+    ] = None,
+    data: Data = None,
+    subset: Subset = None,
+    text_column: TextColumn = None,
+    text_pair_column: TextPairColumn = None,
+    label_column: LabelColumn = None,
+    train_split: TrainSplit = None,
+    eval_split: EvalSplit = None,
+    max_length: MaxLength = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    bf16: Bf16 = None,
+    fp16: Fp16 = None,
+    grad_accum: GradAccum = None,
+    save_steps: SaveSteps = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    recipe: Recipe = None,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Distill a teacher into a smaller student (DistilBERT / TinyBERT recipes).
+
+    Prediction loss: alpha·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−alpha)·CE(z_S, y); optional hidden-state
+    MSE/cosine, attention-map and embedding losses, learned projections for a narrower student, and TinyBERT's
+    two stages with --intermediate-epochs. Works under `torchrun --nproc_per_node=N -m llmzip distill …`.
+
+    Examples:
+
+        llmzip distill runs/teacher --num-layers 3 --data ../shared/data/sst2 -o runs/student
+
+        llmzip distill runs/teacher --layers 0,2,4 --temperature 4 --alpha 0.7 --hidden-cos 1 -o runs/student
+
+        llmzip distill runs/teacher --num-layers 4 --hidden-size 312 --intermediate-size 1200 \
+            --hidden-mse 1 --attention 1 --embedding 1 --intermediate-epochs 1 -o runs/tinybert
+    """
+    student_flags = (
+        "num_layers",
+        "layers",
+        "temperature",
+        "alpha",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "hidden_mse",
+        "hidden_cos",
+        "attention",
+        "embedding",
+        "layer_map",
+        "intermediate_epochs",
+        "teacher_cache",
+        "cache_dir",
+    )
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS or k in student_flags}
+
+    def work() -> dict[str, Any]:
+        from llmzip.stages.distill import distill as stage
+
+        return _stage_result(
+            stage(
+                teacher, out, config=_build("distill", recipe, flags, TRAIN_FLAGS), overwrite=overwrite, resume=resume
+            )
+        )
+
+    _execute(work, _render_stage, json_out)
