@@ -52,7 +52,7 @@ def calibrate(
     overwrite: Overwrite = False,
     json_out: Json = False,
 ) -> None:
-    """Record activation ranges of every Linear input on sampled training data (the samples are kept).
+    """Record activation histograms of every Linear input on sampled training data (the samples are kept).
 
     Examples:
 
