@@ -31,6 +31,13 @@ class CalibrationMethod(str, enum.Enum):
     MSE = "mse"
 
 
+class Activations(str, enum.Enum):
+    """Static: scales fixed by calibration (QLinear/MatMulIntegerToFloat). Dynamic: per call (DynamicQuantizeMatMul)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
 class Granularity(str, enum.Enum):
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
@@ -210,6 +217,7 @@ class QuantizeConfig:
     weight_symmetric: bool = True
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
     activation_symmetric: bool = False
+    activations: Activations = Activations.STATIC
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
     smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
@@ -227,6 +235,12 @@ class QuantizeConfig:
         # Accept plain strings from Python callers too (the YAML/CLI path already converts).
         self.method = _as_enum(CalibrationMethod, self.method, "method")
         self.weight_granularity = _as_enum(Granularity, self.weight_granularity, "weight_granularity")
+        self.activations = _as_enum(Activations, self.activations, "activations")
+        _check(
+            not (self.activations is Activations.DYNAMIC and self.activation_symmetric),
+            "activation_symmetric",
+            "dynamic activations are uint8 asymmetric (ONNX DynamicQuantizeLinear); drop --activation-symmetric",
+        )
         _check(self.weight_bits == 8, "weight_bits", f"only 8 is supported so far, got {self.weight_bits}")
         _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
         _check(

@@ -89,6 +89,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
             per_channel=scheme["weight_granularity"] == "per-channel",
             activation_signed=scheme["activation_symmetric"],
             smooth=bool(spec["layers"][name].get("smooth", False)),
+            dynamic=scheme.get("activations", "static") == "dynamic",
         )
 
     replace_linears(model, list(spec["layers"]), make)

@@ -88,6 +88,10 @@ def quantize(
             help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
         ),
     ] = None,
+    activations: Annotated[
+        Optional[cfg.Activations],
+        typer.Option(help="static: scales from calibration; dynamic: per call (DynamicQuantizeMatMul)."),
+    ] = None,
     method: Annotated[
         Optional[cfg.CalibrationMethod],
         typer.Option(help="Activation range from the calibration histograms (no re-calibration needed)."),
@@ -146,6 +150,7 @@ def quantize(
         "max_length": max_length,
         "sensitivity": sensitivity,
         "max_accuracy_drop": max_accuracy_drop,
+        "activations": activations,
         "method": method,
         "percentile": percentile,
         "smoothquant": smoothquant,

@@ -40,6 +40,30 @@ class _FakeQuant(torch.autograd.Function):
         return g.op("DequantizeLinear", q, scale, zero_point)
 
 
+class _DynamicFakeQuant(torch.autograd.Function):
+    """uint8 quantize → dequantize with the range of this very tensor (ONNX DynamicQuantizeLinear semantics).
+
+    Exported as DynamicQuantizeLinear → DequantizeLinear, which onnxruntime fuses with the weight's
+    DequantizeLinear and the MatMul into one DynamicQuantizeMatMul integer kernel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        scale = torch.clamp((hi - lo) / 255.0, min=1e-12)
+        zero_point = torch.clamp(torch.round(-lo / scale), 0, 255)
+        return (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad  # the range always covers x: nothing is clipped, the straight-through gradient is exact
+
+    @staticmethod
+    def symbolic(g: Any, x: Any) -> Any:
+        q, scale, zero_point = g.op("DynamicQuantizeLinear", x, outputs=3)
+        return g.op("DequantizeLinear", q, scale, zero_point)
+
+
 class _Dequant(torch.autograd.Function):
     """int8 weight (stored [in, out]) → float; per-channel scales run along axis 1, the output features."""
 
@@ -74,8 +98,10 @@ class QuantLinear(nn.Module):
         per_channel: bool,
         activation_signed: bool,
         smooth: bool = False,
+        dynamic: bool = False,
     ) -> None:
         super().__init__()
+        self.dynamic = dynamic  # activation qparams computed per call instead of fixed by calibration
         # SmoothQuant: the input is divided per channel by s (a Mul before QuantizeLinear in ONNX) and the weight
         # columns were multiplied by s before quantization, so x @ W is unchanged but x has no outlier channels.
         self.input_smooth: torch.Tensor | None
@@ -98,7 +124,10 @@ class QuantLinear(nn.Module):
         r = self.activation_range
         if self.input_smooth is not None:
             x = x * self.input_smooth
-        x = _FakeQuant.apply(x, self.input_scale, self.input_zero_point, r.qmin, r.qmax)
+        if self.dynamic:
+            x = _DynamicFakeQuant.apply(x)
+        else:
+            x = _FakeQuant.apply(x, self.input_scale, self.input_zero_point, r.qmin, r.qmax)
         scale = self.weight_scale if self.weight_scale.numel() > 1 else self.weight_scale.reshape(())
         zero_point = (
             self.weight_zero_point if self.weight_zero_point.numel() > 1 else self.weight_zero_point.reshape(())
@@ -115,7 +144,8 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = "per-channel" if self.weight_scale.numel() > 1 else "per-tensor"
         act = "int8" if self.activation_range.qmin < 0 else "uint8"
-        return f"in={self.in_features}, out={self.out_features}, weight=int8 {kind}, input={act} static"
+        mode = "dynamic" if self.dynamic else "static"
+        return f"in={self.in_features}, out={self.out_features}, weight=int8 {kind}, input={act} {mode}"
 
 
 def replace_linears(model: nn.Module, names: list[str], make: Any) -> None:

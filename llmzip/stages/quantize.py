@@ -16,7 +16,7 @@ from torch import nn
 from llmzip import data as data_mod
 from llmzip import plots
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
-from llmzip.config import CalibrationMethod, Granularity, QuantizeConfig, to_dict
+from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
@@ -89,6 +89,7 @@ def quantize_linear(
         per_channel=per_channel,
         activation_signed=config.activation_symmetric,
         smooth=smooth is not None,
+        dynamic=config.activations is Activations.DYNAMIC,
     )
     with torch.no_grad():
         if smooth is not None and layer.input_smooth is not None:

@@ -182,3 +182,33 @@ def test_quantization_aware_training(chain: dict[str, Path], tmp_path: Path) -> 
     assert not (tmp_path / ".qat.work").exists()
     onnx_dir = tmp_path / "qat-onnx"
     assert invoke("export", out, "-o", onnx_dir).exit_code == 0  # parity and int8 kernels checked by export
+
+
+def test_dynamic_activations_run_as_dynamic_int8_kernels(chain: dict[str, Path], tmp_path: Path) -> None:
+    from llmzip.stages.export import optimized_op_counts
+
+    out, onnx_dir = tmp_path / "dyn", tmp_path / "dyn-onnx"
+    assert invoke("quantize", chain["student"], chain["calib"], "-o", out, "--activations", "dynamic").exit_code == 0
+    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    assert model.get_submodule(LAYER).dynamic  # type: ignore[union-attr]
+    result = invoke("export", out, "-o", onnx_dir)
+    assert result.exit_code == 0, result.stderr
+    counts = optimized_op_counts(onnx_dir / "model.onnx")
+    # Q, K and V share one DynamicQuantizeLinear feeding three MatMulIntegerToFloat; the rest fuse whole.
+    assert (
+        counts["DynamicQuantizeMatMul"] + counts["MatMulIntegerToFloat"] >= 6 and counts["DynamicQuantizeMatMul"] >= 1
+    )
+    assert "QuantizeLinear" not in counts  # nothing static left
+    m = read_manifest(onnx_dir)
+    assert m is not None and m["metrics"]["parity"]["max_abs_diff"] < 1e-3  # no rounding ties to disagree on
+    bad = invoke(
+        "quantize",
+        chain["student"],
+        chain["calib"],
+        "-o",
+        tmp_path / "x",
+        "--activations",
+        "dynamic",
+        "--activation-symmetric",
+    )
+    assert bad.exit_code == 2 and "uint8" in bad.stderr
