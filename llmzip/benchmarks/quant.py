@@ -37,6 +37,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     ("llmzip-percentile-99.999", {"method": "percentile", "percentile": 99.999}),
     ("llmzip-entropy", {"method": "entropy"}),
     ("llmzip-mse", {"method": "mse"}),
+    ("llmzip-dynamic", {"method": "minmax", "activations": "dynamic"}),
     ("llmzip-smoothquant-0.5", {"method": "minmax", "smoothquant": 0.5}),
     ("llmzip-smoothquant-0.5-p99.99", {"method": "percentile", "percentile": 99.99, "smoothquant": 0.5}),
     # Fallback is decided on the validation split (never on test), then scored on test like the rest.
