@@ -218,6 +218,7 @@ class QuantizeConfig:
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
     activation_symmetric: bool = False
     activations: Activations = Activations.STATIC
+    embeddings: bool = False  # int8 word-embedding table, one scale per row (most of a small model's bytes)
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
     smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off

@@ -72,7 +72,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from llmzip.quant.modules import QuantLinear, replace_linears
+    from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 
     quiet_libraries()
     spec = json.loads((path / QUANT_FILE).read_text())
@@ -93,6 +93,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
         )
 
     replace_linears(model, list(spec["layers"]), make)
+    replace_linears(model, spec.get("embeddings", []), lambda n, e: QuantEmbedding(e.num_embeddings, e.embedding_dim))
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied/derived buffers (e.g. position_ids) may legitimately be absent; real weights may not.

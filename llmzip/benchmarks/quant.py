@@ -38,6 +38,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     ("llmzip-entropy", {"method": "entropy"}),
     ("llmzip-mse", {"method": "mse"}),
     ("llmzip-dynamic", {"method": "minmax", "activations": "dynamic"}),
+    ("llmzip-percentile-99.99+int8-embeddings", {"method": "percentile", "percentile": 99.99, "embeddings": True}),
     ("llmzip-smoothquant-0.5", {"method": "minmax", "smoothquant": 0.5}),
     ("llmzip-smoothquant-0.5-p99.99", {"method": "percentile", "percentile": 99.99, "smoothquant": 0.5}),
     # Fallback is decided on the validation split (never on test), then scored on test like the rest.

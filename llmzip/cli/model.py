@@ -88,6 +88,10 @@ def quantize(
             help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
         ),
     ] = None,
+    embeddings: Annotated[
+        Optional[bool],
+        typer.Option("--embeddings", help="Also store the word-embedding table as int8 (per-row scales)."),
+    ] = None,
     activations: Annotated[
         Optional[cfg.Activations],
         typer.Option(help="static: scales from calibration; dynamic: per call (DynamicQuantizeMatMul)."),
@@ -151,6 +155,7 @@ def quantize(
         "sensitivity": sensitivity,
         "max_accuracy_drop": max_accuracy_drop,
         "activations": activations,
+        "embeddings": embeddings,
         "method": method,
         "percentile": percentile,
         "smoothquant": smoothquant,

@@ -154,3 +154,55 @@ def replace_linears(model: nn.Module, names: list[str], make: Any) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, make(name, getattr(parent, child)))
+
+
+class _GatherDequant(torch.autograd.Function):
+    """Look up int8 rows, then dequantize only those rows with their per-row scales.
+
+    Exported as Gather(int8 table) → Cast → Mul(Gather(scales)): dequantizing the whole table first
+    (DequantizeLinear → Gather) would make onnxruntime expand all 30k rows to float on every call.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, table: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return table[ids].to(torch.float32) * scales[ids].unsqueeze(-1)
+
+    @staticmethod
+    def symbolic(g: Any, ids: Any, table: Any, scales: Any) -> Any:
+        rows = g.op("Cast", g.op("Gather", table, ids, axis_i=0), to_i=1)  # 1 = FLOAT
+        row_scales = g.op(
+            "Unsqueeze",
+            g.op("Gather", scales, ids, axis_i=0),
+            g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64)),
+        )
+        return g.op("Mul", rows, row_scales)
+
+
+class QuantEmbedding(nn.Module):
+    """int8 embedding table with one symmetric scale per row (a word's vector keeps its own range)."""
+
+    weight_q: torch.Tensor
+    row_scale: torch.Tensor
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_q", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("row_scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding) -> QuantEmbedding:
+        weight = embedding.weight.detach().float()
+        layer = cls(weight.shape[0], weight.shape[1])
+        scale = torch.clamp(weight.abs().amax(1) / 127.0, min=1e-12)
+        with torch.no_grad():
+            layer.weight_q.copy_(torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8))
+            layer.row_scale.copy_(scale)
+        return layer
+
+    @property
+    def weight(self) -> torch.Tensor:  # what transformers reads for shapes/dtypes (e.g. tied-weight checks)
+        return self.weight_q.to(torch.float32) * self.row_scale[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return _GatherDequant.apply(ids, self.weight_q, self.row_scale)

@@ -21,7 +21,7 @@ from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
 from llmzip.quant import qmath, ranges, sensitivity
-from llmzip.quant.modules import QuantLinear, replace_linears
+from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
@@ -321,6 +321,16 @@ def quantize(
         else:
             quantized = sensitivity.with_quantized(fp32, names, make)
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
+        embeddings: list[str] = []
+        if config.embeddings:
+            table: Any = fp32.get_input_embeddings()
+            embeddings = [n for n, m in fp32.named_modules() if m is table]
+            replace_linears(quantized, embeddings, lambda n, e: QuantEmbedding.from_float(e))
+            table_q: Any = quantized.get_submodule(embeddings[0])
+            extra["embedding"] = {
+                "module": embeddings[0],
+                "weight_sqnr_db": round(qmath.sqnr_db(table.weight, table_q.weight), 2),
+            }
         report = error_report(fp32, quantized, names, batches)
         for name in names:
             lo, hi = act_ranges[name]
@@ -329,7 +339,11 @@ def quantize(
             )
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
-        spec = {"scheme": to_dict(config), "layers": {n: {"op": "Linear", "smooth": n in smooth} for n in names}}
+        spec = {
+            "scheme": to_dict(config),
+            "layers": {n: {"op": "Linear", "smooth": n in smooth} for n in names},
+            "embeddings": embeddings,
+        }
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
         carry_forward(source.path, tmp)
