@@ -67,12 +67,19 @@ def stage_output(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
     if is_main_process():
         with staging(out_dir, overwrite=overwrite) as tmp:
             yield tmp
-        shutil.rmtree(work_dir(out_dir), ignore_errors=True)  # done: the checkpoints are no longer needed
+        _barrier()  # every rank is done with the checkpoints before they are removed
+        shutil.rmtree(work_dir(out_dir), ignore_errors=True)
         return
     if Path(out_dir).exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
     with tempfile.TemporaryDirectory() as scratch:
         yield Path(scratch)
+    _barrier()
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def work_dir(out_dir: Path) -> Path:
