@@ -245,7 +245,7 @@ def test_torchrun_two_processes(chain: dict[str, Path], tmp_path: Path) -> None:
         # One retry, loudly: a launch on a loaded 2-core CI box has failed once in ~20 runs after the checkpoint
         # race was fixed, cause not yet found; a second failure is a real one.
         first = "\n".join(line for line in done.stderr.splitlines() if "Error" in line)[-1500:]
-        warnings.warn(f"torchrun attempt 1 failed, retrying once: {first}", stacklevel=1)
+        warnings.warn(f"torchrun attempt 1 failed, retrying once: {first}", RuntimeWarning, stacklevel=1)
         shutil.rmtree(out, ignore_errors=True)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     errors = "\n".join(line for line in done.stderr.splitlines() if "rank" in line and "Error" in line)
