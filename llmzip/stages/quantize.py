@@ -218,9 +218,9 @@ def quantization_aware_training(
 
     from llmzip import training
     from llmzip.config import TrainConfig
+    from llmzip.kd import StudentWithProjections, distill_trainer_class
     from llmzip.progress import trainer_callback
     from llmzip.quant.qat import QATLinear, to_quant_linear
-    from llmzip.stages.distill import StudentWithProjections, _trainer_class
 
     model = copy.deepcopy(fp32)
     replace_linears(model, names, lambda n, lin: QATLinear(lin, make(n, lin), config))
@@ -238,7 +238,7 @@ def quantization_aware_training(
     weights = {k: v for k, v in {"kd": config.qat_alpha, "ce": 1 - config.qat_alpha}.items() if v > 0}
     callback = trainer_callback(f"quantization-aware training ({'+'.join(weights)})")
     trainer = training.make_trainer(
-        _trainer_class(),
+        distill_trainer_class(),
         callback=callback,
         model=StudentWithProjections(model, None, hidden=False, attentions=False),
         args=training.arguments(train_cfg, work, num_train=len(prepared.train), has_eval=has_eval),
