@@ -46,7 +46,7 @@ class Granularity(str, enum.Enum):
 E = TypeVar("E", bound=enum.Enum)
 
 
-def _as_enum(kind: type[E], value: Any, key: str) -> E:
+def as_enum(kind: type[E], value: Any, key: str) -> E:
     try:
         return kind(value)
     except ValueError:
@@ -234,9 +234,9 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         # Accept plain strings from Python callers too (the YAML/CLI path already converts).
-        self.method = _as_enum(CalibrationMethod, self.method, "method")
-        self.weight_granularity = _as_enum(Granularity, self.weight_granularity, "weight_granularity")
-        self.activations = _as_enum(Activations, self.activations, "activations")
+        self.method = as_enum(CalibrationMethod, self.method, "method")
+        self.weight_granularity = as_enum(Granularity, self.weight_granularity, "weight_granularity")
+        self.activations = as_enum(Activations, self.activations, "activations")
         _check(
             not (self.activations is Activations.DYNAMIC and self.activation_symmetric),
             "activation_symmetric",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmzip.config import STAGE_CONFIGS
+from llmzip.config import STAGE_CONFIGS, as_enum
 from llmzip.errors import ConfigError
 
 C = TypeVar("C")
@@ -32,11 +32,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return from_dict(annotation, value, prefix=f"{key}.")  # type: ignore[arg-type]
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        try:
-            return annotation(value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in annotation)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+        return as_enum(annotation, value, key)
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
