@@ -212,7 +212,8 @@ DEFAULT_EXCLUDE = [r"(^|\.)(classifier|pooler|score|lm_head)(\.|$)"]
 class QuantizeConfig:
     """int8 weights (symmetric or asymmetric, per-channel or per-tensor) and static int8 activations."""
 
-    weight_bits: int = 8
+    weight_bits: int = 8  # 4 = weight-only int4 (float activations), exported as onnxruntime's MatMulNBits
+    weight_block_size: int = 32  # 4-bit only: one scale per this many input features (power of 2, >= 16)
     weight_granularity: Granularity = Granularity.PER_CHANNEL
     weight_symmetric: bool = True
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
@@ -242,7 +243,16 @@ class QuantizeConfig:
             "activation_symmetric",
             "dynamic activations are uint8 asymmetric (ONNX DynamicQuantizeLinear); drop --activation-symmetric",
         )
-        _check(self.weight_bits == 8, "weight_bits", f"only 8 is supported so far, got {self.weight_bits}")
+        _check(self.weight_bits in (4, 8), "weight_bits", f"must be 8 (int8) or 4 (weight-only), got {self.weight_bits}")
+        bs = self.weight_block_size
+        _check(bs >= 16 and bs & (bs - 1) == 0, "weight_block_size", f"must be a power of 2 >= 16, got {bs}")
+        if self.weight_bits == 4:
+            _check(
+                self.smoothquant is None,
+                "smoothquant",
+                "4-bit weights are weight-only (float activations): SmoothQuant has nothing to smooth; drop it",
+            )
+            _check(self.qat_steps == 0, "qat_steps", "quantization-aware training is int8-only so far; drop it")
         _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
         _check(
             self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,
@@ -270,9 +280,19 @@ class ExportConfig:
         _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
 
 
+class TorchDtype(str, enum.Enum):
+    """The dtype bench runs PyTorch variants in (ONNX variants run in the dtype their graph was exported with)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
 @dataclass
 class BenchConfig:
-    """Latency, throughput, size and accuracy of one or more model directories, measured side by side."""
+    """Latency, throughput, size and accuracy of one or more model directories, measured side by side.
+
+    The gates compare the last model directory (the candidate) with the first (the baseline).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
@@ -281,9 +301,25 @@ class BenchConfig:
     provider: Provider = Provider.CPU
     warmup: int = 5
     iterations: int = 30
-    seed: int = 0
+    # bf16 is fast only with AVX512-BF16/AMX on CPU (or a GPU); elsewhere PyTorch emulates it, slower than fp32.
+    torch_dtype: TorchDtype = TorchDtype.FP32
+    min_speedup: float | None = None  # gate: candidate p50 speedup over the baseline, at every batch size
+    max_accuracy_drop: float | None = None  # gate: in points (0.5 = half a percentage point)
+    seed: int = 0  # the bootstrap resampling of the speedup intervals
 
     def __post_init__(self) -> None:
+        self.provider = as_enum(Provider, self.provider, "provider")
+        self.torch_dtype = as_enum(TorchDtype, self.torch_dtype, "torch_dtype")
+        _check(
+            self.min_speedup is None or self.min_speedup > 0,
+            "min_speedup",
+            f"must be > 0, got {self.min_speedup}",
+        )
+        _check(
+            self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,
+            "max_accuracy_drop",
+            f"must be >= 0 (points), got {self.max_accuracy_drop}",
+        )
         _check(
             len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes),
             "batch_sizes",

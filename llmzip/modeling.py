@@ -73,6 +73,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
+    from llmzip.quant.weight_only import WeightOnlyLinear
 
     quiet_libraries()
     spec = json.loads((path / QUANT_FILE).read_text())
@@ -81,7 +82,15 @@ def load_quantized(path: Path) -> PreTrainedModel:
     model = AutoModelForSequenceClassification.from_config(config)
     scheme = spec["scheme"]
 
-    def make(name: str, linear: nn.Linear) -> QuantLinear:
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        if spec["layers"][name].get("weight_bits", 8) == 4:
+            return WeightOnlyLinear(
+                linear.in_features,
+                linear.out_features,
+                bias=linear.bias is not None,
+                block_size=scheme["weight_block_size"],
+                symmetric=scheme["weight_symmetric"],
+            )
         return QuantLinear(
             linear.in_features,
             linear.out_features,

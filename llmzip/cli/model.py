@@ -72,6 +72,12 @@ def quantize(
     model_dir: Annotated[Path, typer.Argument(help="Model directory that was calibrated.")],
     calibration_dir: Annotated[Path, typer.Argument(help="Output of `llmzip calibrate MODEL_DIR`.")],
     out: Out,
+    weight_bits: Annotated[
+        Optional[int], typer.Option(help="8 (int8 weights and activations) or 4 (int4 weight-only, MatMulNBits).")
+    ] = None,
+    weight_block_size: Annotated[
+        Optional[int], typer.Option(help="4-bit: input features per weight scale (power of 2 >= 16).")
+    ] = None,
     weight_granularity: Annotated[
         Optional[cfg.Granularity], typer.Option(help="One weight scale per output channel, or per tensor.")
     ] = None,
@@ -145,6 +151,8 @@ def quantize(
 
         llmzip quantize runs/student runs/calib --max-accuracy-drop 0.5 --data ../shared/data/sst2 -o runs/q-safe
 
+        llmzip quantize runs/student runs/calib --weight-bits 4 --weight-block-size 32 -o runs/q-int4
+
         llmzip quantize runs/student runs/calib --qat-steps 300 --data ../shared/data/sst2 -o runs/q-qat
     """
     flags = {
@@ -162,6 +170,8 @@ def quantize(
         "qat_steps": qat_steps,
         "qat_learning_rate": qat_learning_rate,
         "qat_alpha": qat_alpha,
+        "weight_bits": weight_bits,
+        "weight_block_size": weight_block_size,
         "weight_granularity": weight_granularity,
         "weight_symmetric": weight_symmetric,
         "activation_symmetric": activation_symmetric,

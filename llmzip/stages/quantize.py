@@ -23,6 +23,7 @@ from llmzip.progress import step
 from llmzip.quant import qmath, ranges, sensitivity
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
+from llmzip.quant.weight_only import WeightOnlyLinear
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -140,13 +141,13 @@ def error_report(
     layers = {}
     for name in names:
         q_layer, fp_layer = quantized.get_submodule(name), fp32.get_submodule(name)
-        assert isinstance(q_layer, QuantLinear) and isinstance(fp_layer, nn.Linear)
+        assert isinstance(q_layer, (QuantLinear, WeightOnlyLinear)) and isinstance(fp_layer, nn.Linear)
         layers[name] = {
             "weight_sqnr_db": round(qmath.sqnr_db(fp_layer.weight, q_layer.dequantized_weight()), 2),
             "output_sqnr_db": round(qmath.sqnr_db(torch.cat(ref[name]), torch.cat(got[name])), 2),
-            "input_scale": float(q_layer.input_scale),
-            "input_zero_point": int(q_layer.input_zero_point),
         }
+        if isinstance(q_layer, QuantLinear):
+            layers[name].update(input_scale=float(q_layer.input_scale), input_zero_point=int(q_layer.input_zero_point))
     a, b = torch.cat(ref_logits), torch.cat(got_logits)
     return {
         "layers": layers,
@@ -304,7 +305,11 @@ def quantize(
             }
         act_ranges = {n: activation_range(observers[n], config) for n in names}
 
-        def make(name: str, lin: nn.Linear) -> QuantLinear:
+        def make(name: str, lin: nn.Linear) -> nn.Module:
+            if config.weight_bits == 4:
+                return WeightOnlyLinear.from_float(
+                    lin, block_size=config.weight_block_size, symmetric=config.weight_symmetric
+                )
             return quantize_linear(lin, act_ranges[name], config, smooth.get(name))
 
         extra: dict[str, Any] = {}
@@ -333,15 +338,16 @@ def quantize(
             }
         report = error_report(fp32, quantized, names, batches)
         for name in names:
-            lo, hi = act_ranges[name]
-            report["layers"][name].update(
-                range=[round(lo, 6), round(hi, 6)], observed=[observers[name].min, observers[name].max]
-            )
+            if config.weight_bits == 8:
+                lo, hi = act_ranges[name]
+                report["layers"][name].update(
+                    range=[round(lo, 6), round(hi, 6)], observed=[observers[name].min, observers[name].max]
+                )
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
         spec = {
             "scheme": to_dict(config),
-            "layers": {n: {"op": "Linear", "smooth": n in smooth} for n in names},
+            "layers": {n: {"op": "Linear", "smooth": n in smooth, "weight_bits": config.weight_bits} for n in names},
             "embeddings": embeddings,
         }
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
@@ -350,7 +356,8 @@ def quantize(
         metrics = {
             "quantized_layers": len(names),
             "fp32_linear_layers": len(linear_names(fp32)) - len(names),
-            "method": config.method.value,
+            "method": config.method.value if config.weight_bits == 8 else "weight-only",
+            "weight_bits": config.weight_bits,
             **report,
             **extra,
         }

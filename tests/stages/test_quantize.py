@@ -230,3 +230,24 @@ def test_int8_embeddings_shrink_the_model_and_keep_parity(chain: dict[str, Path]
     assert m is not None and plain is not None
     assert m["metrics"]["size_mb"] < 0.7 * plain["metrics"]["size_mb"]
     assert m["metrics"]["parity"]["max_abs_diff"] < 1e-3
+
+
+def test_int4_weight_only_runs_as_matmulnbits(chain: dict[str, Path], tmp_path: Path) -> None:
+    from llmzip.quant.weight_only import WeightOnlyLinear
+    from llmzip.stages.export import optimized_op_counts
+
+    out, onnx_dir = tmp_path / "w4", tmp_path / "w4-onnx"
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--weight-bits", 4, "--weight-asymmetric")
+    assert result.exit_code == 0, result.stderr
+    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    layer = model.get_submodule(LAYER)
+    assert isinstance(layer, WeightOnlyLinear) and layer.weight_packed.dtype == torch.uint8
+    assert invoke("export", out, "-o", onnx_dir).exit_code == 0
+    m = read_manifest(onnx_dir)
+    assert m is not None and m["metrics"]["precision"] == "int4-weight-only"
+    counts = optimized_op_counts(onnx_dir / "model.onnx")
+    assert counts["MatMulNBits"] == m["metrics"]["quantized_layers"] and "QuantizeLinear" not in counts
+    assert m["metrics"]["parity"]["max_abs_diff"] < 1e-4  # float activations: no rounding ties to disagree on
+    assert m["metrics"]["size_mb"] < read_manifest(chain["onnx_int8"])["metrics"]["size_mb"]  # type: ignore[index]
+    bad = invoke("quantize", chain["student"], chain["calib"], "-o", tmp_path / "x", "--weight-bits", 3)
+    assert bad.exit_code == 2 and "weight_bits" in bad.stderr and not (tmp_path / "x").exists()
