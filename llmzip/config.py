@@ -219,6 +219,7 @@ class QuantizeConfig:
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
     activation_symmetric: bool = False
     activations: Activations = Activations.STATIC
+    attention: bool = False  # also the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)
     embeddings: bool = False  # int8 word-embedding table, one scale per row (most of a small model's bytes)
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
@@ -243,7 +244,9 @@ class QuantizeConfig:
             "activation_symmetric",
             "dynamic activations are uint8 asymmetric (ONNX DynamicQuantizeLinear); drop --activation-symmetric",
         )
-        _check(self.weight_bits in (4, 8), "weight_bits", f"must be 8 (int8) or 4 (weight-only), got {self.weight_bits}")
+        _check(
+            self.weight_bits in (4, 8), "weight_bits", f"must be 8 (int8) or 4 (weight-only), got {self.weight_bits}"
+        )
         bs = self.weight_block_size
         _check(bs >= 16 and bs & (bs - 1) == 0, "weight_block_size", f"must be a power of 2 >= 16, got {bs}")
         if self.weight_bits == 4:
@@ -253,6 +256,12 @@ class QuantizeConfig:
                 "4-bit weights are weight-only (float activations): SmoothQuant has nothing to smooth; drop it",
             )
             _check(self.qat_steps == 0, "qat_steps", "quantization-aware training is int8-only so far; drop it")
+            _check(not self.attention, "attention", "int8 attention needs int8 activations; drop it with 4-bit weights")
+        _check(
+            not (self.attention and self.activations is Activations.DYNAMIC),
+            "attention",
+            "int8 attention matmuls use static calibrated scales; drop --attention or use --activations static",
+        )
         _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
         _check(
             self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,

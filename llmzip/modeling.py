@@ -103,6 +103,10 @@ def load_quantized(path: Path) -> PreTrainedModel:
 
     replace_linears(model, list(spec["layers"]), make)
     replace_linears(model, spec.get("embeddings", []), lambda n, e: QuantEmbedding(e.num_embeddings, e.embedding_dim))
+    if spec.get("attention"):
+        from llmzip.quant.attention import AttentionQuant, attach
+
+        attach(model, {name: AttentionQuant() for name in spec["attention"]})
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied/derived buffers (e.g. position_ids) may legitimately be absent; real weights may not.

@@ -94,6 +94,10 @@ def quantize(
             help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
         ),
     ] = None,
+    attention: Annotated[
+        Optional[bool],
+        typer.Option("--attention", help="Also quantize the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)."),
+    ] = None,
     embeddings: Annotated[
         Optional[bool],
         typer.Option("--embeddings", help="Also store the word-embedding table as int8 (per-row scales)."),
@@ -131,7 +135,10 @@ def quantize(
     max_length: MaxLength = None,
     exclude: Annotated[
         Optional[list[str]],
-        typer.Option(help="Regex of Linear names to keep in fp32 (repeatable; replaces the default head exclusion)."),
+        typer.Option(
+            help="Keep in fp32: a regex on module names, or type:Class on the module's or its parent's class "
+            "(e.g. type:BertOutput); repeatable; replaces the default head exclusion."
+        ),
     ] = None,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
@@ -164,6 +171,7 @@ def quantize(
         "max_accuracy_drop": max_accuracy_drop,
         "activations": activations,
         "embeddings": embeddings,
+        "attention": attention,
         "method": method,
         "percentile": percentile,
         "smoothquant": smoothquant,

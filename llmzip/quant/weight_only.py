@@ -48,7 +48,9 @@ def block_codes(
         scale, _ = qmath.symmetric_qparams(w.abs().amax(-1), grid)
         zero_point = torch.full_like(scale, SYMMETRIC_ZERO_POINT, dtype=torch.int32)
     else:
-        scale, zero_point = qmath.asymmetric_qparams(w.amin(-1), w.amax(-1), qmath.qrange(BITS, signed=False, symmetric=False))
+        scale, zero_point = qmath.asymmetric_qparams(
+            w.amin(-1), w.amax(-1), qmath.qrange(BITS, signed=False, symmetric=False)
+        )
     unsigned = qmath.QRange(0, 2**BITS - 1, torch.uint8)
     codes = qmath.quantize(w, scale[..., None], zero_point[..., None], unsigned)
     return codes, scale, zero_point
@@ -56,7 +58,7 @@ def block_codes(
 
 class _MatMulNBits(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         packed: torch.Tensor,
@@ -69,13 +71,11 @@ class _MatMulNBits(torch.autograd.Function):
         return torch.matmul(x, dequantize_packed(packed, scales, zero_points, k).t())
 
     @staticmethod
-    def symbolic(
-        g: Any, x: Any, packed: Any, scales: Any, zero_points: Any, k: int, n: int, block_size: int
-    ) -> Any:
+    def symbolic(g: Any, x: Any, packed: Any, scales: Any, zero_points: Any, k: int, n: int, block_size: int) -> Any:
         inputs = [x, packed, scales] + ([zero_points] if zero_points is not None else [])
-        return g.op(
-            "com.microsoft::MatMulNBits", *inputs, K_i=k, N_i=n, bits_i=BITS, block_size_i=block_size
-        ).setType(x.type())
+        return g.op("com.microsoft::MatMulNBits", *inputs, K_i=k, N_i=n, bits_i=BITS, block_size_i=block_size).setType(
+            x.type()
+        )
 
 
 def dequantize_packed(
@@ -111,7 +111,11 @@ class WeightOnlyLinear(nn.Module):
     @classmethod
     def from_float(cls, linear: nn.Linear, *, block_size: int, symmetric: bool) -> WeightOnlyLinear:
         layer = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, block_size=block_size, symmetric=symmetric
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            block_size=block_size,
+            symmetric=symmetric,
         )
         codes, scale, zero_point = block_codes(linear.weight, block_size, symmetric=symmetric)
         with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, st
 from llmzip.config import CalibrateConfig, DataConfig, to_dict
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.progress import progress, step
+from llmzip.quant.attention import observing
 from llmzip.quant.observers import DEFAULT_BINS, HistogramObserver
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -35,12 +37,14 @@ def record(
     bins: int = DEFAULT_BINS,
     scale_inputs: dict[str, torch.Tensor] | None = None,
     description: str = "calibrate",
+    on_batch: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, HistogramObserver]:
     """Run the batches through the model with a pre-hook on each named Linear that observes its input.
 
     Padding positions are excluded: their activations are never read by the model's output, and a padded
     outlier would otherwise widen the range every real token has to share. `scale_inputs` multiplies a layer's
     input per channel before observing it (the SmoothQuant-scaled input the int8 layer will really see).
+    `on_batch` receives each batch's padding mask (the attention observers exclude padding the same way).
     """
     observers = {name: HistogramObserver(bins) for name in names}
     mask_holder: dict[str, torch.Tensor] = {}
@@ -63,6 +67,8 @@ def record(
             task = bar.add_task(description, total=len(batches), info="")
             for batch in batches:
                 mask_holder["mask"] = batch["attention_mask"].bool()
+                if on_batch is not None:
+                    on_batch(mask_holder["mask"])
                 model(**batch)
                 bar.advance(task)
     finally:
@@ -126,7 +132,11 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
         tokenizer = load_tokenizer(source.path)
         names = linear_names(model)
         batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
-        observers = record(model, batches, names, bins=config.bins)
+        # Attention matmul inputs (query/key/value, keyed "<attention module>:query" …) are observed in the same
+        # pass, so `quantize --attention` needs no second calibration.
+        with observing(model, config.bins) as attention:
+            observers = record(model, batches, names, bins=config.bins, on_batch=attention.set_mask)
+        observers |= attention.observers()
         stats = {
             "num_samples": len(rows),
             "bins": config.bins,
@@ -150,7 +160,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
             parents=[source],
             inputs={"samples": described},
             config=to_dict(config),
-            metrics={"num_samples": len(rows), "tokens": tokens, "tensors": len(names)},
+            metrics={"num_samples": len(rows), "tokens": tokens, "tensors": len(observers)},
             seed=config.seed,
             started=started,
         )

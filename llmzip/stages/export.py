@@ -167,10 +167,11 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             "int8_kernels": int8_kernels,
         }
         if quantized:
-            expected = int(source.manifest["metrics"]["quantized_layers"])
+            q = source.manifest["metrics"]
+            expected = int(q["quantized_layers"]) + int(q.get("quantized_attention_matmuls", 0))
             if int8_kernels < expected:
                 raise ExportError(
-                    f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers: "
+                    f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers and matmuls: "
                     "the QDQ pattern did not fuse; report it with the manifest"
                 )
             metrics["quantized_layers"] = expected

@@ -20,7 +20,7 @@ from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeC
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
-from llmzip.quant import qmath, ranges, sensitivity
+from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.weight_only import WeightOnlyLinear
@@ -31,12 +31,20 @@ SENSITIVITY_FILE = "sensitivity.json"
 FALLBACK_FILE = "fallback.json"
 
 
-def select(names: list[str], exclude: list[str]) -> list[str]:
+def select(model: nn.Module, names: list[str], exclude: list[str]) -> list[str]:
+    """Drop the names an exclude entry matches: a regex on the module name, or `type:Class` on the class name of
+    the module or of its parent (e.g. `type:BertOutput` keeps every FFN output projection in fp32)."""
+    types = {e.removeprefix("type:") for e in exclude if e.startswith("type:")}
     try:
-        patterns = [re.compile(p) for p in exclude]
+        patterns = [re.compile(p) for p in exclude if not p.startswith("type:")]
     except re.error as err:
         raise ConfigError(f"exclude: {err.pattern!r} is not a valid regular expression ({err})") from None
-    return [n for n in names if not any(p.search(n) for p in patterns)]
+
+    def classes(name: str) -> set[str]:
+        parent = name.rpartition(".")[0]
+        return {type(model.get_submodule(name)).__name__, type(model.get_submodule(parent)).__name__}
+
+    return [n for n in names if not any(p.search(n) for p in patterns) and not (types & classes(n))]
 
 
 def activation_range(obs: HistogramObserver, config: QuantizeConfig) -> tuple[float, float]:
@@ -103,6 +111,25 @@ def quantize_linear(
         if linear.bias is not None and layer.bias is not None:
             layer.bias.copy_(linear.bias)
     return layer
+
+
+def attention_quants(
+    names: list[str], observers: dict[str, HistogramObserver], config: QuantizeConfig, calibration_dir: Path
+) -> dict[str, attention.AttentionQuant]:
+    """Static qparams for each attention module's query/key/value from the calibration histograms."""
+    quants = {}
+    for name in names:
+        keys = {t: f"{name}:{t}" for t in attention.TENSORS}
+        if any(k not in observers for k in keys.values()):
+            raise ArtifactError(
+                f"{calibration_dir} has no attention statistics for {name} (calibrated before llmzip recorded them, "
+                "or the model does not use transformers' attention interface); re-run `llmzip calibrate` or drop "
+                "--attention"
+            )
+        quants[name] = attention.AttentionQuant.from_ranges(
+            {t: activation_range(observers[k], config) for t, k in keys.items()}
+        )
+    return quants
 
 
 def _outputs(
@@ -278,7 +305,7 @@ def quantize(
     with staging(out_dir, overwrite=overwrite) as tmp:
         step(f"loading {model_dir}")
         fp32 = load_model(source)
-        names = select(linear_names(fp32), config.exclude)
+        names = select(fp32, linear_names(fp32), config.exclude)
         if not names:
             raise ConfigError(f"exclude: the patterns {config.exclude} leave no Linear layer to quantize")
         missing = [n for n in names if n not in observers]
@@ -325,6 +352,10 @@ def quantize(
             extra.update(qat_metrics)
         else:
             quantized = sensitivity.with_quantized(fp32, names, make)
+        attention_names: list[str] = []
+        if config.attention:
+            attention_names = select(fp32, attention.attention_module_names(fp32), config.exclude)
+            attention.attach(quantized, attention_quants(attention_names, observers, config, calibration_dir))
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         embeddings: list[str] = []
         if config.embeddings:
@@ -349,6 +380,7 @@ def quantize(
             "scheme": to_dict(config),
             "layers": {n: {"op": "Linear", "smooth": n in smooth, "weight_bits": config.weight_bits} for n in names},
             "embeddings": embeddings,
+            "attention": attention_names,
         }
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
@@ -356,6 +388,7 @@ def quantize(
         metrics = {
             "quantized_layers": len(names),
             "fp32_linear_layers": len(linear_names(fp32)) - len(names),
+            "quantized_attention_matmuls": 2 * len(attention_names),
             "method": config.method.value if config.weight_bits == 8 else "weight-only",
             "weight_bits": config.weight_bits,
             **report,

@@ -9,6 +9,7 @@ import torch
 
 from llmzip.artifact import read_manifest
 from llmzip.modeling import load_pretrained, load_tokenizer
+from llmzip.quant.attention import attention_module_names
 from llmzip.stages.calibrate import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, record
 from tests.conftest import invoke
 
@@ -16,7 +17,8 @@ from tests.conftest import invoke
 def test_stats_cover_every_linear(chain: dict[str, Path]) -> None:
     stats = json.loads((chain["calib"] / STATS_FILE).read_text())
     model = load_pretrained(chain["student"])
-    assert set(stats["tensors"]) == set(linear_names(model))
+    attention = {f"{a}:{t}" for a in attention_module_names(model) for t in ("query", "key", "value")}
+    assert attention and set(stats["tensors"]) == set(linear_names(model)) | attention
     for entry in stats["tensors"].values():
         assert entry["input"]["min"] <= entry["input"]["max"] and entry["input"]["count"] > 0
     rows = (chain["calib"] / SAMPLES_FILE).read_text().splitlines()

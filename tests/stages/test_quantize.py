@@ -251,3 +251,36 @@ def test_int4_weight_only_runs_as_matmulnbits(chain: dict[str, Path], tmp_path: 
     assert m["metrics"]["size_mb"] < read_manifest(chain["onnx_int8"])["metrics"]["size_mb"]  # type: ignore[index]
     bad = invoke("quantize", chain["student"], chain["calib"], "-o", tmp_path / "x", "--weight-bits", 3)
     assert bad.exit_code == 2 and "weight_bits" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_attention_matmuls_run_as_integer_kernels(chain: dict[str, Path], tmp_path: Path) -> None:
+    from llmzip.quant.attention import ATTR, AttentionQuant, attention_module_names
+    from llmzip.stages.export import optimized_op_counts
+
+    out, onnx_dir = tmp_path / "att", tmp_path / "att-onnx"
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--attention", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    fp32 = load_pretrained(chain["student"])
+    names = attention_module_names(fp32)
+    assert names and metrics["quantized_attention_matmuls"] == 2 * len(names)
+    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    quant = getattr(model.get_submodule(names[0]), ATTR)
+    stats = json.loads((chain["calib"] / STATS_FILE).read_text())["tensors"][f"{names[0]}:key"]["input"]
+    absmax = max(abs(stats["min"]), abs(stats["max"]))
+    assert isinstance(quant, AttentionQuant) and abs(float(quant.key_scale) - absmax / 127) < 1e-7
+    assert invoke("export", out, "-o", onnx_dir).exit_code == 0
+    counts = optimized_op_counts(onnx_dir / "model.onnx")
+    linear_only = optimized_op_counts(chain["onnx_int8"] / "model.onnx")
+    integer = ("MatMulIntegerToFloat", "QLinearMatMul")
+    assert sum(counts[k] for k in integer) == sum(linear_only[k] for k in integer) + 2 * len(names)
+
+
+def test_exclude_by_type_keeps_those_classes_fp32(chain: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "no-ffn2"
+    result = invoke("quantize", chain["student"], chain["calib"], "-o", out, "--exclude", "type:BertOutput", "--json")
+    assert result.exit_code == 0, result.stderr
+    layers = set(json.loads(result.stdout)["metrics"]["layers"])
+    assert LAYER in layers  # BertIntermediate's dense stays quantized
+    assert not any(n.endswith("layer.0.output.dense") for n in layers)
+    assert any(n.endswith("classifier") for n in layers)  # the default head exclusion was replaced
