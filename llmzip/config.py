@@ -226,6 +226,7 @@ class QuantizeConfig:
     smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
     sensitivity: bool = False  # quantize each layer alone: logit SQNR and accuracy drop on data's eval split
     max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
+    fallback_latency: bool = True  # export and time every fallback configuration (onnxruntime, 1 thread)
     qat_steps: int = 0  # > 0: quantization-aware training after calibration (STE), on data's train split
     qat_learning_rate: float = 2e-5
     qat_batch_size: int = 32

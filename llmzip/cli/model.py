@@ -129,6 +129,13 @@ def quantize(
         Optional[float],
         typer.Option(help="Keep the most sensitive layers fp32 until the accuracy drop (points) fits; needs --data."),
     ] = None,
+    fallback_latency: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--fallback-latency/--no-fallback-latency",
+            help="Export and time every fallback configuration (onnxruntime, 1 thread) for the Pareto list.",
+        ),
+    ] = None,
     data: Data = None,
     eval_split: EvalSplit = None,
     max_eval_samples: MaxEval = None,
@@ -169,6 +176,7 @@ def quantize(
         "max_length": max_length,
         "sensitivity": sensitivity,
         "max_accuracy_drop": max_accuracy_drop,
+        "fallback_latency": fallback_latency,
         "activations": activations,
         "embeddings": embeddings,
         "attention": attention,

@@ -51,6 +51,36 @@ class _Logits(nn.Module):
         return self.model(**dict(zip(self.names, tensors))).logits
 
 
+def input_names(tokenizer: Any) -> list[str]:
+    return [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+
+def write_onnx(
+    model: nn.Module, names: list[str], feeds: dict[str, np.ndarray], path: Path, *, opset: int, source: Path
+) -> None:
+    """torch.onnx.export with dynamic batch and sequence axes and one `logits` output."""
+    example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                _Logits(model, names).eval(),
+                example,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                custom_opsets={"com.microsoft": 1},  # MatMulNBits for 4-bit weights
+            )
+        except Exception as err:  # the exporter raises many types; the user's fix is the same
+            raise ExportError(f"torch.onnx.export failed for {source}: {str(err).splitlines()[0][:300]}") from None
+
+
 def probe_texts(directory: Path, count: int) -> list[str]:
     """Parity inputs: the calibration samples a quantized model carries, else the demo sample's sentences."""
     if (directory / SAMPLES_FILE).is_file():
@@ -74,6 +104,24 @@ def optimized_op_counts(onnx_path: Path) -> Counter[str]:
         ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
         return Counter(n.op_type for n in graph.node)
+
+
+def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int = 30, threads: int = 1) -> float:
+    """Median onnxruntime CPU latency of one input (a quick probe; `llmzip bench` is the real measurement)."""
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    times = []
+    for i in range(iterations + 3):
+        t0 = time.perf_counter()
+        session.run(["logits"], feeds)
+        if i >= 3:  # warm-up runs are not counted
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
 
 
 def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -109,34 +157,13 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         step(f"loading {model_dir}")
         model = load_model(source)
         tokenizer = load_tokenizer(source.path)
-        names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+        names = input_names(tokenizer)
         texts = probe_texts(source.path, config.parity_samples)
         enc = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="np")
         feeds = {n: enc[n].astype(np.int64) for n in names}
-        example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
-        axes = {n: {0: "batch", 1: "sequence"} for n in names}
-        axes["logits"] = {0: "batch"}
         path = tmp / ONNX_FILE
         step(f"exporting {'quantized' if quantized else 'fp32'} ONNX (opset {config.opset})")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    _Logits(model, names).eval(),
-                    example,
-                    str(path),
-                    dynamo=False,
-                    opset_version=config.opset,
-                    input_names=names,
-                    output_names=["logits"],
-                    dynamic_axes=axes,
-                    do_constant_folding=True,
-                    custom_opsets={"com.microsoft": 1},  # MatMulNBits for 4-bit weights
-                )
-            except Exception as err:  # the exporter raises many types; the user's fix is the same
-                raise ExportError(
-                    f"torch.onnx.export failed for {model_dir}: {str(err).splitlines()[0][:300]}"
-                ) from None
+        write_onnx(model, names, feeds, path, opset=config.opset, source=model_dir)
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,7 +20,7 @@ from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, st
 from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
-from llmzip.progress import step
+from llmzip.progress import progress, step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
@@ -224,11 +225,16 @@ def accuracy_aware(
     if config.max_accuracy_drop is None:
         return names, extra
     kept, tried = sensitivity.fallback(fp32, names, make, rows, evaluation, max_drop_pt=config.max_accuracy_drop)
+    if config.fallback_latency:
+        measure_latencies(fp32, names, make, tried, evaluation[0], tokenizer, tmp)
+        meeting = [t for t in tried if t["meets_target"]]
+        if meeting:  # the fastest configuration that meets the target (greedy order makes it the last tried)
+            kept = min(meeting, key=lambda t: t["latency_ms"])["fp32_layers"]
+    chosen = next((t for t in tried if t["fp32_layers"] == kept), tried[-1])
     (tmp / FALLBACK_FILE).write_text(
         json.dumps({"target_drop_pt": config.max_accuracy_drop, "tried": tried, "chosen_fp32_layers": kept}, indent=1)
         + "\n"
     )
-    chosen = next((t for t in tried if t["meets_target"]), tried[-1])
     extra["fallback"] = {
         "fp32_layers": kept,
         "eval_accuracy": chosen["accuracy"],
@@ -236,6 +242,40 @@ def accuracy_aware(
         "configurations_tried": len(tried),
     }
     return [n for n in names if n not in kept], extra
+
+
+def measure_latencies(
+    fp32: nn.Module,
+    names: list[str],
+    make: Any,
+    tried: list[dict[str, Any]],
+    batch: dict[str, Any],
+    tokenizer: Any,
+    tmp: Path,
+) -> None:
+    """Add onnxruntime latency (1 thread, one real example) to every tried configuration, and mark the Pareto set.
+
+    Each configuration is exported to a scratch ONNX file: the fake-quantized PyTorch model's speed says nothing
+    about the integer kernels'.
+    """
+    from llmzip.stages.export import input_names, ort_latency_ms, write_onnx
+
+    inputs = input_names(tokenizer)
+    feeds = {n: batch[n][:1].numpy().astype(np.int64) for n in inputs}
+    scratch = tmp / ".latency.onnx"
+    with progress() as bar:
+        task = bar.add_task("latency of each fallback configuration", total=len(tried), info="")
+        for t in tried:
+            model = sensitivity.with_quantized(fp32, [n for n in names if n not in t["fp32_layers"]], make)
+            write_onnx(model, inputs, feeds, scratch, opset=17, source=tmp)
+            t["latency_ms"] = round(ort_latency_ms(scratch, feeds), 3)
+            t["latency_input"] = f"1×{feeds[inputs[0]].shape[1]}, 1 thread, median of 30"
+            bar.advance(task)
+    scratch.unlink()
+    for t in tried:
+        t["pareto"] = not any(
+            o["accuracy"] >= t["accuracy"] and o["latency_ms"] < t["latency_ms"] for o in tried if o is not t
+        )
 
 
 def quantization_aware_training(

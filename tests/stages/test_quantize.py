@@ -125,6 +125,7 @@ def test_sensitivity_and_fallback(chain: dict[str, Path], tmp_path: Path) -> Non
     tried = fb["tried"]
     assert [t["int8_layers"] for t in tried] == list(range(6, 6 - len(tried), -1))  # one more fp32 layer each
     assert tried[-1]["meets_target"] or len(tried) == 7
+    assert all(t["latency_ms"] > 0 for t in tried) and any(t["pareto"] for t in tried)  # each one exported and timed
     m = read_manifest(out)
     assert m is not None
     assert m["metrics"]["quantized_layers"] == 6 - len(fb["chosen_fp32_layers"])
