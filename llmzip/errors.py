@@ -43,3 +43,9 @@ class ProviderError(LlmzipError):
     """An execution provider that this onnxruntime build does not have."""
 
     exit_code = 7
+
+
+class GateError(LlmzipError):
+    """A CI gate (`--min-speedup`, `--max-accuracy-drop`) that the candidate did not pass."""
+
+    exit_code = 8

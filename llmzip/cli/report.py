@@ -24,18 +24,22 @@ from llmzip.cli.common import (
     TextPairColumn,
     _build,
     _execute,
+    _fail,
     _render_stage,
 )
-from llmzip.errors import ConfigError
+from llmzip.errors import ConfigError, GateError
 
 
 def _render_bench(result: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    m = result["machine"]
+    from llmzip.bench_report import isa_summary, speedup_text
+    from llmzip.progress import stdout_console
+
+    m, c = result["machine"], result["config"]
     table = Table(
-        title=f"llmzip bench — {m['cpu']} ({', '.join(m['isa']) or 'no SIMD flags'}), "
-        f"{result['config']['threads']} thread(s), {result['config']['provider']}"
+        title=f"llmzip bench — {m['cpu']} ({isa_summary(m['isa'])}), {c['threads']} thread(s), {c['provider']}"
     )
     for col in (
         "variant",
@@ -44,8 +48,9 @@ def _render_bench(result: dict[str, Any]) -> None:
         "p50 ms",
         "p90 ms",
         "p99 ms",
+        "IQR ms",
         "samples/s",
-        "speedup",
+        "speedup (95% CI)",
         "size MB",
         "accuracy",
     ):
@@ -53,23 +58,43 @@ def _render_bench(result: dict[str, Any]) -> None:
     for v in result["variants"]:
         lat = v["latency_ms"]
         table.add_row(
-            v["name"],
+            escape(v["name"]),
             f"{v['kind']} {v['precision']}",
             f"{v['batch']}×{v['seq_len']}",
             f"{lat['p50']:.2f}",
             f"{lat['p90']:.2f}",
             f"{lat['p99']:.2f}",
+            f"{lat['iqr']:.2f}",
             f"{v['throughput']:.1f}",
-            f"{v['speedup_vs_baseline']:.2f}×",
+            speedup_text(v, result["baseline"]),
             f"{v['size_mb']:.1f}",
-            f"{v['accuracy']:.4f}",
+            "—" if v["accuracy"] is None else f"{v['accuracy']:.4f}",
         )
-    from llmzip.progress import stdout_console
-
     console = stdout_console()
     console.print(table)
     samples = result["variants"][0]["eval_samples"]
-    console.print(f"speedup: p50 vs {result['baseline']} at the same batch; accuracy on {samples} examples")
+    console.print(
+        f"speedup: p50 vs {result['baseline']} at the same batch, 95% interval from the paired round-robin rounds; "
+        f"accuracy on {samples} examples"
+    )
+    load = m.get("cpu_load")
+    if load:
+        console.print(
+            f"CPU load while timing: mean {load['mean_pct']:.0f}%, max {load['max_pct']:.0f}% "
+            f"(others {load['other_pct']:.0f}%)"
+        )
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    for note in result.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _enforce_gates(result: dict[str, Any] | None) -> None:
+    """After the results are printed and written: a failed gate is one red line and GateError's exit code."""
+    failures = ((result or {}).get("gates") or {}).get("failures") or []
+    if failures:
+        err = GateError("gate failed: " + "; ".join(failures))
+        _fail(str(err), err.exit_code)
 
 
 def bench(
@@ -93,6 +118,26 @@ def bench(
     iterations: Annotated[
         Optional[int], typer.Option(help="Timed runs per variant and batch size (round-robin).")
     ] = None,
+    torch_dtype: Annotated[
+        Optional[cfg.TorchDtype],
+        typer.Option(help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."),
+    ] = None,
+    min_speedup: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Gate: fail (exit 8) unless the last model's p50 speedup over the first is at least this, "
+            "at every batch size.",
+            rich_help_panel="Gates",
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Gate: fail (exit 8) if the last model's accuracy is more than this many points "
+            "(0.5 = half a percentage point) below the first's.",
+            rich_help_panel="Gates",
+        ),
+    ] = None,
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
@@ -100,7 +145,14 @@ def bench(
     label_column: LabelColumn = None,
     eval_split: EvalSplit = None,
     max_eval_samples: MaxEval = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write results.json + manifest here.")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Also write results.json, report.md, latency_vs_accuracy.png + manifest here.",
+        ),
+    ] = None,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
@@ -112,21 +164,23 @@ def bench(
         llmzip bench runs/teacher runs/onnx-int8 --data ../shared/data/sst2/test.tsv --batch-sizes 1,8 --threads 1
 
         llmzip bench runs/onnx-teacher runs/onnx-int8 --name fp32 --name int8 --json > bench.json
+
+        llmzip bench runs/onnx-fp32 runs/onnx-int8 --min-speedup 1.3 --max-accuracy-drop 0.5 -o runs/bench  # CI
     """
-    flags = {
-        k: v
-        for k, v in locals().items()
-        if k in DATA_FLAGS or k in ("batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations")
-    }
+    fields = ("batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations", "torch_dtype")
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (*fields, "min_speedup", "max_accuracy_drop")}
+    done: dict[str, Any] = {}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.bench import bench as stage
 
-        return stage(
+        done["result"] = stage(
             model_dirs, config=_build("bench", recipe, flags, {}), names=name, out_dir=out, overwrite=overwrite
         )
+        return done["result"]
 
     _execute(work, _render_bench, json_out)
+    _enforce_gates(done.get("result"))
 
 
 def run(
@@ -183,4 +237,11 @@ def run(
         if "bench" in result:
             _render_bench(result["bench"])
 
-    _execute(work, render, json_out)
+    done: dict[str, Any] = {}
+
+    def work_and_keep() -> dict[str, Any]:
+        done["result"] = work()
+        return done["result"]
+
+    _execute(work_and_keep, render, json_out)
+    _enforce_gates((done.get("result") or {}).get("bench"))

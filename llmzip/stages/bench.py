@@ -1,7 +1,9 @@
 """bench: model directories (ONNX and/or PyTorch) + eval data → latency, throughput, size and accuracy, side by side.
 
 Variants are timed round-robin (one call each, order rotated every round) so that machine noise lands on all
-of them alike instead of on whichever happened to run during a busy second.
+of them alike instead of on whichever happened to run during a busy second. The pieces are public so a
+benchmark script can time variants it built itself (a bare .onnx from onnxruntime's quantizer, a bf16 copy):
+`load_variant` / `onnx_file_variant` → `eval_inputs` → `measure`.
 """
 
 from __future__ import annotations
@@ -9,17 +11,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmzip import bench_report as report
 from llmzip import data as data_mod
 from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb, open_artifact, staging, write_manifest
-from llmzip.config import BenchConfig, Provider, to_dict
-from llmzip.errors import ConfigError, ProviderError
-from llmzip.machine import machine_info
+from llmzip.config import BenchConfig, Provider, TorchDtype, as_enum, to_dict
+from llmzip.errors import ArtifactError, ConfigError, ModelError, ProviderError
+from llmzip.machine import CpuLoad, machine_info
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.progress import progress, quiet_libraries, step
 
@@ -30,6 +33,21 @@ ORT_PROVIDERS = {
     Provider.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     Provider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Graph ops that mean integer weights, for ONNX files that come without an llmzip manifest.
+INT8_OPS = {
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "QAttention",
+    "QGemm",
+    "QLinearConv",
+    "ConvInteger",
+}
+INT4_OPS = {"MatMulNBits"}
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -44,10 +62,12 @@ class Variant:
     input_names: list[str]
     run: Runner
     tokenizer: Any
-    label2id: dict[str, int]
+    label2id: dict[str, int] | None  # None: the model names no labels, so it gets no accuracy
+    warnings: list[str] = field(default_factory=list)
 
 
-def ort_runner(path: Path, provider: Provider, threads: int) -> Runner:
+def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
+    """A session on one ONNX file and the input names its graph takes."""
     import onnxruntime as ort
 
     wanted = ORT_PROVIDERS[provider]
@@ -63,14 +83,16 @@ def ort_runner(path: Path, provider: Provider, threads: int) -> Runner:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
+    outputs = [o.name for o in session.get_outputs()]
+    output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run(["logits"], feeds)[0]
+        return session.run([output], feeds)[0]
 
-    return run
+    return run, [i.name for i in session.get_inputs()]
 
 
-def torch_runner(artifact: Artifact, provider: Provider, threads: int) -> Runner:
+def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: TorchDtype) -> Runner:
     import torch
 
     torch.set_num_threads(threads)
@@ -81,6 +103,8 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int) -> Runner
         device = "cuda"
     model = load_model(artifact)
     model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to() has a wrong signature
+    if dtype is TorchDtype.BF16:
+        model.to(torch.bfloat16)  # type: ignore[arg-type]
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
@@ -90,26 +114,45 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int) -> Runner
     return run
 
 
-def load_variant(artifact: Artifact, name: str, config: BenchConfig) -> Variant:
+def _label2id(model_dir: Path) -> dict[str, int] | None:
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return None
+    mapping = json.loads(config_file.read_text()).get("label2id") or {}
+    return {str(k): int(v) for k, v in mapping.items()}
+
+
+def load_variant(
+    artifact: Artifact, name: str, config: BenchConfig, *, torch_dtype: TorchDtype | str | None = None
+) -> Variant:
+    """An llmzip (or plain Hugging Face) model directory, ready to time; `torch_dtype` overrides the config's."""
+    dtype = as_enum(TorchDtype, torch_dtype if torch_dtype is not None else config.torch_dtype, "torch_dtype")
     tokenizer = load_tokenizer(artifact.path)
-    model_config = json.loads((artifact.path / "config.json").read_text())
-    label2id = {str(k): int(v) for k, v in (model_config.get("label2id") or {}).items()}
+    label2id = _label2id(artifact.path)
     if artifact.stage == "export":
         onnx_file = artifact.path / artifact.manifest.get("model_file", "model.onnx")
-        files = [onnx_file, onnx_file.with_name(onnx_file.name + ".data")]
+        run, _ = ort_runner(onnx_file, config.provider, config.threads)
         return Variant(
             name,
             artifact,
             "onnx",
             artifact.manifest["metrics"].get("precision", "fp32"),
-            dir_size_mb(files),
+            dir_size_mb([onnx_file, onnx_file.with_name(onnx_file.name + ".data")]),
             list(artifact.manifest.get("inputs", [])),
-            ort_runner(onnx_file, config.provider, config.threads),
+            run,
             tokenizer,
             label2id,
         )
-    names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
-    precision = "int8-fake-quant" if artifact.stage == "quantize" else "fp32"
+    names = [n for n in tokenizer.model_input_names if n in MODEL_INPUTS]
+    warnings = []
+    if artifact.stage == "quantize":
+        precision = "int8-fake-quant"
+        if dtype is TorchDtype.BF16:
+            # Its scales and zero points are the quantization itself; rounding them to bf16 changes the model.
+            warnings.append(f"{name}: fake-quantized PyTorch models run in fp32; torch_dtype bf16 not applied")
+            dtype = TorchDtype.FP32
+    else:
+        precision = dtype.value
     return Variant(
         name,
         artifact,
@@ -117,9 +160,44 @@ def load_variant(artifact: Artifact, name: str, config: BenchConfig) -> Variant:
         precision,
         dir_size_mb(sorted(artifact.path.glob("*.safetensors"))),
         names,
-        torch_runner(artifact, config.provider, config.threads),
+        torch_runner(artifact, config.provider, config.threads, dtype),
         tokenizer,
         label2id,
+        warnings,
+    )
+
+
+def onnx_precision(path: Path) -> str:
+    """int8 / int4-weight-only / fp32, read from the graph's ops (never from the file name)."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    if ops & INT4_OPS:
+        return "int4-weight-only"
+    return "int8" if ops & INT8_OPS else "fp32"
+
+
+def onnx_file_variant(
+    path: Path, *, tokenizer_dir: Path, name: str, config: BenchConfig, precision: str | None = None
+) -> Variant:
+    """A bare .onnx file (no llmzip manifest, e.g. onnxruntime's quantize_dynamic output) with a tokenizer folder.
+
+    Labels come from `tokenizer_dir/config.json` when it has one; precision from the graph unless given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such ONNX file")
+    run, inputs = ort_runner(path, config.provider, config.threads)
+    return Variant(
+        name,
+        Artifact(path=path, stage=EXTERNAL),
+        "onnx",
+        precision or onnx_precision(path),
+        dir_size_mb([path, path.with_name(path.name + ".data")]),
+        inputs,
+        run,
+        load_tokenizer(tokenizer_dir),
+        _label2id(Path(tokenizer_dir)),
     )
 
 
@@ -130,6 +208,26 @@ def variant_names(dirs: list[Path], names: list[str] | None) -> list[str]:
         return names
     out = [d.name for d in dirs]
     return [f"{d.parent.name}/{d.name}" if out.count(d.name) > 1 else d.name for d in dirs]
+
+
+def load_eval_data(config: BenchConfig) -> tuple[Any, Any]:
+    """(eval dataset, its Source) per config.data."""
+    d = config.data
+    loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
+    assert loaded is not None  # only optional=True returns None
+    return loaded
+
+
+def eval_inputs(variant: Variant, eval_ds: Any, config: BenchConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The eval set as this variant's padded int64 feeds, and its labels (None when the model names none)."""
+    enc = data_mod.encode(
+        variant.tokenizer, eval_ds, config.data, variant.label2id, max_length=config.seq_len, padding="max_length"
+    )
+    missing = [k for k in variant.input_names if k not in enc.column_names]
+    if missing:
+        raise ModelError(f"{variant.name}: the model takes {missing[0]!r}, which its tokenizer does not produce")
+    feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in variant.input_names}
+    return feeds, (np.asarray(enc["labels"]) if variant.label2id is not None else None)
 
 
 def accuracy(variant: Variant, feeds: dict[str, np.ndarray], labels: np.ndarray, batch: int) -> float:
@@ -182,6 +280,87 @@ def summary(ms: np.ndarray, batch: int) -> dict[str, Any]:
     }
 
 
+def _check_gates(config: BenchConfig, count: int) -> None:
+    if (config.min_speedup is not None or config.max_accuracy_drop is not None) and count < 2:
+        raise ConfigError(
+            "--min-speedup/--max-accuracy-drop compare the last model with the first; give at least two models"
+        )
+
+
+def measure(
+    variants: list[Variant],
+    feeds: list[dict[str, np.ndarray]],
+    config: BenchConfig,
+    *,
+    labels: list[np.ndarray | None] | None = None,
+) -> dict[str, Any]:
+    """Accuracy, then round-robin timing at each batch size: → {machine, config, baseline, variants, warnings[, gates]}.
+
+    The first variant is the speedup baseline; the last is the gates' candidate.
+    """
+    if not variants or len(feeds) != len(variants) or (labels is not None and len(labels) != len(variants)):
+        raise ConfigError(f"measure needs one feed (and label) set per variant; got {len(variants)} variants")
+    _check_gates(config, len(variants))
+    machine = machine_info()
+    label_sets = labels if labels is not None else [None] * len(variants)
+    accuracies: list[float | None] = []
+    for v, f, y in zip(variants, feeds, label_sets):
+        if y is not None:
+            step(f"accuracy of {v.name} on {len(y)} examples")
+        accuracies.append(None if y is None else accuracy(v, f, y, batch=max(config.batch_sizes)))
+    rows: list[dict[str, Any]] = []
+    rounds: list[np.ndarray] = []
+    with CpuLoad() as load:
+        for batch in config.batch_sizes:
+            batch_feeds = [_batch(f, batch) for f in feeds]
+            latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
+            for v, ms, acc, y in zip(variants, latencies, accuracies, label_sets):
+                rows.append(
+                    {
+                        "name": v.name,
+                        "kind": v.kind,
+                        "precision": v.precision,
+                        "path": str(v.artifact.path),
+                        "provider": config.provider.value,
+                        "threads": config.threads,
+                        "batch": batch,
+                        "seq_len": config.seq_len,
+                        **summary(ms, batch),
+                        "size_mb": v.size_mb,
+                        "accuracy": None if acc is None else round(acc, 4),
+                        "eval_samples": None if y is None else len(y),
+                        **report.speedup_fields(latencies[0], ms, seed=config.seed),
+                    }
+                )
+                rounds.append(ms)
+    machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
+    machine["cpu_load"] = load.summary()
+    warnings = [w for v in variants for w in v.warnings]
+    warnings += report.bf16_warnings([v.precision for v in variants], machine["isa"], config.provider.value)
+    warnings += report.load_warnings(machine["cpu_load"], config.threads)
+    warnings += report.int8_slower_warnings(rows, rounds, machine["isa"], seed=config.seed)
+    result: dict[str, Any] = {
+        "machine": machine,
+        "config": to_dict(config),
+        "baseline": variants[0].name,
+        "variants": rows,
+        "warnings": warnings,
+    }
+    if config.min_speedup is not None or config.max_accuracy_drop is not None:
+        failures = report.gate_failures(
+            result, min_speedup=config.min_speedup, max_accuracy_drop=config.max_accuracy_drop
+        )
+        result["gates"] = {
+            "baseline": variants[0].name,
+            "candidate": variants[-1].name,
+            "min_speedup": config.min_speedup,
+            "max_accuracy_drop": config.max_accuracy_drop,
+            "passed": not failures,
+            "failures": failures,
+        }
+    return result
+
+
 def bench(
     model_dirs: list[Path],
     *,
@@ -190,63 +369,38 @@ def bench(
     out_dir: Path | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure every model directory on the same data and machine; returns {machine, config, variants}."""
+    """Measure every model directory on the same data and machine; returns {machine, config, data, variants, ...}.
+
+    With `out_dir`: results.json, report.md and latency_vs_accuracy.png (when matplotlib is installed) there.
+    Gates are reported in `gates`, not raised: the CLI writes everything, then exits non-zero on a failure.
+    """
     started = time.time()
     if not model_dirs:
         raise ConfigError("bench needs at least one model directory")
+    _check_gates(config, len(model_dirs))
     artifacts = [open_artifact(Path(d), verb="bench", accepts=ACCEPTS, role="model directory") for d in model_dirs]
     labels_for = variant_names([Path(d) for d in model_dirs], names)
     quiet_libraries()
-    d = config.data
-    loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
-    assert loaded is not None
-    eval_ds, source = loaded
-    machine = machine_info()
-    variants, eval_feeds, accuracies = [], [], []
+    eval_ds, source = load_eval_data(config)
+    variants, eval_feeds, eval_labels = [], [], []
     for artifact, name in zip(artifacts, labels_for):
         step(f"loading {name} ({artifact.path})")
         variant = load_variant(artifact, name, config)
-        enc = data_mod.encode(
-            variant.tokenizer, eval_ds, d, variant.label2id, max_length=config.seq_len, padding="max_length"
-        )
-        feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in variant.input_names}
-        labels = np.asarray(enc["labels"])
-        step(f"accuracy of {name} on {len(labels)} examples")
-        accuracies.append(accuracy(variant, feeds, labels, batch=max(config.batch_sizes)))
+        feeds, labels = eval_inputs(variant, eval_ds, config)
         variants.append(variant)
         eval_feeds.append(feeds)
-    results = []
-    for batch in config.batch_sizes:
-        batch_feeds = [_batch(f, batch) for f in eval_feeds]
-        latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
-        for v, ms, acc in zip(variants, latencies, accuracies):
-            results.append(
-                {
-                    "name": v.name,
-                    "kind": v.kind,
-                    "precision": v.precision,
-                    "path": str(v.artifact.path),
-                    "provider": config.provider.value,
-                    "threads": config.threads,
-                    "batch": batch,
-                    "seq_len": config.seq_len,
-                    **summary(ms, batch),
-                    "size_mb": v.size_mb,
-                    "accuracy": round(acc, 4),
-                    "eval_samples": int(len(eval_ds)),
-                }
-            )
-    machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
+        eval_labels.append(labels)
+    measured = measure(variants, eval_feeds, config, labels=eval_labels)
     result = {
-        "machine": machine,
-        "config": to_dict(config),
-        "data": {**source.describe(), "split": d.eval_split},
-        "baseline": variants[0].name,
-        "variants": results,
+        "machine": measured.pop("machine"),
+        "config": measured.pop("config"),
+        "data": {**source.describe(), "split": config.data.eval_split},
+        **measured,
+        "notes": [],
     }
-    add_speedups(result)
     if out_dir is not None:
         with staging(Path(out_dir), overwrite=overwrite) as tmp:
+            files, result["notes"] = report.write_report(result, tmp)
             (tmp / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
             write_manifest(
                 tmp,
@@ -254,17 +408,13 @@ def bench(
                 parents=artifacts,
                 inputs={"eval": result["data"]},
                 config=to_dict(config),
-                metrics={"variants": len(results)},
+                metrics={
+                    "variants": len(result["variants"]),
+                    "warnings": len(result["warnings"]),
+                    **({"gates_passed": result["gates"]["passed"]} if "gates" in result else {}),
+                },
                 seed=config.seed,
                 started=started,
+                extra={"report_files": [RESULTS_FILE, *files]},
             )
     return result
-
-
-def add_speedups(result: dict[str, Any]) -> None:
-    """p50 speedup of every variant over the baseline (the first directory) at the same batch size."""
-    base = {v["batch"]: v["latency_ms"]["p50"] for v in result["variants"] if v["name"] == result["baseline"]}
-    for v in result["variants"]:
-        v["speedup_vs_baseline"] = (
-            round(base[v["batch"]] / v["latency_ms"]["p50"], 3) if v["latency_ms"]["p50"] else None
-        )
