@@ -3,15 +3,13 @@
 Variants are timed round-robin (one call each, order rotated every round) so that machine noise lands on all
 of them alike instead of on whichever happened to run during a busy second. The pieces are public so a
 benchmark script can time variants it built itself (a bare .onnx from onnxruntime's quantizer, a bf16 copy):
-`load_variant` / `onnx_file_variant` → `eval_inputs` → `measure`.
+`load_variant` / `onnx_file_variant` (llmzip/bench_variants.py, re-exported here) → `eval_inputs` → `measure`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,186 +17,17 @@ import numpy as np
 
 from llmzip import bench_report as report
 from llmzip import data as data_mod
-from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb, open_artifact, staging, write_manifest
-from llmzip.config import BenchConfig, Provider, TorchDtype, as_enum, to_dict
-from llmzip.errors import ArtifactError, ConfigError, ModelError, ProviderError
+from llmzip.artifact import EXTERNAL, open_artifact, staging, write_manifest
+from llmzip.bench_variants import Variant as Variant
+from llmzip.bench_variants import load_variant as load_variant
+from llmzip.bench_variants import onnx_file_variant as onnx_file_variant
+from llmzip.config import BenchConfig, to_dict
+from llmzip.errors import ConfigError, ModelError
 from llmzip.machine import CpuLoad, machine_info
-from llmzip.modeling import load_model, load_tokenizer
 from llmzip.progress import progress, quiet_libraries, step
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
 RESULTS_FILE = "results.json"
-ORT_PROVIDERS = {
-    Provider.CPU: ["CPUExecutionProvider"],
-    Provider.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    Provider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Graph ops that mean integer weights, for ONNX files that come without an llmzip manifest.
-INT8_OPS = {
-    "QLinearMatMul",
-    "MatMulInteger",
-    "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
-    "DynamicQuantizeLinear",
-    "QuantizeLinear",
-    "QAttention",
-    "QGemm",
-    "QLinearConv",
-    "ConvInteger",
-}
-INT4_OPS = {"MatMulNBits"}
-
-Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-@dataclass
-class Variant:
-    name: str
-    artifact: Artifact
-    kind: str  # "onnx" | "torch"
-    precision: str
-    size_mb: float
-    input_names: list[str]
-    run: Runner
-    tokenizer: Any
-    label2id: dict[str, int] | None  # None: the model names no labels, so it gets no accuracy
-    warnings: list[str] = field(default_factory=list)
-
-
-def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
-    """A session on one ONNX file and the input names its graph takes."""
-    import onnxruntime as ort
-
-    wanted = ORT_PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if wanted[0] not in available:
-        raise ProviderError(
-            f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}); "
-            f"install the matching onnxruntime build or use --provider cpu"
-        )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
-    outputs = [o.name for o in session.get_outputs()]
-    output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([output], feeds)[0]
-
-    return run, [i.name for i in session.get_inputs()]
-
-
-def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: TorchDtype) -> Runner:
-    import torch
-
-    torch.set_num_threads(threads)
-    device = "cpu"
-    if provider is not Provider.CPU:
-        if not torch.cuda.is_available():
-            raise ProviderError("PyTorch here has no CUDA device; use --provider cpu")
-        device = "cuda"
-    model = load_model(artifact)
-    model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to() has a wrong signature
-    if dtype is TorchDtype.BF16:
-        model.to(torch.bfloat16)  # type: ignore[arg-type]
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()}).logits
-        return out.float().cpu().numpy()
-
-    return run
-
-
-def _label2id(model_dir: Path) -> dict[str, int] | None:
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        return None
-    mapping = json.loads(config_file.read_text()).get("label2id") or {}
-    return {str(k): int(v) for k, v in mapping.items()}
-
-
-def load_variant(
-    artifact: Artifact, name: str, config: BenchConfig, *, torch_dtype: TorchDtype | str | None = None
-) -> Variant:
-    """An llmzip (or plain Hugging Face) model directory, ready to time; `torch_dtype` overrides the config's."""
-    dtype = as_enum(TorchDtype, torch_dtype if torch_dtype is not None else config.torch_dtype, "torch_dtype")
-    tokenizer = load_tokenizer(artifact.path)
-    label2id = _label2id(artifact.path)
-    if artifact.stage == "export":
-        onnx_file = artifact.path / artifact.manifest.get("model_file", "model.onnx")
-        run, _ = ort_runner(onnx_file, config.provider, config.threads)
-        return Variant(
-            name,
-            artifact,
-            "onnx",
-            artifact.manifest["metrics"].get("precision", "fp32"),
-            dir_size_mb([onnx_file, onnx_file.with_name(onnx_file.name + ".data")]),
-            list(artifact.manifest.get("inputs", [])),
-            run,
-            tokenizer,
-            label2id,
-        )
-    names = [n for n in tokenizer.model_input_names if n in MODEL_INPUTS]
-    warnings = []
-    if artifact.stage == "quantize":
-        precision = "int8-fake-quant"
-        if dtype is TorchDtype.BF16:
-            # Its scales and zero points are the quantization itself; rounding them to bf16 changes the model.
-            warnings.append(f"{name}: fake-quantized PyTorch models run in fp32; torch_dtype bf16 not applied")
-            dtype = TorchDtype.FP32
-    else:
-        precision = dtype.value
-    return Variant(
-        name,
-        artifact,
-        "torch",
-        precision,
-        dir_size_mb(sorted(artifact.path.glob("*.safetensors"))),
-        names,
-        torch_runner(artifact, config.provider, config.threads, dtype),
-        tokenizer,
-        label2id,
-        warnings,
-    )
-
-
-def onnx_precision(path: Path) -> str:
-    """int8 / int4-weight-only / fp32, read from the graph's ops (never from the file name)."""
-    import onnx
-
-    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
-    if ops & INT4_OPS:
-        return "int4-weight-only"
-    return "int8" if ops & INT8_OPS else "fp32"
-
-
-def onnx_file_variant(
-    path: Path, *, tokenizer_dir: Path, name: str, config: BenchConfig, precision: str | None = None
-) -> Variant:
-    """A bare .onnx file (no llmzip manifest, e.g. onnxruntime's quantize_dynamic output) with a tokenizer folder.
-
-    Labels come from `tokenizer_dir/config.json` when it has one; precision from the graph unless given.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such ONNX file")
-    run, inputs = ort_runner(path, config.provider, config.threads)
-    return Variant(
-        name,
-        Artifact(path=path, stage=EXTERNAL),
-        "onnx",
-        precision or onnx_precision(path),
-        dir_size_mb([path, path.with_name(path.name + ".data")]),
-        inputs,
-        run,
-        load_tokenizer(tokenizer_dir),
-        _label2id(Path(tokenizer_dir)),
-    )
 
 
 def variant_names(dirs: list[Path], names: list[str] | None) -> list[str]:
