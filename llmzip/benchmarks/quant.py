@@ -1,9 +1,10 @@
-"""`make bench-quant`: static int8 range methods on the reference teacher vs onnxruntime's own quantizers.
+"""`make bench-quant`: int8 range methods on the reference teacher and its 3-layer student vs onnxruntime's quantizers.
 
 All variants are ONNX models scored by onnxruntime on SST-2 test.tsv (GLUE dev) with the same tokenization;
-llmzip and onnxruntime's static quantizer calibrate on the same sentences. Calibration peak RSS is measured
-in fresh processes at 100 / 1,000 / 10,000 samples.
-`python -m llmzip.benchmarks.quant [--quick] [--out runs/bench-quant]`.
+llmzip and onnxruntime's static quantizer calibrate on the same sentences. The student is bench-distill's
+3L-logit-kd (reused from runs/bench-distill when present, else distilled here with the same budget). Calibration
+peak RSS is measured in fresh processes at 100 / 1,000 / 10,000 samples.
+`python -m llmzip.benchmarks.quant [--quick] [--out runs/bench-quant] [--student DIR] [--only NAME]`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from llmzip.stages.export import export
 from llmzip.stages.quantize import quantize
 
 MAX_LENGTH = 64
+# FFN2 (its input is the GELU output, the outlier-heavy tensor) kept fp32 by class, plus the default head exclusion.
+FFN2_FP32 = ["type:BertOutput", r"(^|\.)(classifier|pooler)(\.|$)"]
 METHODS: list[tuple[str, dict[str, Any]]] = [
     ("llmzip-minmax", {"method": "minmax"}),
     ("llmzip-percentile-99.99", {"method": "percentile", "percentile": 99.99}),
@@ -44,11 +47,26 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     # Fallback is decided on the validation split (never on test), then scored on test like the rest.
     ("llmzip-minmax+fallback-0.5pt", {"method": "minmax", "max_accuracy_drop": 0.5, "fallback": True}),
     ("llmzip-minmax+qat", {"method": "minmax", "qat_steps": 300, "qat_learning_rate": 1e-5, "qat_alpha": 0.5}),
+    (
+        "llmzip-percentile-99.99+qat",
+        {"method": "percentile", "percentile": 99.99, "qat_steps": 300, "qat_learning_rate": 1e-5, "qat_alpha": 0.5},
+    ),
+    ("llmzip-percentile-99.99+attention", {"method": "percentile", "percentile": 99.99, "attention": True}),
+    ("llmzip-percentile-99.99-ffn2-fp32", {"method": "percentile", "percentile": 99.99, "exclude": FFN2_FP32}),
+    ("llmzip-int4-weight-only-b32", {"method": "minmax", "weight_bits": 4, "weight_symmetric": False}),
 ]
+# The student gets the methods that matter for a deployment decision, not the whole study.
+STUDENT_METHODS = {
+    "llmzip-minmax",
+    "llmzip-percentile-99.99",
+    "llmzip-mse",
+    "llmzip-percentile-99.99+attention",
+    "llmzip-int4-weight-only-b32",
+}
 
 
-def test_feeds() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    tokenizer = load_tokenizer(TEACHER)
+def test_feeds(model: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    tokenizer = load_tokenizer(model)
     rows = [line.split("\t") for line in (SST2 / "test.tsv").read_text().splitlines()[1:]]
     enc = tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="np")
     feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -93,7 +111,7 @@ def score(
     }
 
 
-def ort_baselines(fp32_onnx: Path, calib_dir: Path, out: Path) -> list[tuple[str, str, Path]]:
+def ort_baselines(model: Path, fp32_onnx: Path, calib_dir: Path, out: Path) -> list[tuple[str, str, Path]]:
     """onnxruntime's quantize_static (QDQ, per-channel, MinMax, U8S8) on our calibration sentences, and
     quantize_dynamic (per-channel), both on the same fp32 export."""
     from onnxruntime.quantization import (
@@ -104,7 +122,7 @@ def ort_baselines(fp32_onnx: Path, calib_dir: Path, out: Path) -> list[tuple[str
         quantize_static,
     )
 
-    tokenizer = load_tokenizer(TEACHER)
+    tokenizer = load_tokenizer(model)
     texts = [r["text"] for r in read_samples(calib_dir)]
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -173,35 +191,41 @@ def calibration_rss(out: Path, sizes: list[int]) -> dict[str, float]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-quant"))
-    args = parser.parse_args()
-    require_shared()
-    started = time.time()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    n_calib = 64 if args.quick else 256
+def student_dir(args: argparse.Namespace) -> Path:
+    """bench-distill's 3L-logit-kd student: reused when it exists, else distilled here with the same budget."""
+    from llmzip.benchmarks import distill as bench_distill
+
+    if args.student is not None:
+        return Path(args.student)
+    reuse = Path("runs/bench-distill/students/3L-logit-kd")
+    if not args.quick and (read_manifest(reuse) or {}).get("stage") == "distill":
+        return reuse
+    recipe = dict(bench_distill.recipes())["3L-logit-kd"]
+    out = args.out / "student"
+    bench_distill.run_student("3L-logit-kd", recipe, bench_distill.budget(args.quick), out, out / "teacher-cache")
+    return out / "3L-logit-kd"
+
+
+def study(model: Path, methods: list[tuple[str, dict[str, Any]]], out: Path, quick: bool, save: Any) -> dict[str, Any]:
+    """Calibrate once, then every method: quantize → export → score on test.tsv; onnxruntime's two baselines."""
+    n_calib = 64 if quick else 256
     data = DataConfig(dataset=str(SST2), max_length=MAX_LENGTH)
     calib = calibrate(
-        TEACHER, out / "calibration", config=CalibrateConfig(data=data, num_samples=n_calib), overwrite=True
+        model, out / "calibration", config=CalibrateConfig(data=data, num_samples=n_calib), overwrite=True
     )
-    fp32 = export(TEACHER, out / "onnx-fp32", config=ExportConfig(), overwrite=True)
-    feeds, labels = test_feeds()
+    fp32 = export(model, out / "onnx-fp32", config=ExportConfig(), overwrite=True)
+    feeds, labels = test_feeds(model)
     reference = ort_logits(fp32 / "model.onnx", feeds)
     result: dict[str, Any] = {
+        "model": str(model),
         "fp32": {"accuracy": round(float((reference.argmax(-1) == labels).mean()), 4)},
-        "teacher": str(TEACHER),
         "calibration_samples": n_calib,
-        "eval": str(SST2 / "test.tsv"),
-        "machine": machine_info(),
         "variants": [],
     }
-    for name, overrides in METHODS:
-        console.rule(f"[bold]{name}")
+    for name, overrides in methods:
+        console.rule(f"[bold]{model.name}: {name}")
         settings = {k: v for k, v in overrides.items() if k != "fallback"}
-        if args.quick and "qat_steps" in settings:
+        if quick and "qat_steps" in settings:
             settings["qat_steps"] = 10
         if overrides.get("fallback") or "qat_steps" in settings:
             # Fallback and QAT select on the validation split (never on test); QAT trains on train.
@@ -209,14 +233,14 @@ def main() -> None:
                 dataset=str(SST2),
                 max_length=MAX_LENGTH,
                 eval_split="validation",
-                max_eval_samples=200 if args.quick else 1000,
+                max_eval_samples=200 if quick else 1000,
                 max_train_samples=32 * int(settings.get("qat_steps", 1)),
             )
-        q = quantize(TEACHER, calib, out / name, config=QuantizeConfig(**settings), overwrite=True)
+        q = quantize(model, calib, out / name, config=QuantizeConfig(**settings), overwrite=True)
         # A looser parity gate than the CLI default (the gap is recorded per variant): on this CPU one sample in
         # 32 of the QAT model deviates by ~0.37 logit in onnxruntime's integer kernels only (see the notes).
         onnx_dir = export(q, out / f"onnx-{name}", config=ExportConfig(int8_tolerance=0.25), overwrite=True)
-        m = read_manifest(q) or {}
+        m = (read_manifest(q) or {}).get("metrics", {})
         row = score(
             name,
             "llmzip",
@@ -225,14 +249,48 @@ def main() -> None:
             feeds,
             labels,
             reference,
-            m.get("metrics", {}).get("fp32_linear_layers", 0),
+            m.get("fp32_linear_layers", 0),
         )
         parity = (read_manifest(onnx_dir) or {}).get("metrics", {}).get("parity", {})
         row["export_parity_max_abs_diff"] = parity.get("max_abs_diff")
+        row["weight_bits"] = m.get("weight_bits", 8)
+        row["quantized_attention_matmuls"] = m.get("quantized_attention_matmuls", 0)
+        if "fallback" in m:
+            row["fallback"] = json.loads((q / "fallback.json").read_text())["tried"]
         result["variants"].append(row)
-        write_json(out / "results.json", result)
-    for name, method, path in ort_baselines(fp32 / "model.onnx", calib, out):
+        save(result)
+    for name, method, path in ort_baselines(model, fp32 / "model.onnx", calib, out):
         result["variants"].append(score(name, "onnxruntime", method, path, feeds, labels, reference, 0))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-quant"))
+    parser.add_argument("--student", type=Path, default=None, help="3-layer student directory (default: see above)")
+    parser.add_argument("--skip-student", action="store_true", help="only the reference teacher")
+    args = parser.parse_args()
+    require_shared()
+    started = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"teacher": str(TEACHER), "eval": str(SST2 / "test.tsv"), "machine": machine_info()}
+
+    def save_teacher(part: dict[str, Any]) -> None:
+        result.update(fp32=part["fp32"], calibration_samples=part["calibration_samples"], variants=part["variants"])
+        write_json(out / "results.json", result)
+
+    save_teacher(study(TEACHER, METHODS, out / "teacher", args.quick, save_teacher))
+    if not args.skip_student:
+        student = student_dir(args)
+
+        def save_student(part: dict[str, Any]) -> None:
+            result["student"] = part
+            write_json(out / "results.json", result)
+
+        chosen = [(n, o) for n, o in METHODS if n in STUDENT_METHODS]
+        save_student(study(student, chosen, out / "student-3L", args.quick, save_student))
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     result["calibration_peak_rss_mb"] = calibration_rss(out / "rss", sizes)
     result["wall_s"] = round(time.time() - started, 1)
@@ -241,10 +299,18 @@ def main() -> None:
 
 
 def render(result: dict[str, Any]) -> None:
+    out = stdout_console()
+    out.print(table(result, "reference teacher"))
+    if "student" in result:
+        out.print(table(result["student"], "3-layer distilled student"))
+    out.print(f"calibration peak RSS (MB): {json.dumps(result['calibration_peak_rss_mb'])}")
+
+
+def table(result: dict[str, Any], title: str) -> Any:
     from rich.table import Table
 
     fp32 = result["fp32"]["accuracy"]
-    table = Table(title=f"bench-quant: reference teacher on SST-2 dev (fp32 {fp32:.4f})")
+    table = Table(title=f"bench-quant: {title} on SST-2 dev (fp32 {fp32:.4f})")
     for col in ("variant", "source", "method", "accuracy", "Δ pt", "logit SQNR dB", "fp32 layers", "MB"):
         table.add_column(col, justify="left" if col in ("variant", "source", "method") else "right")
     for v in result["variants"]:
@@ -258,9 +324,7 @@ def render(result: dict[str, Any]) -> None:
             str(v["fp32_layers"]),
             f"{v['size_mb']:.1f}",
         )
-    out = stdout_console()
-    out.print(table)
-    out.print(f"calibration peak RSS (MB): {json.dumps(result['calibration_peak_rss_mb'])}")
+    return table
 
 
 if __name__ == "__main__":
