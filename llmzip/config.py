@@ -283,6 +283,9 @@ class ExportConfig:
     # Relative to the largest |logit|: a rounding tie decided differently after a float reassociation moves one
     # activation by a whole quantization step, and in a deep model that can reach a few % of the logit range.
     int8_tolerance: float = 0.05
+    # int8 Linear bias folded into onnxruntime's MatMulIntegerToFloat (com.microsoft, CPU). False keeps a plain
+    # QDQ graph, the portable form other runtimes (TensorRT, OpenVINO) read.
+    fold_bias: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -207,6 +207,13 @@ def export(
     model_dir: Annotated[Path, typer.Argument(help="fp32 model directory or `llmzip quantize` output.")],
     out: Out,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (>= 17).")] = None,
+    fold_bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--fold-bias/--plain-qdq",
+            help="int8: fold each Linear's bias into onnxruntime's MatMulIntegerToFloat, or keep portable QDQ.",
+        ),
+    ] = None,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
@@ -222,7 +229,7 @@ def export(
 
         llmzip export runs/teacher -o runs/onnx-teacher --json
     """
-    flags = {"opset": opset}
+    flags = {"opset": opset, "fold_bias": fold_bias}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.export import export as stage

@@ -258,7 +258,7 @@ def measure_latencies(
     Each configuration is exported to a scratch ONNX file: the fake-quantized PyTorch model's speed says nothing
     about the integer kernels'.
     """
-    from llmzip.stages.export import input_names, ort_latency_ms, write_onnx
+    from llmzip.stages.export import for_export, input_names, ort_latency_ms, write_onnx
 
     inputs = input_names(tokenizer)
     feeds = {n: batch[n][:1].numpy().astype(np.int64) for n in inputs}
@@ -267,6 +267,7 @@ def measure_latencies(
         task = bar.add_task("latency of each fallback configuration", total=len(tried), info="")
         for t in tried:
             model = sensitivity.with_quantized(fp32, [n for n in names if n not in t["fp32_layers"]], make)
+            for_export(model)
             write_onnx(model, inputs, feeds, scratch, opset=17, source=tmp)
             t["latency_ms"] = round(ort_latency_ms(scratch, feeds), 3)
             t["latency_input"] = f"1×{feeds[inputs[0]].shape[1]}, 1 thread, median of 30"

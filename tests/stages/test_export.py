@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,8 @@ def test_int8_graph_is_valid_and_carries_quantize_scales(chain: dict[str, Path])
     model = onnx.load(str(chain["onnx_int8"] / "model.onnx"))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
-    ops = {n.op_type for n in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] >= 1 and ops["MatMulIntegerToFloat"] == 6  # each Linear's bias folded in
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.ndim == 2]
     assert len(int8_weights) == 6
@@ -56,6 +57,19 @@ def test_int8_graph_is_valid_and_carries_quantize_scales(chain: dict[str, Path])
     for key, value in state.items():
         if key.endswith("input_scale"):
             assert float(value) in graph_scalars, key
+
+
+def test_plain_qdq_export_matches_the_folded_graph(chain: dict[str, Path], tmp_path: Path) -> None:
+    result = invoke("export", chain["int8"], "-o", tmp_path / "qdq", "--plain-qdq")
+    assert result.exit_code == 0, result.stderr
+    plain = onnx.load(str(tmp_path / "qdq" / "model.onnx"))
+    ops = Counter(n.op_type for n in plain.graph.node)
+    assert ops["DequantizeLinear"] >= 12 and "MatMulIntegerToFloat" not in ops  # portable: standard ops only
+    folded_ops = Counter(n.op_type for n in onnx.load(str(chain["onnx_int8"] / "model.onnx")).graph.node)
+    assert folded_ops["Add"] == ops["Add"] - 6  # one bias Add per Linear gone
+    feeds = _feeds(chain["onnx_int8"], SENTENCES)
+    a, b = _ort(tmp_path / "qdq" / "model.onnx", feeds), _ort(chain["onnx_int8"] / "model.onnx", feeds)
+    assert np.abs(a - b).max() < 1e-5
 
 
 def test_onnxruntime_runs_int8_kernels(chain: dict[str, Path]) -> None:
