@@ -34,9 +34,9 @@ def fold_int8_matmul_bias(model: Any) -> int:
         if node.op_type != "MatMul" or node.domain:
             continue
         left, right = (producer.get(name) for name in node.input)
-        if not (_is_dq(left) and _is_dq(right) and right.input[0] in constants and len(right.input) == 3):
+        if left is None or right is None or not (_is_dq(left) and _is_dq(right)):
             continue
-        if len(left.input) != 3:
+        if right.input[0] not in constants or len(right.input) != 3 or len(left.input) != 3:
             continue
         users = consumers.get(node.output[0], [])
         if len(users) != 1 or users[0].op_type != "Add":
