@@ -9,7 +9,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow demo tiny sst2 bench-distill bench-quant lint clean
+.PHONY: install test test-slow demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 lint clean
 
 install: $(STAMP)
 
@@ -49,6 +49,16 @@ bench-distill: install
 ## make bench-quant [BENCH_QUICK=1]: int8 range methods vs onnxruntime quantize_static/dynamic, calibration RSS
 bench-quant: install
 	$(BIN)/python -m llmzip.benchmarks.quant $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-speed [BENCH_QUICK=1]: llmzip int8 vs onnxruntime/optimum dynamic int8 and PyTorch fp32/bf16 (~10 min)
+## (builds optimum's baseline in .venv-optimum from benchmarks/optimum/requirements.txt: PyPI access needed once)
+bench-speed: install
+	$(BIN)/python -m llmzip.benchmarks.speed $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-sst2: the README's story: the whole chain on SST-2, fp32 teacher vs distilled int8 student (~30 min)
+bench-sst2: install
+	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/bench-sst2 --overwrite
+	cp runs/bench-sst2/bench/results.json runs/bench-sst2/results.json
 
 lint: install
 	$(BIN)/ruff check llmzip tests

@@ -99,6 +99,36 @@ def build_optimum(out: Path) -> tuple[Path | None, str]:
     return target / "model_quantized.onnx", "optimum-onnx in .venv-optimum (benchmarks/optimum/requirements.txt)"
 
 
+def optimum_load_check(export_dir: Path, out: Path) -> dict[str, Any]:
+    """Load an llmzip export with optimum's ORTModelForSequenceClassification (a client nobody here wrote) and
+    compare its logits with onnxruntime's on 32 test sentences, in the optimum venv."""
+    import onnxruntime as ort
+
+    from llmzip.modeling import load_tokenizer
+
+    texts = [line.split("\t")[0] for line in (SST2 / "test.tsv").read_text().splitlines()[1:33]]
+    enc = load_tokenizer(export_dir)(texts, padding=True, truncation=True, return_tensors="np")
+    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
+    (out / "check_texts.txt").write_text("\n".join(texts) + "\n")
+    np.save(out / "check_logits.npy", session.run(["logits"], feeds)[0])
+    cmd = [
+        str(OPTIMUM_VENV / "bin/python"),
+        str(REPO / "benchmarks/optimum/optimum_int8.py"),
+        "check-load",
+        str(export_dir),
+        "--texts-file",
+        str(out / "check_texts.txt"),
+        "--expect-logits",
+        str(out / "check_logits.npy"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode not in (0, 1) or not lines:
+        return {"ok": False, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return dict(json.loads(lines[-1]))
+
+
 def variants_for(paths: dict[str, Any], config: BenchConfig) -> list[Variant]:
     """Fresh variants (sessions are built for config.threads); the first is the fp32 PyTorch baseline."""
     teacher = Artifact(path=TEACHER, stage=EXTERNAL)
@@ -206,6 +236,7 @@ def main() -> None:
     if not args.skip_optimum:
         paths["optimum-dynamic-int8"], optimum_note = build_optimum(out)
     paths["llmzip-int8"] = build_llmzip_int8(out, args.quick)
+    optimum_check = optimum_load_check(paths["llmzip-int8"], out) if OPTIMUM_VENV.exists() else None
 
     data = DataConfig(dataset=str(SST2 / "test.tsv"), max_eval_samples=64 if args.quick else None)
     iterations, warmup = (5, 1) if args.quick else (40, 5)
@@ -248,6 +279,7 @@ def main() -> None:
         "teacher": str(TEACHER),
         "eval": str(SST2 / "test.tsv"),
         "optimum": optimum_note,
+        "optimum_loads_llmzip_int8_export": optimum_check,
         "llmzip_quantize": LLMZIP_QUANT,
         "baseline": "torch-fp32",
         "variants": rows,
@@ -308,6 +340,9 @@ def render(report: dict[str, Any]) -> None:
     if report.get("targets"):
         console_out.print_json(json.dumps(report["targets"]))
     console_out.print(f"optimum: {report['optimum']}")
+    console_out.print(
+        f"optimum's ORTModelForSequenceClassification on llmzip-int8: {report['optimum_loads_llmzip_int8_export']}"
+    )
 
 
 if __name__ == "__main__":

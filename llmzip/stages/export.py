@@ -76,7 +76,11 @@ def write_onnx(
     model: nn.Module, names: list[str], feeds: dict[str, np.ndarray], path: Path, *, opset: int, source: Path
 ) -> None:
     """torch.onnx.export with dynamic batch and sequence axes and one `logits` output."""
+    from llmzip.quant.weight_only import WeightOnlyLinear
+
     example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
+    # MatMulNBits (4-bit weights) lives in onnxruntime's domain; declaring it unused makes torch warn.
+    custom = {"com.microsoft": 1} if any(isinstance(m, WeightOnlyLinear) for m in model.modules()) else None
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     with warnings.catch_warnings():
@@ -92,7 +96,7 @@ def write_onnx(
                 output_names=["logits"],
                 dynamic_axes=axes,
                 do_constant_folding=True,
-                custom_opsets={"com.microsoft": 1},  # MatMulNBits for 4-bit weights
+                custom_opsets=custom,
             )
         except Exception as err:  # the exporter raises many types; the user's fix is the same
             raise ExportError(f"torch.onnx.export failed for {source}: {str(err).splitlines()[0][:300]}") from None
