@@ -112,8 +112,11 @@ def probe_texts(directory: Path, count: int) -> list[str]:
     return [line.split("\t")[0] for line in lines][:count]
 
 
-def optimized_op_counts(onnx_path: Path) -> Counter[str]:
-    """Op types of the graph onnxruntime actually executes on CPU, after all its fusions."""
+FLOAT_GEMMS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
+
+
+def optimized_graph(onnx_path: Path) -> Any:
+    """The graph onnxruntime actually executes on CPU after all its fusions (via optimized_model_filepath)."""
     import onnx
     import onnxruntime as ort
 
@@ -123,8 +126,17 @@ def optimized_op_counts(onnx_path: Path) -> Counter[str]:
         opts.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
         opts.log_severity_level = 3
         ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
-        return Counter(n.op_type for n in graph.node)
+        return onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+
+
+def optimized_op_counts(onnx_path: Path) -> Counter[str]:
+    return Counter(n.op_type for n in optimized_graph(onnx_path).node)
+
+
+def float_weight_matmuls(graph: Any) -> list[str]:
+    """Float GEMMs whose right operand is a constant weight: Linear layers onnxruntime runs in fp32."""
+    constants = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in FLOAT_GEMMS and len(n.input) > 1 and n.input[1] in constants]
 
 
 def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int = 30, threads: int = 1) -> float:
@@ -206,7 +218,9 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                 f"{tolerance}); this is a bug: report it with the manifest of {model_dir}"
             )
         graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
-        runtime_ops = optimized_op_counts(path)
+        runtime = optimized_graph(path)
+        runtime_ops = Counter(n.op_type for n in runtime.node)
+        float_linears = float_weight_matmuls(runtime)
         int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
         weight_bits = source.manifest["metrics"].get("weight_bits", 8) if quantized else 32
         metrics: dict[str, Any] = {
@@ -219,6 +233,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             "graph_ops": dict(sorted(graph_ops.items())),
             "runtime_ops": dict(sorted(runtime_ops.items())),
             "int8_kernels": int8_kernels,
+            "float_weight_matmuls": len(float_linears),
             "attention_implementation": attention,
             "bias_folded_matmuls": folded,
         }
@@ -231,6 +246,12 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                     "the QDQ pattern did not fuse; report it with the manifest"
                 )
             metrics["quantized_layers"] = expected
+            kept = int(q.get("fp32_linear_layers", 0))
+            if len(float_linears) > kept:
+                raise ExportError(
+                    f"onnxruntime runs {len(float_linears)} fp32 MatMuls with constant weights where quantize kept "
+                    f"{kept} layers fp32 (e.g. {float_linears[0]}): int8 was asked for; report it with the manifest"
+                )
         tokenizer.save_pretrained(str(tmp))
         carry_forward(source.path, tmp)
         metrics["size_mb"] = dir_size_mb([path])

@@ -101,3 +101,16 @@ def test_refuses_calibration_dir(chain: dict[str, Path], tmp_path: Path) -> None
     assert result.exit_code == 3 and "is a calibrate artifact" in result.stderr
     result = invoke("export", chain["int8"], "-o", tmp_path / "x", "--opset", 11)
     assert result.exit_code == 2 and "opset" in result.stderr
+
+
+def test_no_fp32_matmul_where_int8_was_asked_for(chain: dict[str, Path]) -> None:
+    from llmzip.stages.export import float_weight_matmuls, optimized_graph
+
+    int8 = read_manifest(chain["onnx_int8"])
+    quantized = read_manifest(chain["int8"])
+    assert int8 is not None and quantized is not None
+    kept = quantized["metrics"]["fp32_linear_layers"]  # the head: classifier (+ pooler)
+    assert len(float_weight_matmuls(optimized_graph(chain["onnx_int8"] / "model.onnx"))) == kept
+    assert int8["metrics"]["float_weight_matmuls"] == kept
+    fp32 = float_weight_matmuls(optimized_graph(chain["onnx_fp32"] / "model.onnx"))
+    assert len(fp32) > kept  # the check sees fp32 Linears when they are there
