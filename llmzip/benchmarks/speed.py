@@ -46,8 +46,9 @@ GEMM_OPS = {
     "QGemm",
     "MatMulNBits",
 }
-# The llmzip recipe measured here: bench-quant's best static method (percentile 99.99 kept fp32 accuracy).
-LLMZIP_QUANT: dict[str, Any] = {"method": "percentile", "percentile": 99.99}
+# The llmzip recipe measured here: bench-quant's best static range method (percentile 99.99) with int8 attention
+# matmuls too (-0.34 pt in bench-quant; 3-4% faster at 8×128 than Linear-only int8 on this CPU).
+LLMZIP_QUANT: dict[str, Any] = {"method": "percentile", "percentile": 99.99, "attention": True}
 
 
 def build_llmzip_int8(out: Path, quick: bool) -> Path:

@@ -29,6 +29,24 @@ U8 = qmath.qrange(8, signed=False, symmetric=False)
 S8 = qmath.qrange(8, signed=True, symmetric=True)
 
 
+class _FakeQuantTimes(torch.autograd.Function):
+    """int8 symmetric quantize → dequantize, times a constant: QuantizeLinear(s) → DequantizeLinear(s·c).
+
+    Used for the key with c = the softmax scaling 1/√d: onnxruntime then runs Q·Kᵀ as one MatMulIntegerToFloat
+    with no separate Mul over the [batch, heads, seq, seq] scores.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, times: float) -> torch.Tensor:
+        return qmath.fake_quantize(x, scale, zero_point, S8) * times
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, times: float) -> Any:
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        scaled = g.op("Mul", scale, g.op("Constant", value_t=torch.tensor(times, dtype=torch.float32)))
+        return g.op("DequantizeLinear", q, scaled, zero_point)
+
+
 class AttentionQuant(nn.Module):
     """Static qparams of one attention module's matmul inputs (softmax output: fixed [0, 1] on uint8)."""
 
@@ -60,9 +78,13 @@ class AttentionQuant(nn.Module):
     def left(self, x: torch.Tensor) -> torch.Tensor:
         return _FakeQuant.apply(x, self.query_scale, self.query_zero_point, U8.qmin, U8.qmax)
 
-    def right(self, x: torch.Tensor, which: str) -> torch.Tensor:
+    def right(self, x: torch.Tensor, which: str, times: float = 1.0) -> torch.Tensor:
+        """int8 fake quantization; `times` scales the dequantized value (folded into DequantizeLinear's scale)."""
         zero = torch.zeros((), dtype=torch.int8)
-        return _FakeQuant.apply(x, getattr(self, f"{which}_scale"), zero, S8.qmin, S8.qmax)
+        scale = getattr(self, f"{which}_scale")
+        if times == 1.0:
+            return _FakeQuant.apply(x, scale, zero, S8.qmin, S8.qmax)
+        return _FakeQuantTimes.apply(x, scale, zero, times)
 
     def probabilities(self, p: torch.Tensor) -> torch.Tensor:
         scale, zero = torch.tensor(1.0 / 255.0), torch.zeros((), dtype=torch.uint8)
@@ -96,9 +118,10 @@ def attention(
     quant = hook if isinstance(hook, AttentionQuant) else None
     scaling = scaling if scaling is not None else query.size(-1) ** -0.5
     key_t = key.transpose(2, 3)
-    if quant is not None:
-        query, key_t = quant.left(query), quant.right(key_t, "key")  # quantize after the transpose: DQ feeds MatMul
-    weights = torch.matmul(query, key_t) * scaling
+    if quant is not None:  # quantize after the transpose (DQ must feed the MatMul); the scaling rides on K's scale
+        weights = torch.matmul(quant.left(query), quant.right(key_t, "key", times=float(scaling)))
+    else:
+        weights = torch.matmul(query, key_t) * scaling
     if attention_mask is not None:
         weights = weights + attention_mask[:, :, :, : key.shape[-2]]
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
