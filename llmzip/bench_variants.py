@@ -73,6 +73,11 @@ def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, li
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    if threads > 1:
+        # onnxruntime's workers spin after each call by default. Timed round-robin beside other variants, that
+        # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads measured
+        # 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
