@@ -219,13 +219,36 @@ def targets(rows: list[dict[str, Any]], profile: dict[str, Any]) -> dict[str, An
     return out
 
 
+def agreement(first: Path, second: Path) -> dict[str, Any]:
+    """Relative difference of every p50 between two results.json files (same variant, shape and threads)."""
+
+    def cells(path: Path) -> dict[tuple[Any, ...], float]:
+        rows = json.loads(path.read_text())["variants"]
+        return {(r["name"], r["threads"], r["batch"], r["seq_len"]): r["latency_ms"]["p50"] for r in rows}
+
+    a, b = cells(first), cells(second)
+    diffs = {k: abs(a[k] - b[k]) / min(a[k], b[k]) for k in a.keys() & b.keys()}
+    worst = max(diffs, key=lambda k: diffs[k])
+    return {
+        "cells": len(diffs),
+        "max_rel_diff": round(diffs[worst], 4),
+        "worst_cell": "/".join(map(str, worst)),
+        "within_10pct": all(d <= 0.10 for d in diffs.values()),
+        "threads_1_max_rel_diff": round(max(d for k, d in diffs.items() if k[1] == 1), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-speed"))
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--skip-optimum", action="store_true", help="leave the optimum baseline out")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar="RESULTS", help="only compare two results.json")
     args = parser.parse_args()
+    if args.compare:
+        stdout_console().print_json(json.dumps(agreement(*args.compare)))
+        return
     require_shared()
     started = time.time()
     out: Path = args.out
