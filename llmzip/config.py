@@ -286,6 +286,9 @@ class ExportConfig:
     # int8 Linear bias folded into onnxruntime's MatMulIntegerToFloat (com.microsoft, CPU). False keeps a plain
     # QDQ graph, the portable form other runtimes (TensorRT, OpenVINO) read.
     fold_bias: bool = True
+    # Task accuracy of the ONNX model and of the PyTorch model on data's eval split, both in the manifest.
+    eval_accuracy: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -214,11 +214,17 @@ def export(
             help="int8: fold each Linear's bias into onnxruntime's MatMulIntegerToFloat, or keep portable QDQ.",
         ),
     ] = None,
+    data: Data = None,
+    eval_split: EvalSplit = None,
+    max_eval_samples: MaxEval = None,
+    max_length: MaxLength = None,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
 ) -> None:
     """Export model.onnx (dynamic batch and sequence) and check it against PyTorch.
+
+    With --data, also records ONNX and PyTorch task accuracy on the eval split in the manifest.
 
     A quantized directory exports as QDQ int8 that onnxruntime fuses into integer kernels; the export fails if
     it does not, or if the logits drift from the PyTorch model beyond tolerance.
@@ -228,8 +234,18 @@ def export(
         llmzip export runs/student-int8 -o runs/onnx-int8
 
         llmzip export runs/teacher -o runs/onnx-teacher --json
+
+        llmzip export runs/student-int8 -o runs/onnx-int8 --data ../shared/data/sst2 --eval-split test
     """
-    flags = {"opset": opset, "fold_bias": fold_bias}
+    flags = {
+        "opset": opset,
+        "fold_bias": fold_bias,
+        "data": data,
+        "eval_split": eval_split,
+        "max_eval_samples": max_eval_samples,
+        "max_length": max_length,
+        "eval_accuracy": True if data is not None else None,
+    }
 
     def work() -> dict[str, Any]:
         from llmzip.stages.export import export as stage

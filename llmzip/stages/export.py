@@ -178,6 +178,43 @@ def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> d
     }
 
 
+def task_accuracy(
+    onnx_path: Path, model: Any, tokenizer: Any, names: list[str], config: ExportConfig
+) -> dict[str, Any]:
+    """Accuracy of onnxruntime and of PyTorch on the eval split, and how often their predictions agree."""
+    import onnxruntime as ort
+
+    from llmzip import data as data_mod
+
+    d = config.data
+    loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
+    assert loaded is not None
+    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    hits = {"onnx": 0, "pytorch": 0, "agree": 0}
+    for i in range(0, len(enc), 64):
+        rows = enc[i : i + 64]
+        padded = tokenizer.pad({k: rows[k] for k in names}, return_tensors="np")
+        feeds = {k: padded[k].astype(np.int64) for k in names}
+        got = session.run(["logits"], feeds)[0].argmax(-1)
+        with torch.no_grad():
+            want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy().argmax(-1)
+        labels = np.asarray(rows["labels"])
+        hits["onnx"] += int((got == labels).sum())
+        hits["pytorch"] += int((want == labels).sum())
+        hits["agree"] += int((got == want).sum())
+    n = len(enc)
+    return {
+        "onnx": round(hits["onnx"] / n, 4),
+        "pytorch": round(hits["pytorch"] / n, 4),
+        "prediction_agreement": round(hits["agree"] / n, 4),
+        "samples": n,
+        "split": d.eval_split,
+        "data": str(d.dataset),
+    }
+
+
 def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
     """Write `model.onnx` (dynamic batch and sequence axes) and record parity with the PyTorch model."""
     import onnx
@@ -217,6 +254,10 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                 f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance "
                 f"{tolerance}); this is a bug: report it with the manifest of {model_dir}"
             )
+        accuracy: dict[str, Any] | None = None
+        if config.eval_accuracy:
+            step(f"task accuracy of onnxruntime and PyTorch on {config.data.eval_split}")
+            accuracy = task_accuracy(path, model, tokenizer, names, config)
         graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
         runtime = optimized_graph(path)
         runtime_ops = Counter(n.op_type for n in runtime.node)
@@ -229,6 +270,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                 **result,
                 "tolerance": tolerance,
                 "reference": "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model",
+                **({"task_accuracy": accuracy} if accuracy is not None else {}),
             },
             "graph_ops": dict(sorted(graph_ops.items())),
             "runtime_ops": dict(sorted(runtime_ops.items())),

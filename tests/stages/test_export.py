@@ -114,3 +114,17 @@ def test_no_fp32_matmul_where_int8_was_asked_for(chain: dict[str, Path]) -> None
     assert int8["metrics"]["float_weight_matmuls"] == kept
     fp32 = float_weight_matmuls(optimized_graph(chain["onnx_fp32"] / "model.onnx"))
     assert len(fp32) > kept  # the check sees fp32 Linears when they are there
+
+
+def test_task_accuracy_parity_in_the_manifest(chain: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import DEMO_VALIDATION
+
+    out = tmp_path / "acc"
+    result = invoke("export", chain["int8"], "-o", out, "--data", DEMO_VALIDATION, "--max-eval-samples", 40)
+    assert result.exit_code == 0, result.stderr
+    m = read_manifest(out)
+    assert m is not None
+    acc = m["metrics"]["parity"]["task_accuracy"]
+    assert acc["samples"] == 40 and 0.0 <= acc["onnx"] <= 1.0 and acc["prediction_agreement"] >= 0.9
+    assert abs(acc["onnx"] - acc["pytorch"]) <= 1 - acc["prediction_agreement"] + 1e-9
+    assert "task_accuracy" not in read_manifest(chain["onnx_int8"])["metrics"]["parity"]  # type: ignore[index]
