@@ -296,6 +296,9 @@ class ExportConfig:
         _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
 
 
+BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8")
+
+
 class TorchDtype(str, enum.Enum):
     """The dtype bench runs PyTorch variants in (ONNX variants run in the dtype their graph was exported with)."""
 
@@ -319,6 +322,9 @@ class BenchConfig:
     iterations: int = 30
     # bf16 is fast only with AVX512-BF16/AMX on CPU (or a GPU); elsewhere PyTorch emulates it, slower than fp32.
     torch_dtype: TorchDtype = TorchDtype.FP32
+    # Built-in baselines added beside the given directories: "torch-bf16" (a bf16 twin of every fp32 PyTorch
+    # directory) and "ort-dynamic-int8" (onnxruntime quantize_dynamic, per-channel, of every fp32 ONNX export).
+    baselines: list[str] = field(default_factory=list)
     min_speedup: float | None = None  # gate: candidate p50 speedup over the baseline, at every batch size
     max_accuracy_drop: float | None = None  # gate: in points (0.5 = half a percentage point)
     seed: int = 0  # the bootstrap resampling of the speedup intervals
@@ -326,6 +332,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         self.provider = as_enum(Provider, self.provider, "provider")
         self.torch_dtype = as_enum(TorchDtype, self.torch_dtype, "torch_dtype")
+        unknown = [b for b in self.baselines if b not in BENCH_BASELINES]
+        _check(not unknown, "baselines", f"unknown {unknown}; choose from {', '.join(BENCH_BASELINES)}")
         _check(
             self.min_speedup is None or self.min_speedup > 0,
             "min_speedup",

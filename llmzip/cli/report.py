@@ -122,6 +122,14 @@ def bench(
         Optional[cfg.TorchDtype],
         typer.Option(help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."),
     ] = None,
+    baseline: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--baseline",
+            help="Add a built-in baseline (repeatable): torch-bf16 (bf16 twin of each fp32 PyTorch dir), "
+            "ort-dynamic-int8 (onnxruntime quantize_dynamic, per-channel, of each fp32 ONNX export).",
+        ),
+    ] = None,
     min_speedup: Annotated[
         Optional[float],
         typer.Option(
@@ -166,9 +174,12 @@ def bench(
         llmzip bench runs/onnx-teacher runs/onnx-int8 --name fp32 --name int8 --json > bench.json
 
         llmzip bench runs/onnx-fp32 runs/onnx-int8 --min-speedup 1.3 --max-accuracy-drop 0.5 -o runs/bench  # CI
+
+        llmzip bench runs/teacher runs/onnx-fp32 runs/onnx-int8 --baseline torch-bf16 --baseline ort-dynamic-int8
     """
     fields = ("batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations", "torch_dtype")
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (*fields, "min_speedup", "max_accuracy_drop")}
+    flags["baselines"] = baseline
     done: dict[str, Any] = {}
 
     def work() -> dict[str, Any]:

@@ -9,6 +9,7 @@ benchmark script can time variants it built itself (a bare .onnx from onnxruntim
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,31 @@ def measure(
     return result
 
 
+def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Path) -> list[Variant]:
+    """The built-in baselines config.baselines asks for, derived from the fp32 variants given."""
+    out = []
+    for v in variants:
+        if "torch-bf16" in config.baselines and v.kind == "torch" and v.precision == "fp32":
+            out.append(load_variant(v.artifact, f"{v.name}-bf16", config, torch_dtype="bf16"))
+        if "ort-dynamic-int8" in config.baselines and v.kind == "onnx" and v.precision == "fp32":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            source = v.artifact.path / v.artifact.manifest.get("model_file", "model.onnx")
+            target = scratch / f"{len(out)}-ort-dynamic-int8.onnx"
+            quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+            out.append(
+                onnx_file_variant(
+                    target, tokenizer_dir=v.artifact.path, name=f"{v.name}-ort-dynamic-int8", config=config
+                )
+            )
+    if not out:
+        raise ConfigError(
+            f"--baseline {','.join(config.baselines)}: no fp32 PyTorch directory (torch-bf16) or fp32 ONNX export "
+            "(ort-dynamic-int8) among the directories to derive it from"
+        )
+    return out
+
+
 def bench(
     model_dirs: list[Path],
     *,
@@ -219,7 +245,17 @@ def bench(
         variants.append(variant)
         eval_feeds.append(feeds)
         eval_labels.append(labels)
-    measured = measure(variants, eval_feeds, config, labels=eval_labels)
+    if config.baselines:
+        with tempfile.TemporaryDirectory(prefix="llmzip-bench-") as scratch:
+            twins = baseline_variants(variants, config, Path(scratch))
+            extra = [(v, *eval_inputs(v, eval_ds, config)) for v in twins]
+            # Baselines go before the last directory: the gates' candidate stays the user's last model.
+            variants[-1:-1] = [v for v, _, _ in extra]
+            eval_feeds[-1:-1] = [f for _, f, _ in extra]
+            eval_labels[-1:-1] = [y for _, _, y in extra]
+            measured = measure(variants, eval_feeds, config, labels=eval_labels)
+    else:
+        measured = measure(variants, eval_feeds, config, labels=eval_labels)
     result = {
         "machine": measured.pop("machine"),
         "config": measured.pop("config"),

@@ -194,3 +194,32 @@ def test_missing_provider_lists_available(chain: dict[str, Path]) -> None:
     result = invoke("bench", chain["onnx_int8"], "--provider", "cuda", "--data", DEMO_VALIDATION)
     assert result.exit_code == 7
     assert "CUDAExecutionProvider" in result.stderr and "CPUExecutionProvider" in result.stderr
+
+
+def test_built_in_baselines(chain: dict[str, Path]) -> None:
+    result = invoke_json(
+        "bench",
+        chain["teacher"],
+        chain["onnx_fp32"],
+        chain["onnx_int8"],
+        "--baseline",
+        "ort-dynamic-int8",
+        "--baseline",
+        "torch-bf16",
+        "--data",
+        DEMO_VALIDATION,
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        16,
+        "--iterations",
+        3,
+        "--warmup",
+        0,
+    )
+    by_name = {v["name"]: v for v in result["variants"]}
+    assert by_name["onnx_fp32-ort-dynamic-int8"]["precision"] == "int8"
+    assert by_name["teacher-bf16"]["precision"] == "bf16"
+    assert result["variants"][-1]["name"] == "onnx_int8"  # the gates' candidate is still the last directory
+    bad = invoke("bench", chain["onnx_int8"], "--baseline", "tensorrt-fp16", "--data", DEMO_VALIDATION)
+    assert bad.exit_code == 2 and "baselines" in bad.stderr
