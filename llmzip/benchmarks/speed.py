@@ -315,7 +315,26 @@ def main() -> None:
     }
     report["targets"] = targets(rows, profile) if not args.quick else None
     write_json(out / "results.json", report)
+    write_markdown(report, runs, out)
     render(report)
+
+
+def write_markdown(report: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
+    """report.md (+ latency_vs_accuracy.png of the 1-thread ×128 cell): bench's report per cell, then the verdicts."""
+    from llmzip import bench_report
+
+    main_cell = next(r for r in runs if r["config"]["threads"] == 1 and r["config"]["seq_len"] == 128)
+    bench_report.write_report(main_cell, out)
+    parts = [(out / "report.md").read_text()]
+    parts += [
+        bench_report.render_markdown(r).replace("# llmzip bench", "## Cell", 1) for r in runs if r is not main_cell
+    ]
+    parts.append(
+        "## Profile (onnxruntime per-op, 1 thread)\n\n```json\n" + json.dumps(report["profile"], indent=1) + "\n```\n"
+    )
+    if report.get("targets"):
+        parts.append("## Targets\n\n```json\n" + json.dumps(report["targets"], indent=1) + "\n```\n")
+    (out / "report.md").write_text("\n".join(parts))
 
 
 def render(report: dict[str, Any]) -> None:
