@@ -7,6 +7,8 @@ can be plain CE or KD from the unquantized model. At the end each QATLinear beco
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 
 from llmzip.config import Granularity, QuantizeConfig
 from llmzip.quant import qmath
-from llmzip.quant.modules import QuantLinear, _FakeQuant
+from llmzip.quant.modules import QuantLinear, _FakeQuant, replace_linears
 
 
 class QATLinear(nn.Module):
@@ -68,3 +70,50 @@ def to_quant_linear(layer: QATLinear, config: QuantizeConfig, quantize_linear: A
         out.input_scale.copy_(layer.input_scale)
         out.input_zero_point.copy_(layer.input_zero_point)
     return out
+
+
+def train(
+    fp32: Any, names: list[str], make: Any, tokenizer: Any, config: QuantizeConfig, work: Path, quantize_linear: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune the fake-quantized model (fp32 model as KD teacher) and convert it back to int8 layers."""
+    from transformers import DataCollatorWithPadding
+
+    from llmzip import training
+    from llmzip.config import TrainConfig
+    from llmzip.kd import StudentWithProjections, distill_trainer_class
+    from llmzip.progress import trainer_callback
+
+    model = copy.deepcopy(fp32)
+    replace_linears(model, names, lambda n, lin: QATLinear(lin, make(n, lin), config))
+    label2id = {str(k): int(v) for k, v in (fp32.config.label2id or {}).items()}
+    train_cfg = TrainConfig(
+        data=config.data,
+        max_steps=config.qat_steps,
+        batch_size=config.qat_batch_size,
+        learning_rate=config.qat_learning_rate,
+        warmup_ratio=0.1,
+        seed=config.seed,
+    )
+    prepared = training.prepare(train_cfg, tokenizer, label2id)
+    has_eval = prepared.eval is not None
+    weights = {k: v for k, v in {"kd": config.qat_alpha, "ce": 1 - config.qat_alpha}.items() if v > 0}
+    callback = trainer_callback(f"quantization-aware training ({'+'.join(weights)})")
+    trainer = training.make_trainer(
+        distill_trainer_class(),
+        callback=callback,
+        model=StudentWithProjections(model, None, hidden=False, attentions=False),
+        args=training.arguments(train_cfg, work, num_train=len(prepared.train), has_eval=has_eval),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=training.accuracy,
+        teacher=fp32,
+        weights=weights,
+        temperature=2.0,
+        layer_map=[],
+        cached_logits=None,
+    )
+    trainer.train()
+    metrics = {"qat": {"losses": weights, **training.summarise(trainer, callback, has_eval), "inputs": prepared.inputs}}
+    replace_linears(model, names, lambda n, layer: to_quant_linear(layer, config, quantize_linear))
+    return model.eval(), metrics

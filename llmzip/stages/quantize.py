@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -10,26 +9,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from llmzip import data as data_mod
-from llmzip import plots
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
 from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
-from llmzip.progress import progress, step
+from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
+from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.weight_only import WeightOnlyLinear
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
-SENSITIVITY_FILE = "sensitivity.json"
-FALLBACK_FILE = "fallback.json"
 
 
 def select(model: nn.Module, names: list[str], exclude: list[str]) -> list[str]:
@@ -186,147 +181,6 @@ def error_report(
     }
 
 
-def eval_batches(config: QuantizeConfig, tokenizer: Any, model: Any, size: int = 64) -> list[dict[str, Any]]:
-    d = config.data
-    loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
-    assert loaded is not None
-    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
-    enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
-    return [dict(tokenizer.pad(enc[i : i + size], return_tensors="pt")) for i in range(0, len(enc), size)]
-
-
-def accuracy_aware(
-    fp32: nn.Module,
-    names: list[str],
-    make: Any,
-    probe: list[dict[str, Any]],
-    tokenizer: Any,
-    config: QuantizeConfig,
-    tmp: Path,
-) -> tuple[list[str], dict[str, Any]]:
-    """Sensitivity report (+ PNG) and, with max_accuracy_drop, the greedy fp32 fallback and its Pareto list."""
-    evaluation = eval_batches(config, tokenizer, fp32)
-    base = sensitivity.accuracy(fp32, evaluation)
-    rows = sensitivity.layer_sensitivity(fp32, names, make, probe, evaluation)
-    (tmp / SENSITIVITY_FILE).write_text(json.dumps({"fp32_accuracy": base, "layers": rows}, indent=1) + "\n")
-    if plots.available():
-        plots.bars_png(
-            tmp / "sensitivity.png",
-            [r["layer"] for r in rows],
-            [r["accuracy_drop_pt"] for r in rows],
-            title="accuracy drop with only this layer int8",
-            ylabel="points",
-        )
-    extra: dict[str, Any] = {
-        "fp32_eval_accuracy": round(base, 4),
-        "eval_samples": sum(len(b["labels"]) for b in evaluation),
-        "most_sensitive": sorted(rows, key=lambda r: -r["accuracy_drop_pt"])[:5],
-    }
-    if config.max_accuracy_drop is None:
-        return names, extra
-    kept, tried = sensitivity.fallback(fp32, names, make, rows, evaluation, max_drop_pt=config.max_accuracy_drop)
-    if config.fallback_latency:
-        measure_latencies(fp32, names, make, tried, evaluation[0], tokenizer, tmp)
-        meeting = [t for t in tried if t["meets_target"]]
-        if meeting:  # the fastest configuration that meets the target (greedy order makes it the last tried)
-            kept = min(meeting, key=lambda t: t["latency_ms"])["fp32_layers"]
-    chosen = next((t for t in tried if t["fp32_layers"] == kept), tried[-1])
-    (tmp / FALLBACK_FILE).write_text(
-        json.dumps({"target_drop_pt": config.max_accuracy_drop, "tried": tried, "chosen_fp32_layers": kept}, indent=1)
-        + "\n"
-    )
-    extra["fallback"] = {
-        "fp32_layers": kept,
-        "eval_accuracy": chosen["accuracy"],
-        "met": chosen["meets_target"],
-        "configurations_tried": len(tried),
-    }
-    return [n for n in names if n not in kept], extra
-
-
-def measure_latencies(
-    fp32: nn.Module,
-    names: list[str],
-    make: Any,
-    tried: list[dict[str, Any]],
-    batch: dict[str, Any],
-    tokenizer: Any,
-    tmp: Path,
-) -> None:
-    """Add onnxruntime latency (1 thread, one real example) to every tried configuration, and mark the Pareto set.
-
-    Each configuration is exported to a scratch ONNX file: the fake-quantized PyTorch model's speed says nothing
-    about the integer kernels'.
-    """
-    from llmzip.stages.export import for_export, input_names, ort_latency_ms, write_onnx
-
-    inputs = input_names(tokenizer)
-    feeds = {n: batch[n][:1].numpy().astype(np.int64) for n in inputs}
-    scratch = tmp / ".latency.onnx"
-    with progress() as bar:
-        task = bar.add_task("latency of each fallback configuration", total=len(tried), info="")
-        for t in tried:
-            model = sensitivity.with_quantized(fp32, [n for n in names if n not in t["fp32_layers"]], make)
-            for_export(model)
-            write_onnx(model, inputs, feeds, scratch, opset=17, source=tmp)
-            t["latency_ms"] = round(ort_latency_ms(scratch, feeds), 3)
-            t["latency_input"] = f"1×{feeds[inputs[0]].shape[1]}, 1 thread, median of 30"
-            bar.advance(task)
-    scratch.unlink()
-    for t in tried:
-        t["pareto"] = not any(
-            o["accuracy"] >= t["accuracy"] and o["latency_ms"] < t["latency_ms"] for o in tried if o is not t
-        )
-
-
-def quantization_aware_training(
-    fp32: Any, names: list[str], make: Any, tokenizer: Any, config: QuantizeConfig, work: Path
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-tune the fake-quantized model (fp32 model as KD teacher) and convert it back to int8 layers."""
-    from transformers import DataCollatorWithPadding
-
-    from llmzip import training
-    from llmzip.config import TrainConfig
-    from llmzip.kd import StudentWithProjections, distill_trainer_class
-    from llmzip.progress import trainer_callback
-    from llmzip.quant.qat import QATLinear, to_quant_linear
-
-    model = copy.deepcopy(fp32)
-    replace_linears(model, names, lambda n, lin: QATLinear(lin, make(n, lin), config))
-    label2id = {str(k): int(v) for k, v in (fp32.config.label2id or {}).items()}
-    train_cfg = TrainConfig(
-        data=config.data,
-        max_steps=config.qat_steps,
-        batch_size=config.qat_batch_size,
-        learning_rate=config.qat_learning_rate,
-        warmup_ratio=0.1,
-        seed=config.seed,
-    )
-    prepared = training.prepare(train_cfg, tokenizer, label2id)
-    has_eval = prepared.eval is not None
-    weights = {k: v for k, v in {"kd": config.qat_alpha, "ce": 1 - config.qat_alpha}.items() if v > 0}
-    callback = trainer_callback(f"quantization-aware training ({'+'.join(weights)})")
-    trainer = training.make_trainer(
-        distill_trainer_class(),
-        callback=callback,
-        model=StudentWithProjections(model, None, hidden=False, attentions=False),
-        args=training.arguments(train_cfg, work, num_train=len(prepared.train), has_eval=has_eval),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=training.accuracy,
-        teacher=fp32,
-        weights=weights,
-        temperature=2.0,
-        layer_map=[],
-        cached_logits=None,
-    )
-    trainer.train()
-    metrics = {"qat": {"losses": weights, **training.summarise(trainer, callback, has_eval), "inputs": prepared.inputs}}
-    replace_linears(model, names, lambda n, layer: to_quant_linear(layer, config, quantize_linear))
-    return model.eval(), metrics
-
-
 def quantize(
     model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
 ) -> Path:
@@ -384,11 +238,10 @@ def quantize(
         if config.sensitivity or config.max_accuracy_drop is not None:
             names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
         if config.qat_steps > 0:
+            from llmzip.quant.qat import train
             from llmzip.training import work_dir
 
-            quantized, qat_metrics = quantization_aware_training(
-                fp32, names, make, tokenizer, config, work_dir(out_dir)
-            )
+            quantized, qat_metrics = train(fp32, names, make, tokenizer, config, work_dir(out_dir), quantize_linear)
             shutil.rmtree(work_dir(out_dir), ignore_errors=True)
             extra.update(qat_metrics)
         else:
