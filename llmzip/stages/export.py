@@ -211,7 +211,7 @@ def task_accuracy(
         "prediction_agreement": round(hits["agree"] / n, 4),
         "samples": n,
         "split": d.eval_split,
-        "data": str(d.dataset),
+        "data": loaded[1].describe(),
     }
 
 
