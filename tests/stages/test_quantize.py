@@ -285,3 +285,17 @@ def test_exclude_by_type_keeps_those_classes_fp32(chain: dict[str, Path], tmp_pa
     assert LAYER in layers  # BertIntermediate's dense stays quantized
     assert not any(n.endswith("layer.0.output.dense") for n in layers)
     assert any(n.endswith("classifier") for n in layers)  # the default head exclusion was replaced
+
+
+def test_attention_needs_a_calibration_that_recorded_it(chain: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old-calib"
+    shutil.copytree(chain["calib"], old)
+    stats = json.loads((old / STATS_FILE).read_text())
+    stats["tensors"] = {k: v for k, v in stats["tensors"].items() if ":" not in k}  # as calibrated before --attention
+    (old / STATS_FILE).write_text(json.dumps(stats))
+    result = invoke("quantize", chain["student"], old, "-o", tmp_path / "q", "--attention")
+    assert result.exit_code == 3 and "re-run `llmzip calibrate`" in result.stderr
+    assert not (tmp_path / "q").exists()
+    assert invoke("quantize", chain["student"], old, "-o", tmp_path / "q").exit_code == 0  # Linear-only still works
