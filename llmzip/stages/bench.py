@@ -75,6 +75,12 @@ def _batch(feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
 
 
+# With several threads, the previous variant's thread pool keeps spinning for a while after its call returns
+# (PyTorch's OpenMP workers for milliseconds): onnxruntime at 2 threads on 2 cores measured 25-40% slower right
+# after a PyTorch call. An untimed pause before each call lets every pool go idle, so each variant starts alike.
+SETTLE_S = 0.02
+
+
 def time_round_robin(
     variants: list[Variant], feeds: list[dict[str, np.ndarray]], config: BenchConfig, label: str
 ) -> list[np.ndarray]:
@@ -83,11 +89,14 @@ def time_round_robin(
         for _ in range(config.warmup):
             v.run(f)
     times: list[list[float]] = [[] for _ in variants]
+    settle = SETTLE_S if config.threads > 1 else 0.0
     with progress() as bar:
         task = bar.add_task(label, total=config.iterations, info="")
         for r in range(config.iterations):
             for j in range(len(variants)):
                 k = (j + r) % len(variants)
+                if settle:
+                    time.sleep(settle)
                 t0 = time.perf_counter()
                 variants[k].run(feeds[k])
                 times[k].append((time.perf_counter() - t0) * 1e3)
