@@ -163,6 +163,14 @@ def load_variant(
     )
 
 
+def ort_dynamic_int8(source: Path, target: Path) -> Path:
+    """onnxruntime's own dynamic int8 (quantize_dynamic, per-channel s8 weights): the off-the-shelf baseline."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    return target
+
+
 def onnx_precision(path: Path) -> str:
     """int8 / int4-weight-only / fp32, read from the graph's ops (never from the file name)."""
     import onnx

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from llmzip.artifact import read_manifest
+from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
 from llmzip.config import CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.machine import machine_info
@@ -118,7 +119,6 @@ def ort_baselines(model: Path, fp32_onnx: Path, calib_dir: Path, out: Path) -> l
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
@@ -148,7 +148,7 @@ def ort_baselines(model: Path, fp32_onnx: Path, calib_dir: Path, out: Path) -> l
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    quantize_dynamic(str(fp32_onnx), str(dynamic), per_channel=True, weight_type=QuantType.QInt8)
+    ort_dynamic_int8(fp32_onnx, dynamic)
     return [("ort-static-minmax-qdq", "minmax", static), ("ort-dynamic", "dynamic", dynamic)]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, open_artifact
+from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
 from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.progress import console, stdout_console
@@ -61,14 +62,6 @@ def build_llmzip_int8(out: Path, quick: bool) -> Path:
     )
     q = quantize(TEACHER, calib, out / "llmzip-int8-model", config=QuantizeConfig(**LLMZIP_QUANT), overwrite=True)
     return export(q, out / "llmzip-int8", config=ExportConfig(), overwrite=True)
-
-
-def build_ort_dynamic(fp32_onnx: Path, out: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path = out / "ort-dynamic-int8.onnx"
-    quantize_dynamic(str(fp32_onnx), str(path), per_channel=True, weight_type=QuantType.QInt8)
-    return path
 
 
 def build_optimum(out: Path) -> tuple[Path | None, str]:
@@ -255,7 +248,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]building the variants")
     paths: dict[str, Any] = {"ort-fp32": export(TEACHER, out / "ort-fp32", config=ExportConfig(), overwrite=True)}
-    paths["ort-dynamic-int8"] = build_ort_dynamic(paths["ort-fp32"] / "model.onnx", out)
+    paths["ort-dynamic-int8"] = ort_dynamic_int8(paths["ort-fp32"] / "model.onnx", out / "ort-dynamic-int8.onnx")
     optimum_note = "left out (--skip-optimum)"
     if not args.skip_optimum:
         paths["optimum-dynamic-int8"], optimum_note = build_optimum(out)
@@ -340,6 +333,8 @@ def write_markdown(report: dict[str, Any], runs: list[dict[str, Any]], out: Path
 def render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from llmzip import bench_report
+
     table = Table(title=f"bench-speed: reference teacher, {report['machine'].get('cpu')}")
     for col in (
         "variant",
@@ -355,10 +350,7 @@ def render(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for v in sorted(report["variants"], key=lambda r: (r["threads"], r["seq_len"], r["batch"])):
         lat = v["latency_ms"]
-        ci = v.get("speedup_ci95") or [None, None]
-        speed = f"{v['speedup_vs_baseline']:.2f}×" if v.get("speedup_significant", True) else "≈1× (noise)"
-        if ci[0] is not None and v.get("speedup_significant", True):
-            speed += f" [{ci[0]:.2f}–{ci[1]:.2f}]"
+        speed = bench_report.speedup_text(v, report["baseline"])
         acc = v.get("accuracy")
         table.add_row(
             v["name"],

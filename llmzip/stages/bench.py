@@ -22,6 +22,7 @@ from llmzip.artifact import EXTERNAL, open_artifact, staging, write_manifest
 from llmzip.bench_variants import Variant as Variant
 from llmzip.bench_variants import load_variant as load_variant
 from llmzip.bench_variants import onnx_file_variant as onnx_file_variant
+from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.config import BenchConfig, to_dict
 from llmzip.errors import ConfigError, ModelError
 from llmzip.machine import CpuLoad, machine_info
@@ -207,11 +208,8 @@ def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Pat
         if "torch-bf16" in config.baselines and v.kind == "torch" and v.precision == "fp32":
             out.append(load_variant(v.artifact, f"{v.name}-bf16", config, torch_dtype="bf16"))
         if "ort-dynamic-int8" in config.baselines and v.kind == "onnx" and v.precision == "fp32":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             source = v.artifact.path / v.artifact.manifest.get("model_file", "model.onnx")
-            target = scratch / f"{len(out)}-ort-dynamic-int8.onnx"
-            quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+            target = ort_dynamic_int8(source, scratch / f"{len(out)}-ort-dynamic-int8.onnx")
             out.append(
                 onnx_file_variant(
                     target, tokenizer_dir=v.artifact.path, name=f"{v.name}-ort-dynamic-int8", config=config

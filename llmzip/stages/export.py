@@ -143,15 +143,14 @@ def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int 
     """Median onnxruntime CPU latency of one input (a quick probe; `llmzip bench` is the real measurement)."""
     import time
 
-    import onnxruntime as ort
+    from llmzip.bench_variants import ort_runner
+    from llmzip.config import Provider
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    run, _ = ort_runner(path, Provider.CPU, threads)
     times = []
     for i in range(iterations + 3):
         t0 = time.perf_counter()
-        session.run(["logits"], feeds)
+        run(feeds)
         if i >= 3:  # warm-up runs are not counted
             times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
