@@ -38,6 +38,34 @@ class Activations(str, enum.Enum):
     DYNAMIC = "dynamic"
 
 
+class CpuTarget(str, enum.Enum):
+    """The x86 CPU class an int8 model must be right on (see llmzip/hardware.py for what each class runs).
+
+    any: every x86 CPU (the default): u8×s8 products must not saturate the int16 pair sums of AVX2 kernels.
+    avx2 / avx512: AVX2, or AVX-512 without VNNI (Skylake-SP): the same saturating kernels, so the same rule.
+    vnni / amx: AVX-VNNI, AVX512-VNNI or AMX: exact int32 dot products, the full 8 bits everywhere.
+    native: whatever this machine is (resolved and recorded at quantize time).
+    """
+
+    ANY = "any"
+    AVX2 = "avx2"
+    AVX512 = "avx512"
+    VNNI = "vnni"
+    AMX = "amx"
+    NATIVE = "native"
+
+
+class SaturationFix(str, enum.Enum):
+    """Which layers get 7-bit weights for a saturating target.
+
+    measured: only those whose saturation on the calibration samples reaches the logits (llmzip's rule).
+    all: every layer (NNCF's overflow_fix="enable"): no saturation for any input, one bit less everywhere.
+    """
+
+    MEASURED = "measured"
+    ALL = "all"
+
+
 class Granularity(str, enum.Enum):
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
@@ -221,6 +249,12 @@ class QuantizeConfig:
     activations: Activations = Activations.STATIC
     attention: bool = False  # also the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)
     embeddings: bool = False  # int8 word-embedding table, one scale per row (most of a small model's bytes)
+    # The CPU class the int8 model must be right on; "any" is safe on AVX2 machines without VNNI as well.
+    target_cpu: CpuTarget = CpuTarget.ANY
+    saturation_fix: SaturationFix = SaturationFix.MEASURED
+    # measured: the largest logit change (relative to max |logit|, on the calibration samples) that the target's
+    # saturation may still cause in unfixed layers; 1/5 of export's default int8 parity tolerance.
+    saturation_tolerance: float = 0.01
     method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
     percentile: float = 99.99  # for method=percentile: keep this share of values on each side
     smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
@@ -240,6 +274,13 @@ class QuantizeConfig:
         self.method = as_enum(CalibrationMethod, self.method, "method")
         self.weight_granularity = as_enum(Granularity, self.weight_granularity, "weight_granularity")
         self.activations = as_enum(Activations, self.activations, "activations")
+        self.target_cpu = as_enum(CpuTarget, self.target_cpu, "target_cpu")
+        self.saturation_fix = as_enum(SaturationFix, self.saturation_fix, "saturation_fix")
+        _check(
+            0 <= self.saturation_tolerance < 1,
+            "saturation_tolerance",
+            f"must be in [0, 1) (a share of the largest |logit|), got {self.saturation_tolerance}",
+        )
         _check(
             not (self.activations is Activations.DYNAMIC and self.activation_symmetric),
             "activation_symmetric",

@@ -45,6 +45,11 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as the kernel reports them (empty where /proc/cpuinfo is missing)."""
+    return _cpuinfo()[1]
+
+
 def machine_info() -> dict[str, Any]:
     model, flags = _cpuinfo()
     try:
