@@ -12,7 +12,6 @@ from onnx import TensorProto, helper, numpy_helper
 from llmzip.onnx_graph import fold_int8_matmul_bias
 from llmzip.quant.kernels import worst_case_pairs
 
-
 # 7-bit weights: 255·(63 + 63) < 32,767, so the int16 pair sums of AVX2 kernels cannot saturate and the folded and
 # unfolded graphs agree on every x86 CPU (with full-range weights they differ by 48% on AVX2 machines).
 WEIGHT = np.random.default_rng(0).integers(-63, 64, (8, 4)).astype(np.int8)
