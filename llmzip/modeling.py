@@ -107,6 +107,8 @@ def load_quantized(path: Path) -> PreTrainedModel:
         from llmzip.quant.attention import AttentionQuant, attach
 
         attach(model, {name: AttentionQuant() for name in spec["attention"]})
+        for name, bits in spec.get("attention_key_bits", {}).items():
+            model.get_submodule(name).get_submodule("llmzip_attention").key_qmax = 2 ** (int(bits) - 1) - 1
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied/derived buffers (e.g. position_ids) may legitimately be absent; real weights may not.

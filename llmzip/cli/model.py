@@ -94,13 +94,34 @@ def quantize(
             help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
         ),
     ] = None,
+    saturation_margin: Annotated[
+        Optional[float],
+        typer.Option(help="measured: protect inputs this many times beyond the calibrated ranges (default 1.5)."),
+    ] = None,
     attention: Annotated[
         Optional[bool],
         typer.Option("--attention", help="Also quantize the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)."),
     ] = None,
     embeddings: Annotated[
         Optional[bool],
-        typer.Option("--embeddings", help="Also store the word-embedding table as int8 (per-row scales)."),
+        typer.Option(
+            "--embeddings/--fp32-embeddings",
+            help="Store the word-embedding table as int8 with per-row scales (default), or keep it fp32.",
+        ),
+    ] = None,
+    target_cpu: Annotated[
+        Optional[cfg.CpuTarget],
+        typer.Option(
+            help="CPU class the int8 model must be right on: any (default: safe on AVX2 without VNNI too), "
+            "avx2, avx512 (without VNNI), vnni, amx (full 8 bits everywhere), or native (this machine)."
+        ),
+    ] = None,
+    saturation_fix: Annotated[
+        Optional[cfg.SaturationFix],
+        typer.Option(
+            help="For a saturating target: 7-bit weights only on the rows that can saturate on the calibration "
+            "ranges (measured), or on every row (all, like NNCF's overflow_fix)."
+        ),
     ] = None,
     activations: Annotated[
         Optional[cfg.Activations],
@@ -168,6 +189,8 @@ def quantize(
         llmzip quantize runs/student runs/calib --weight-bits 4 --weight-block-size 32 -o runs/q-int4
 
         llmzip quantize runs/student runs/calib --qat-steps 300 --data ../shared/data/sst2 -o runs/q-qat
+
+        llmzip quantize runs/student runs/calib --target-cpu vnni -o runs/q-vnni-only
     """
     flags = {
         "data": data,
@@ -179,6 +202,9 @@ def quantize(
         "fallback_latency": fallback_latency,
         "activations": activations,
         "embeddings": embeddings,
+        "target_cpu": target_cpu,
+        "saturation_fix": saturation_fix,
+        "saturation_margin": saturation_margin,
         "attention": attention,
         "method": method,
         "percentile": percentile,

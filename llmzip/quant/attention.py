@@ -11,7 +11,7 @@ MatMulIntegerToFloat even when both operands are activations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,18 +30,24 @@ S8 = qmath.qrange(8, signed=True, symmetric=True)
 
 
 class _FakeQuantTimes(torch.autograd.Function):
-    """int8 symmetric quantize → dequantize, times a constant: QuantizeLinear(s) → DequantizeLinear(s·c).
+    """int8 quantize → dequantize on [-qmax, qmax], times a constant: QuantizeLinear(s) → DequantizeLinear(s·c).
 
     Used for the key with c = the softmax scaling 1/√d: onnxruntime then runs Q·Kᵀ as one MatMulIntegerToFloat
-    with no separate Mul over the [batch, heads, seq, seq] scores.
+    with no separate Mul over the [batch, heads, seq, seq] scores. A 7-bit key (qmax 63, the fix for CPUs whose
+    int16 pair sums saturate) adds a Clip before QuantizeLinear, which only saturates at the int8 type's bounds.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, times: float) -> torch.Tensor:
-        return qmath.fake_quantize(x, scale, zero_point, S8) * times
+    def forward(
+        ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, times: float, qmax: int
+    ) -> torch.Tensor:
+        return qmath.fake_quantize(x, scale, zero_point, qmath.QRange(-qmax, qmax, torch.int8)) * times
 
     @staticmethod
-    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, times: float) -> Any:
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, times: float, qmax: int) -> Any:
+        if qmax < S8.qmax:
+            bound = g.op("Mul", scale, g.op("Constant", value_t=torch.tensor(float(qmax), dtype=torch.float32)))
+            x = g.op("Clip", x, g.op("Neg", bound), bound)
         q = g.op("QuantizeLinear", x, scale, zero_point)
         scaled = g.op("Mul", scale, g.op("Constant", value_t=torch.tensor(times, dtype=torch.float32)))
         return g.op("DequantizeLinear", q, scaled, zero_point)
@@ -57,6 +63,11 @@ class AttentionQuant(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        # Largest |key code|: 127, or 63 where the target CPU's int16 pair sums would saturate (quantization.json).
+        self.key_qmax = S8.qmax
+        # Set only while llmzip emulates a CPU's integer kernel (llmzip/quant/saturation.py): given the float
+        # query, transposed key and scaling, returns the scores that kernel would compute. Never exported.
+        self.kernel: Callable[[AttentionQuant, torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
         self.register_buffer("query_scale", torch.ones(()))
         self.register_buffer("query_zero_point", torch.zeros((), dtype=torch.uint8))
         self.register_buffer("key_scale", torch.ones(()))
@@ -82,9 +93,16 @@ class AttentionQuant(nn.Module):
         """int8 fake quantization; `times` scales the dequantized value (folded into DequantizeLinear's scale)."""
         zero = torch.zeros((), dtype=torch.int8)
         scale = getattr(self, f"{which}_scale")
-        if times == 1.0:
+        qmax = self.key_qmax if which == "key" else S8.qmax
+        if times == 1.0 and qmax == S8.qmax:
             return _FakeQuant.apply(x, scale, zero, S8.qmin, S8.qmax)
-        return _FakeQuantTimes.apply(x, scale, zero, times)
+        return _FakeQuantTimes.apply(x, scale, zero, times, qmax)
+
+    def scores(self, query: torch.Tensor, key_t: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Q·Kᵀ·scaling on int8 operands (or what an emulated CPU kernel makes of it)."""
+        if self.kernel is not None:
+            return self.kernel(self, query, key_t, scaling)
+        return torch.matmul(self.left(query), self.right(key_t, "key", times=scaling))
 
     def probabilities(self, p: torch.Tensor) -> torch.Tensor:
         scale, zero = torch.tensor(1.0 / 255.0), torch.zeros((), dtype=torch.uint8)
@@ -119,7 +137,7 @@ def attention(
     scaling = scaling if scaling is not None else query.size(-1) ** -0.5
     key_t = key.transpose(2, 3)
     if quant is not None:  # quantize after the transpose (DQ must feed the MatMul); the scaling rides on K's scale
-        weights = torch.matmul(quant.left(query), quant.right(key_t, "key", times=float(scaling)))
+        weights = quant.scores(query, key_t, float(scaling))
     else:
         weights = torch.matmul(query, key_t) * scaling
     if attention_mask is not None:

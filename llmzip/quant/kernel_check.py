@@ -110,7 +110,7 @@ def cases() -> dict[str, dict[str, Any]]:
     b = rng.integers(-127, 128, (2, 3, 32, 8)).astype(np.int8)
     got = _matmul_integer(a, b, None, constant_b=False)
     exact = np.einsum("...mk,...kn->...mn", a.astype(np.int64), b.astype(np.int64))
-    record("batched-activations", got, exact - batched_saturation_excess(a, b), exact)
+    record("batched-activations", got, exact - batched_saturation_excess(a, b).excess, exact)
 
     a = rng.integers(0, 256, (24, 96), dtype=np.uint8)
     b = rng.integers(-127, 128, (96, 40)).astype(np.int8)

@@ -96,7 +96,7 @@ def saturation_excess(a: np.ndarray, b: np.ndarray) -> Saturation:
     return Saturation(excess, clamped, int(pj.size))
 
 
-def batched_saturation_excess(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def batched_saturation_excess(a: np.ndarray, b: np.ndarray) -> Saturation:
     """`saturation_excess` over leading batch dims: a [..., M, K] uint8 codes, b [..., K, N] int8 codes.
 
     For activation × activation products (attention's Q·Kᵀ), where B changes with every call: all pair sums are
@@ -111,12 +111,15 @@ def batched_saturation_excess(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b32 = np.broadcast_to(b32, lead + b32.shape[-2:]).reshape(-1, *b32.shape[-2:])
     m, k2, n = a32.shape[1], a32.shape[2] // 2, b32.shape[2]
     excess = np.zeros((a32.shape[0], m, n), dtype=np.int64)
+    clamped = 0
     step = max(1, _BLOCK // max(1, m * k2 * n))
     for s in range(0, a32.shape[0], step):
         x, w = a32[s : s + step], b32[s : s + step]
         sums = x[:, :, 0::2, None] * w[:, None, 0::2, :] + x[:, :, 1::2, None] * w[:, None, 1::2, :]
-        excess[s : s + step] = (sums - np.clip(sums, INT16_MIN, INT16_MAX)).sum(2)
-    return excess.reshape(*lead, m, n)
+        over = sums - np.clip(sums, INT16_MIN, INT16_MAX)
+        clamped += int(np.count_nonzero(over))
+        excess[s : s + step] = over.sum(2)
+    return Saturation(excess.reshape(*lead, m, n), clamped, a32.shape[0] * m * k2 * n)
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip.quant.qmath import QRange, dequantize, fake_quantize, qrange
+from llmzip.quant.qmath import (
+    QRange,
+    dequantize,
+    dynamic_uint8_qparams,
+    fake_quantize,
+    qrange,
+    quantize,
+    weight_qparams,
+)
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -49,9 +57,7 @@ class _DynamicFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
-        scale = torch.clamp((hi - lo) / 255.0, min=1e-12)
-        zero_point = torch.clamp(torch.round(-lo / scale), 0, 255)
+        scale, zero_point = dynamic_uint8_qparams(x)
         return (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
 
     @staticmethod
@@ -135,6 +141,54 @@ class QuantLinear(nn.Module):
         w = _Dequant.apply(self.weight_q, scale, zero_point)
         y = torch.matmul(x, w)
         return y + self.bias if self.bias is not None else y
+
+    def set_weight(
+        self, weight: torch.Tensor, *, bits: int, symmetric: bool, narrow_rows: torch.Tensor | None = None
+    ) -> None:
+        """Quantize a float [out, in] weight (already multiplied by the smoothing factors) into the int8 buffers.
+
+        `narrow_rows` ([out] bool) get 7 bits on the same int8 storage: the fix for CPUs whose int16 pair sums
+        saturate (255·(64 + 64) ≤ 32,767); the exported graph is unchanged apart from those rows' values. With one
+        scale for the whole tensor (per-tensor), any narrow row narrows the tensor.
+        """
+        per_channel = self.weight_scale.numel() > 1
+        w = weight.detach().float()
+        shape = (-1, 1) if per_channel else ()
+
+        def grid(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            r = qrange(b, signed=True, symmetric=symmetric)
+            scale, zero_point = weight_qparams(w, r, symmetric=symmetric, per_channel=per_channel)
+            return quantize(w, scale.reshape(shape), zero_point.reshape(shape), r), scale, zero_point
+
+        q, scale, zero_point = grid(bits)
+        if narrow_rows is not None and bool(narrow_rows.any()):
+            q7, scale7, zero_point7 = grid(7)
+            rows = narrow_rows if per_channel else torch.ones((), dtype=torch.bool)
+            q = torch.where(rows.reshape(shape) if per_channel else rows, q7, q)
+            scale, zero_point = torch.where(rows, scale7, scale), torch.where(rows, zero_point7, zero_point)
+        with torch.no_grad():
+            self.weight_q.copy_(q.t())
+            self.weight_scale.copy_(scale.reshape(-1))
+            self.weight_zero_point.copy_(zero_point.reshape(-1).to(torch.int8))
+
+    def stored_weight(self) -> torch.Tensor:
+        """The float weight the int8 codes stand for, [out, in], in the smoothed input space (what set_weight takes)."""
+        return dequantize(self.weight_q.t(), self.weight_scale[:, None], self.weight_zero_point[:, None])
+
+    def input_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The uint8 codes (as float) and the scale that onnxruntime's integer GEMM reads for input `x`.
+
+        None for int8 (signed) inputs: x86 runs s8×s8 with exact kernels, so only u8×s8 can saturate.
+        """
+        if self.activation_range.qmin < 0:
+            return None
+        if self.input_smooth is not None:
+            x = x * self.input_smooth
+        if self.dynamic:
+            scale, zero_point = dynamic_uint8_qparams(x)
+        else:
+            scale, zero_point = self.input_scale, self.input_zero_point.to(x.dtype)
+        return torch.clamp(torch.round(x / scale) + zero_point, 0, 255), scale
 
     def dequantized_weight(self) -> torch.Tensor:
         """The weight this layer really uses on the original input, in nn.Linear's [out, in] layout."""

@@ -51,6 +51,13 @@ def symmetric_qparams(absmax: torch.Tensor, r: QRange) -> tuple[torch.Tensor, to
     return scale.float(), zero_point
 
 
+def dynamic_uint8_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX DynamicQuantizeLinear: uint8 scale and zero point from this very tensor's range (widened to hold 0)."""
+    lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = torch.clamp((hi - lo) / 255.0, min=_EPS)
+    return scale, torch.clamp(torch.round(-lo / scale), 0, 255)
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, r: QRange) -> torch.Tensor:
     """Integer codes of x; `scale`/`zero_point` broadcast against x (per-tensor or per-channel)."""
     q = torch.round(x / scale) + zero_point.to(x.dtype)

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmzip import hardware
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
-from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, to_dict
+from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, SaturationFix, to_dict
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.progress import step
@@ -21,6 +22,7 @@ from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
+from llmzip.quant.saturation import SCORES, fix_saturation
 from llmzip.quant.weight_only import WeightOnlyLinear
 from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
@@ -69,17 +71,17 @@ def smoothing_factors(
     return factors
 
 
+def _smoothed(model: nn.Module, name: str, smooth: torch.Tensor | None) -> torch.Tensor:
+    weight = model.get_submodule(name).weight.detach().float()
+    return weight * smooth[None, :] if smooth is not None else weight
+
+
 def quantize_linear(
     linear: nn.Linear, act_range: tuple[float, float], config: QuantizeConfig, smooth: torch.Tensor | None = None
 ) -> QuantLinear:
     """Build the int8 layer: weight scales from the weight, input scale/zero point from the activation range."""
     per_channel = config.weight_granularity is Granularity.PER_CHANNEL
     weight = linear.weight.detach().float() * smooth[None, :] if smooth is not None else linear.weight.detach().float()
-    w_range = qmath.qrange(config.weight_bits, signed=True, symmetric=config.weight_symmetric)
-    w_scale, w_zp = qmath.weight_qparams(weight, w_range, symmetric=config.weight_symmetric, per_channel=per_channel)
-    shape = (-1, 1) if per_channel else ()
-    w_q = qmath.quantize(weight, w_scale.reshape(shape), w_zp.reshape(shape), w_range)
-
     a_range = qmath.qrange(8, signed=config.activation_symmetric, symmetric=config.activation_symmetric)
     lo, hi = torch.tensor(act_range[0]), torch.tensor(act_range[1])
     if config.activation_symmetric:
@@ -96,12 +98,10 @@ def quantize_linear(
         smooth=smooth is not None,
         dynamic=config.activations is Activations.DYNAMIC,
     )
+    layer.set_weight(weight, bits=config.weight_bits, symmetric=config.weight_symmetric)
     with torch.no_grad():
         if smooth is not None and layer.input_smooth is not None:
             layer.input_smooth.copy_(1.0 / smooth)
-        layer.weight_q.copy_(w_q.t())
-        layer.weight_scale.copy_(w_scale.reshape(-1))
-        layer.weight_zero_point.copy_(w_zp.reshape(-1).to(torch.int8))
         layer.input_scale.copy_(a_scale)
         layer.input_zero_point.copy_(a_zp.to(layer.input_zero_point.dtype))
         if linear.bias is not None and layer.bias is not None:
@@ -250,7 +250,6 @@ def quantize(
         if config.attention:
             attention_names = select(fp32, attention.attention_module_names(fp32), config.exclude)
             attention.attach(quantized, attention_quants(attention_names, observers, config, calibration_dir))
-        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         embeddings: list[str] = []
         if config.embeddings:
             table: Any = fp32.get_input_embeddings()
@@ -261,6 +260,21 @@ def quantize(
                 "module": embeddings[0],
                 "weight_sqnr_db": round(qmath.sqnr_db(table.weight, table_q.weight), 2),
             }
+        target = hardware.resolve(config.target_cpu)
+        extra["target_cpu"] = target.value
+        saturation: dict[str, Any] = {"layers": {}}
+        if config.weight_bits == 8 and hardware.saturates(target):
+            float_weights = {} if config.qat_steps > 0 else {n: _smoothed(fp32, n, smooth.get(n)) for n in names}
+            saturation = extra["saturation"] = fix_saturation(
+                quantized,
+                batches,
+                fix_all=config.saturation_fix is SaturationFix.ALL,
+                margin=config.saturation_margin,
+                float_weights=float_weights,
+                symmetric=config.weight_symmetric,
+                on_step=step,
+            )
+        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         report = error_report(fp32, quantized, names, batches)
         for name in names:
             if config.weight_bits == 8:
@@ -272,9 +286,24 @@ def quantize(
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
         spec = {
             "scheme": to_dict(config),
-            "layers": {n: {"op": "Linear", "smooth": n in smooth, "weight_bits": config.weight_bits} for n in names},
+            "layers": {
+                n: {
+                    "op": "Linear",
+                    "smooth": n in smooth,
+                    "weight_bits": config.weight_bits,
+                    # weight rows stored on a 7-bit grid so that the target CPU's int16 pair sums cannot saturate
+                    "rows_7bit": saturation["layers"].get(n, {}).get("fixed_rows", 0),
+                }
+                for n in names
+            },
             "embeddings": embeddings,
             "attention": attention_names,
+            "attention_key_bits": {
+                n.removesuffix(SCORES): layer["key_bits"]
+                for n, layer in saturation["layers"].items()
+                if n.endswith(SCORES) and layer["key_bits"] != 8
+            },
+            "target_cpu": target.value,
         }
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
