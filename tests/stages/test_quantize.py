@@ -276,12 +276,33 @@ def test_attention_matmuls_run_as_integer_kernels(chain: dict[str, Path], tmp_pa
     quant = getattr(model.get_submodule(names[0]), ATTR)
     stats = json.loads((chain["calib"] / STATS_FILE).read_text())["tensors"][f"{names[0]}:key"]["input"]
     absmax = max(abs(stats["min"]), abs(stats["max"]))
-    assert isinstance(quant, AttentionQuant) and abs(float(quant.key_scale) - absmax / 127) < 1e-7
+    assert isinstance(quant, AttentionQuant) and abs(float(quant.key_scale) - absmax / quant.key_qmax) < 1e-7
     assert invoke("export", out, "-o", onnx_dir).exit_code == 0
     counts = optimized_op_counts(onnx_dir / "model.onnx")
     linear_only = optimized_op_counts(chain["onnx_int8"] / "model.onnx")
     integer = ("MatMulIntegerToFloat", "QLinearMatMul")
     assert sum(counts[k] for k in integer) == sum(linear_only[k] for k in integer) + 2 * len(names)
+
+
+def test_saturation_fix_all_gives_7_bits_to_every_row_and_key_and_exports_a_clip(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
+    from llmzip.quant.attention import attention_module_names
+    from llmzip.stages.export import optimized_op_counts
+
+    out, onnx_dir = tmp_path / "all7", tmp_path / "all7-onnx"
+    args = ("quantize", chain["student"], chain["calib"], "-o", out, "--attention", "--saturation-fix", "all")
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    saturation = json.loads(result.stdout)["metrics"]["saturation"]
+    assert saturation["fixed_rows"] == saturation["total_rows"] and saturation["saturated_pairs_after"] == 0
+    state = load_file(str(out / "model.safetensors"))
+    assert all(int(v.abs().max()) <= 63 for k, v in state.items() if k.endswith("weight_q") and "embeddings" not in k)
+    names = attention_module_names(load_pretrained(chain["student"]))
+    spec = json.loads((out / "quantization.json").read_text())
+    assert spec["attention_key_bits"] == {n: 7 for n in names}
+    assert invoke("export", out, "-o", onnx_dir).exit_code == 0  # parity with PyTorch's 7-bit key included
+    assert optimized_op_counts(onnx_dir / "model.onnx")["Clip"] == len(names)  # keys clipped to ±63 steps
 
 
 def test_exclude_by_type_keeps_those_classes_fp32(chain: dict[str, Path], tmp_path: Path) -> None:
