@@ -84,6 +84,35 @@ def int8_slower_warnings(
     return out
 
 
+def saturation_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """An int8 variant whose u8×s8 products saturate on this CPU (AVX2/AVX-512 without VNNI) on eval examples."""
+    out, seen = [], set()
+    for row in rows:
+        sat = row.get("int8_saturation")
+        if not sat or not sat["saturates_here"] or row["name"] in seen:
+            continue
+        seen.add(row["name"])
+        out.append(
+            f"int8 {row['name']}: on this CPU ({sat['this_cpu']}, no VNNI) onnxruntime's int8 kernels saturate in "
+            f"{sat['saturating_matmuls']} of {sat['u8s8_matmuls']} u8×s8 matmuls ({sat['saturated_pairs']} pair sums "
+            f"clamped on {sat['examples']} eval examples): its accuracy here differs from VNNI/AMX machines; "
+            "quantize with `llmzip quantize --target-cpu any` for a model that is right on every x86 CPU"
+        )
+    return out
+
+
+def saturation_text(row: dict[str, Any]) -> str:
+    """The 'saturates here' cell: yes/no for int8 ONNX variants on this CPU, with the AVX2 count elsewhere."""
+    sat = row.get("int8_saturation")
+    if not sat:
+        return "—"
+    if sat["saturates_here"]:
+        return f"YES ({sat['saturating_matmuls']}/{sat['u8s8_matmuls']})"
+    if sat["saturating_matmuls"]:
+        return f"no here; {sat['saturating_matmuls']}/{sat['u8s8_matmuls']} on AVX2"
+    return "no"
+
+
 def load_warnings(cpu_load: dict[str, float] | None, threads: int) -> list[str]:
     if cpu_load is None or cpu_load["other_pct"] <= OTHER_LOAD_WARN_PCT:
         return []
@@ -157,15 +186,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"Accuracy on {samples} examples of `{result['data'].get('split', '?')}`.", ""]
     lines += [
         "| variant | precision | batch×seq | p50 ms | p90 ms | p99 ms | spread (IQR) ms | samples/s | "
-        f"speedup vs {result['baseline']} (95% CI) | size MB | accuracy |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"speedup vs {result['baseline']} (95% CI) | size MB | accuracy | int8 saturates here |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for v in result["variants"]:
         lat = v["latency_ms"]
         lines.append(
             f"| {v['name']} | {v['kind']} {v['precision']} | {v['batch']}×{v['seq_len']} | {lat['p50']:.2f} | "
             f"{lat['p90']:.2f} | {lat['p99']:.2f} | {lat['iqr']:.2f} | {v['throughput']:.1f} | "
-            f"{speedup_text(v, result['baseline'])} | {v['size_mb']:.1f} | {_accuracy_text(v['accuracy'])} |"
+            f"{speedup_text(v, result['baseline'])} | {v['size_mb']:.1f} | {_accuracy_text(v['accuracy'])} | "
+            f"{saturation_text(v)} |"
         )
     lines += [
         "",
@@ -177,6 +207,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- CPU: {m['cpu']} ({m['logical_cores']} logical cores, {m['usable_cores']} usable)",
         f"- ISA: {', '.join(m['isa']) or 'none of the tracked flags'}",
         f"- int8/bf16 kernels: {isa_summary(m['isa'])}",
+        f"- int8 u8×s8 kernel: {m.get('int8_kernel', '—')} (class {m.get('cpu_class') or 'other'})",
         f"- threads: {c['threads']} · provider: {c['provider']} · torch dtype: {c.get('torch_dtype', 'fp32')}",
         f"- OS: {m['os']}",
         f"- libraries: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",

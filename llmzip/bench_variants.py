@@ -55,6 +55,7 @@ class Variant:
     tokenizer: Any
     label2id: dict[str, int] | None  # None: the model names no labels, so it gets no accuracy
     warnings: list[str] = field(default_factory=list)
+    onnx_path: Path | None = None  # the graph onnxruntime runs (ONNX variants)
 
 
 def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
@@ -138,6 +139,7 @@ def load_variant(
             run,
             tokenizer,
             label2id,
+            onnx_path=onnx_file,
         )
     names = [n for n in tokenizer.model_input_names if n in MODEL_INPUTS]
     warnings = []
@@ -161,6 +163,29 @@ def load_variant(
         label2id,
         warnings,
     )
+
+
+SATURATION_EXAMPLES = 64  # eval examples the emulator check runs per int8 variant (a few seconds for MiniLM)
+
+
+def int8_saturation(variant: Variant, feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """For an int8 ONNX variant: whether its u8×s8 matmuls saturate under AVX2-class kernels on real eval
+    examples, and whether this CPU runs such kernels (None for other variants)."""
+    from llmzip import hardware
+    from llmzip.onnx_saturation import saturation_check
+
+    if variant.kind != "onnx" or variant.onnx_path is None or not variant.precision.startswith("int8"):
+        return None
+    n = min(SATURATION_EXAMPLES, next(iter(feeds.values())).shape[0])
+    batches = [{k: v[i : min(i + 32, n)] for k, v in feeds.items()} for i in range(0, n, 32)]
+    check = saturation_check(variant.onnx_path, batches)
+    here = hardware.this_cpu()
+    check.pop("nodes")
+    return {
+        "this_cpu": here.value if here else None,
+        "saturates_here": bool(here is not None and hardware.saturates(here) and check["saturating_matmuls"]),
+        **check,
+    }
 
 
 def ort_dynamic_int8(source: Path, target: Path) -> Path:
@@ -202,4 +227,5 @@ def onnx_file_variant(
         run,
         load_tokenizer(tokenizer_dir),
         _label2id(Path(tokenizer_dir)),
+        onnx_path=path,
     )

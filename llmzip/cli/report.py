@@ -34,7 +34,7 @@ def _render_bench(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from llmzip.bench_report import isa_summary, speedup_text
+    from llmzip.bench_report import isa_summary, saturation_text, speedup_text
     from llmzip.progress import stdout_console
 
     m, c = result["machine"], result["config"]
@@ -53,6 +53,7 @@ def _render_bench(result: dict[str, Any]) -> None:
         "speedup (95% CI)",
         "size MB",
         "accuracy",
+        "int8 saturates here",
     ):
         table.add_column(col, justify="left" if col in ("variant", "kind") else "right")
     for v in result["variants"]:
@@ -69,6 +70,7 @@ def _render_bench(result: dict[str, Any]) -> None:
             speedup_text(v, result["baseline"]),
             f"{v['size_mb']:.1f}",
             "—" if v["accuracy"] is None else f"{v['accuracy']:.4f}",
+            saturation_text(v),
         )
     console = stdout_console()
     console.print(table)

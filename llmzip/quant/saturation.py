@@ -320,3 +320,27 @@ def _requantize(
     for name, module in linears.items():
         if narrow[name].any():
             module.set_weight(sources[name], bits=8, symmetric=symmetric, narrow_rows=narrow[name])
+
+
+def target_report(model: nn.Module, batches: list[Batch], quantized_for: str) -> tuple[dict[str, Any], torch.Tensor]:
+    """export: per CPU class, whether the model's int8 matmuls saturate on `batches` and what that does to the
+    logits; also returns the saturating CPU's logits (for telling a hardware mismatch from a bug)."""
+    from llmzip.config import CpuTarget
+    from llmzip.hardware import KERNELS, saturates
+
+    exact, saturated, stats = emulate(model, batches)
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear) and m.activation_range.qmin == 0]
+    hit = sorted(n for n, s in stats.items() if s.pairs)
+    saturating = {
+        "saturating_matmuls": len(hit),
+        "saturated_pairs": sum(s.pairs for s in stats.values()),
+        "logits": logit_change(exact, saturated),
+        "matmuls": hit,
+        "worst_case_layers": sum(1 for m in linears if worst_case_pairs(m.weight_q.numpy()) > 0),
+    }
+    targets = {
+        t.value: {"kernel": KERNELS[t], **(saturating if saturates(t) else {"saturating_matmuls": 0})}
+        for t in CpuTarget
+        if t is not CpuTarget.NATIVE
+    }
+    return {"quantized_for": quantized_for, "u8s8_matmuls": len(fixable(model)), "targets": targets}, saturated

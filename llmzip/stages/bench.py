@@ -18,11 +18,12 @@ import numpy as np
 
 from llmzip import bench_report as report
 from llmzip import data as data_mod
+from llmzip import hardware
 from llmzip.artifact import EXTERNAL, open_artifact, staging, write_manifest
 from llmzip.bench_variants import Variant as Variant
+from llmzip.bench_variants import int8_saturation, ort_dynamic_int8
 from llmzip.bench_variants import load_variant as load_variant
 from llmzip.bench_variants import onnx_file_variant as onnx_file_variant
-from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.config import BenchConfig, to_dict
 from llmzip.errors import ConfigError, ModelError
 from llmzip.machine import CpuLoad, machine_info
@@ -142,7 +143,15 @@ def measure(
         raise ConfigError(f"measure needs one feed (and label) set per variant; got {len(variants)} variants")
     _check_gates(config, len(variants))
     machine = machine_info()
+    here = hardware.this_cpu()
+    machine["cpu_class"] = here.value if here else None
+    machine["int8_kernel"] = hardware.KERNELS[here] if here else "exact (not an AVX2-class x86 kernel)"
     label_sets = labels if labels is not None else [None] * len(variants)
+    saturation = []
+    for v, f in zip(variants, feeds):
+        if v.kind == "onnx" and v.precision.startswith("int8"):
+            step(f"emulating AVX2's int8 kernel on {v.name}")
+        saturation.append(int8_saturation(v, f))
     accuracies: list[float | None] = []
     for v, f, y in zip(variants, feeds, label_sets):
         if y is not None:
@@ -154,7 +163,7 @@ def measure(
         for batch in config.batch_sizes:
             batch_feeds = [_batch(f, batch) for f in feeds]
             latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
-            for v, ms, acc, y in zip(variants, latencies, accuracies, label_sets):
+            for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, saturation):
                 rows.append(
                     {
                         "name": v.name,
@@ -170,6 +179,7 @@ def measure(
                         "accuracy": None if acc is None else round(acc, 4),
                         "eval_samples": None if y is None else len(y),
                         **report.speedup_fields(latencies[0], ms, seed=config.seed),
+                        **({"int8_saturation": sat} if sat is not None else {}),
                     }
                 )
                 rounds.append(ms)
@@ -179,6 +189,7 @@ def measure(
     warnings += report.bf16_warnings([v.precision for v in variants], machine["isa"], config.provider.value)
     warnings += report.load_warnings(machine["cpu_load"], config.threads)
     warnings += report.int8_slower_warnings(rows, rounds, machine["isa"], seed=config.seed)
+    warnings += report.saturation_warnings(rows)
     result: dict[str, Any] = {
         "machine": machine,
         "config": to_dict(config),

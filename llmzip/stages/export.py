@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmzip import hardware
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, staging, write_manifest
 from llmzip.config import ExportConfig, to_dict
 from llmzip.errors import ExportError
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.onnx_graph import fold_int8_matmul_bias
 from llmzip.progress import quiet_libraries, step
+from llmzip.quant.saturation import target_report
 from llmzip.stages.calibrate import SAMPLES_FILE, read_samples
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
@@ -156,7 +158,22 @@ def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int 
     return float(np.median(times))
 
 
-def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+def _mismatch(result: dict[str, float], tolerance: float, kernels: dict[str, Any] | None, model_dir: Path) -> str:
+    """The one-line error for an ONNX/PyTorch mismatch: this CPU's saturating int8 kernel, or a bug."""
+    head = f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance {tolerance})"
+    explained = result.get("max_abs_diff_vs_this_cpu_kernel")
+    if kernels is not None and explained is not None and explained <= tolerance:
+        here = kernels["targets"][kernels["this_cpu"]]
+        return (
+            f"{head} because this CPU ({kernels['this_cpu']}, no VNNI) adds int8 products in saturating int16 pairs: "
+            f"{here['saturating_matmuls']} matmuls saturate on the probe sentences of a model quantized for "
+            f"--target-cpu {kernels['quantized_for']}; re-run `llmzip quantize` with --target-cpu any (the default) "
+            "or export on a VNNI/AMX machine"
+        )
+    return f"{head}; this is a bug: report it with the manifest of {model_dir}"
+
+
+def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -174,7 +191,7 @@ def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> d
         "cosine": cos,
         "argmax_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
         "samples": int(got.shape[0]),
-    }
+    }, got
 
 
 def task_accuracy(
@@ -245,14 +262,23 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             onnx.save(graph, str(path))
 
         step("checking onnxruntime against PyTorch")
-        result = parity(path, model, feeds)
+        result, got = parity(path, model, feeds)
         scale = max(1.0, result["max_abs_logit"])
         tolerance = round(config.int8_tolerance * scale, 6) if quantized else config.fp32_tolerance
-        if result["max_abs_diff"] > tolerance:
-            raise ExportError(
-                f"ONNX logits differ from PyTorch by {result['max_abs_diff']:.3g} (> tolerance "
-                f"{tolerance}); this is a bug: report it with the manifest of {model_dir}"
+        kernels: dict[str, Any] | None = None
+        if quantized:
+            step("emulating each CPU class's int8 kernel on the probe sentences")
+            kernels, emulated = target_report(
+                model,
+                [{k: torch.from_numpy(v) for k, v in feeds.items()}],
+                str(source.manifest["metrics"].get("target_cpu", "vnni")),
             )
+            here = hardware.this_cpu()
+            kernels["this_cpu"] = here.value if here else None
+            if here is not None and hardware.saturates(here):
+                result["max_abs_diff_vs_this_cpu_kernel"] = float(np.abs(got - emulated.numpy()).max())
+        if result["max_abs_diff"] > tolerance:
+            raise ExportError(_mismatch(result, tolerance, kernels, model_dir))
         accuracy: dict[str, Any] | None = None
         if config.eval_accuracy:
             step(f"task accuracy of onnxruntime and PyTorch on {config.data.eval_split}")
@@ -276,6 +302,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             "int8_kernels": int8_kernels,
             "float_weight_matmuls": len(float_linears),
             "attention_implementation": attention,
+            **({"int8_kernels_by_cpu": kernels} if kernels is not None else {}),
             "bias_folded_matmuls": folded,
         }
         if quantized:
