@@ -72,7 +72,9 @@ def smoothing_factors(
 
 
 def _smoothed(model: nn.Module, name: str, smooth: torch.Tensor | None) -> torch.Tensor:
-    weight = model.get_submodule(name).weight.detach().float()
+    linear = model.get_submodule(name)
+    assert isinstance(linear, nn.Linear)
+    weight = linear.weight.detach().float()
     return weight * smooth[None, :] if smooth is not None else weight
 
 

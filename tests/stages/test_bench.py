@@ -98,6 +98,10 @@ def test_schema_and_values(chain: dict[str, Path], tmp_path: Path) -> None:
             assert (WITHIN_NOISE in row) == (not v["speedup_significant"])
     assert "## Machine" in report and m["cpu"] in report and "VNNI" in report and "AMX" in report
     assert "AVX512-BF16" in report and "threads: 1" in report
+    assert "int8 saturates here" in header and "int8 u8×s8 kernel" in report
+    sat = next(v for v in variants if v["name"] == "onnx_int8")["int8_saturation"]
+    assert sat["u8s8_matmuls"] == 6 and sat["saturating_matmuls"] == 0 and not sat["saturates_here"]
+    assert "int8_saturation" not in next(v for v in variants if v["name"] == "onnx_fp32")
     assert f"onnxruntime {m['versions']['onnxruntime']}" in report
     if plots.available():
         assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["notes"] == []
@@ -223,3 +227,23 @@ def test_built_in_baselines(chain: dict[str, Path]) -> None:
     assert result["variants"][-1]["name"] == "onnx_int8"  # the gates' candidate is still the last directory
     bad = invoke("bench", chain["onnx_int8"], "--baseline", "tensorrt-fp16", "--data", DEMO_VALIDATION)
     assert bad.exit_code == 2 and "baselines" in bad.stderr
+
+
+def test_warns_when_an_int8_variant_saturates_on_this_cpu(
+    chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an AVX2 host (simulated: the check itself runs the kernel model), a model quantized for VNNI saturates."""
+    from llmzip import hardware
+    from llmzip.config import CpuTarget
+
+    native, onnx_dir = tmp_path / "vnni", tmp_path / "vnni-onnx"
+    assert invoke("quantize", chain["student"], chain["calib"], "-o", native, "--target-cpu", "vnni").exit_code == 0
+    assert invoke("export", native, "-o", onnx_dir).exit_code == 0  # on this (real) CPU parity holds
+    monkeypatch.setattr(hardware, "this_cpu", lambda: CpuTarget.AVX2)
+    result = invoke_json("bench", chain["onnx_int8"], onnx_dir, *QUICK)
+    rows = {v["name"]: v for v in result["variants"]}
+    assert not rows["onnx_int8"]["int8_saturation"]["saturates_here"]  # the portable default
+    sat = rows["vnni-onnx"]["int8_saturation"]
+    assert sat["saturates_here"] and sat["this_cpu"] == "avx2" and sat["saturating_matmuls"] > 0
+    warning = next(w for w in result["warnings"] if "saturate" in w)
+    assert "vnni-onnx" in warning and "--target-cpu any" in warning and result["machine"]["cpu_class"] == "avx2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -128,3 +129,57 @@ def test_task_accuracy_parity_in_the_manifest(chain: dict[str, Path], tmp_path: 
     assert acc["samples"] == 40 and 0.0 <= acc["onnx"] <= 1.0 and acc["prediction_agreement"] >= 0.9
     assert abs(acc["onnx"] - acc["pytorch"]) <= 1 - acc["prediction_agreement"] + 1e-9
     assert "task_accuracy" not in read_manifest(chain["onnx_int8"])["metrics"]["parity"]  # type: ignore[index]
+
+
+def test_export_reports_per_cpu_class_whether_int8_saturates(chain: dict[str, Path]) -> None:
+    m = read_manifest(chain["onnx_int8"])
+    assert m is not None
+    kernels = m["metrics"]["int8_kernels_by_cpu"]
+    assert kernels["quantized_for"] == "any" and kernels["u8s8_matmuls"] == 6
+    for target in ("any", "avx2", "avx512"):  # the portable default runs its probe sentences unsaturated
+        entry = kernels["targets"][target]
+        assert entry["saturating_matmuls"] == 0 and entry["logits"]["max_abs_diff"] == 0.0
+        assert entry["worst_case_layers"] > 0  # although the worst case says every layer could
+    for target in ("vnni", "amx"):
+        assert kernels["targets"][target] == {"kernel": kernels["targets"][target]["kernel"], "saturating_matmuls": 0}
+
+
+def _simulate_avx2_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This CPU reports AVX2 without VNNI, and onnxruntime returns what the kernel model says such a CPU computes.
+
+    The kernel model itself is checked bit for bit against onnxruntime's real AVX2 kernel in test_kernels.py.
+    """
+    from llmzip import hardware
+    from llmzip.config import CpuTarget
+    from llmzip.quant.saturation import emulate
+    from llmzip.stages import export as export_stage
+
+    real = export_stage.parity
+
+    def on_avx2(path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], Any]:
+        result, _ = real(path, model, feeds)
+        exact, saturated, _ = emulate(model, [{k: torch.from_numpy(v) for k, v in feeds.items()}])
+        result["max_abs_diff"] = float((saturated - exact).abs().max())
+        return result, saturated.numpy()
+
+    monkeypatch.setattr(hardware, "this_cpu", lambda: CpuTarget.AVX2)
+    monkeypatch.setattr(export_stage, "parity", on_avx2)
+
+
+def test_a_mismatch_from_this_cpus_saturating_kernel_names_the_target_flag(
+    chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native = tmp_path / "vnni"
+    assert invoke("quantize", chain["student"], chain["calib"], "-o", native, "--target-cpu", "vnni").exit_code == 0
+    strict = tmp_path / "strict.yaml"  # the tiny model's logits barely move, so make any change a mismatch
+    strict.write_text("export:\n  int8_tolerance: 1.0e-7\n")
+    _simulate_avx2_host(monkeypatch)
+    result = invoke("export", native, "-o", tmp_path / "onnx", "--recipe", strict)
+    assert result.exit_code != 0 and not (tmp_path / "onnx").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0])
+    assert "saturating int16 pairs" in errors[0] and "--target-cpu any" in errors[0] and "bug" not in errors[0]
+    # The same chain quantized for any CPU (the default) passes on that host, to the same tolerance.
+    assert invoke("export", chain["int8"], "-o", tmp_path / "portable", "--recipe", strict).exit_code == 0
+    parity = read_manifest(tmp_path / "portable")["metrics"]["parity"]  # type: ignore[index]
+    assert parity["max_abs_diff_vs_this_cpu_kernel"] == 0.0
