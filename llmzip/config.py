@@ -248,7 +248,7 @@ class QuantizeConfig:
     activation_symmetric: bool = False
     activations: Activations = Activations.STATIC
     attention: bool = False  # also the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)
-    embeddings: bool = False  # int8 word-embedding table, one scale per row (most of a small model's bytes)
+    embeddings: bool = True  # int8 word-embedding table, one scale per row (most of a small model's bytes)
     # The CPU class the int8 model must be right on; "any" is safe on AVX2 machines without VNNI as well.
     target_cpu: CpuTarget = CpuTarget.ANY
     saturation_fix: SaturationFix = SaturationFix.MEASURED

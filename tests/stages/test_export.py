@@ -46,7 +46,7 @@ def test_int8_graph_is_valid_and_carries_quantize_scales(chain: dict[str, Path])
     assert ops["QuantizeLinear"] >= 1 and ops["MatMulIntegerToFloat"] == 6  # each Linear's bias folded in
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.ndim == 2]
-    assert len(int8_weights) == 6
+    assert len(int8_weights) == 6 + 1  # the Linear weights and the word-embedding table (int8 by default)
     # every activation scale quantize chose appears in the graph, bit for bit
     state = load_file(str(chain["int8"] / "model.safetensors"))
     graph_scalars = {float(a) for a in inits.values() if a.dtype == np.float32 and a.ndim == 0}

@@ -222,21 +222,24 @@ def test_dynamic_activations_run_as_dynamic_int8_kernels(chain: dict[str, Path],
     assert bad.exit_code == 2 and "uint8" in bad.stderr
 
 
-def test_int8_embeddings_shrink_the_model_and_keep_parity(chain: dict[str, Path], tmp_path: Path) -> None:
+def test_int8_embeddings_are_the_default_shrink_the_model_and_keep_parity(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
     from llmzip.quant.modules import QuantEmbedding
 
-    out, onnx_dir = tmp_path / "emb", tmp_path / "emb-onnx"
-    assert invoke("quantize", chain["student"], chain["calib"], "-o", out, "--embeddings").exit_code == 0
-    model = load_model(open_artifact(out, verb="test", accepts=("quantize",)))
+    model = load_model(open_artifact(chain["int8"], verb="test", accepts=("quantize",)))  # quantized with no flag
     table = model.get_input_embeddings()
     assert isinstance(table, QuantEmbedding) and table.weight_q.dtype == torch.int8
     fp32 = load_pretrained(chain["student"]).get_input_embeddings().weight.detach()
     assert torch.allclose(table.weight, fp32, atol=float(fp32.abs().max()) / 127)  # within one step per row
+    out, onnx_dir = tmp_path / "emb32", tmp_path / "emb32-onnx"
+    assert invoke("quantize", chain["student"], chain["calib"], "-o", out, "--fp32-embeddings").exit_code == 0
+    kept = load_model(open_artifact(out, verb="test", accepts=("quantize",))).get_input_embeddings()
+    assert isinstance(kept, torch.nn.Embedding)
     assert invoke("export", out, "-o", onnx_dir).exit_code == 0
-    m = read_manifest(onnx_dir)
-    plain = read_manifest(chain["onnx_int8"])
-    assert m is not None and plain is not None
-    assert m["metrics"]["size_mb"] < 0.7 * plain["metrics"]["size_mb"]
+    m, fp32_table = read_manifest(chain["onnx_int8"]), read_manifest(onnx_dir)
+    assert m is not None and fp32_table is not None
+    assert m["metrics"]["size_mb"] < 0.7 * fp32_table["metrics"]["size_mb"]
     assert m["metrics"]["parity"]["max_abs_diff"] < 1e-3
 
 
