@@ -9,7 +9,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: install
 ## make test-slow: real model (pip MiniLM, ../shared/models) and real data (../shared/data/sst2)
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+## make check-avx2: onnxruntime's real AVX2 int8 kernels (under qemu-x86_64 -cpu Haswell) vs llmzip's kernel model
+check-avx2: install
+	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 not found; install Debian's qemu-user" >&2; exit 2; }
+	qemu-x86_64 -cpu Haswell-v4 $(BIN)/python -m llmzip.quant.kernel_check
 
 ## make demo [DATA=hub-id-or-folder] [SUBSET=name]: the whole chain on the pip MiniLM, offline by default
 demo: install
