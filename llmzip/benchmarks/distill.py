@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip.artifact import read_manifest
+from llmzip.artifact import dir_size_mb, read_manifest
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, test_accuracy, write_json
 from llmzip.config import DataConfig, DistillConfig
 from llmzip.machine import machine_info
@@ -96,6 +96,7 @@ def run_student(name: str, recipe: dict[str, Any], b: dict[str, Any], out: Path,
         "teacher_layers_used": m["metrics"]["student_layers"],
         "hidden_size": m["metrics"]["student_hidden_size"],
         "params": params,
+        "size_mb": dir_size_mb(sorted((out / name).glob("*.safetensors"))),  # fp32 weights on disk
         "losses": losses,
         "kd": any(k != "ce" for k in losses),
         "wall_s": round(wall, 1),
@@ -158,6 +159,7 @@ def render(result: dict[str, Any]) -> None:
         "layers",
         "hidden",
         "params",
+        "fp32 MB",
         "losses",
         "wall s",
         "s/step",
@@ -172,6 +174,7 @@ def render(result: dict[str, Any]) -> None:
             str(s["layers"]),
             str(s["hidden_size"]),
             f"{s['params'] / 1e6:.1f}M",
+            f"{s['size_mb']:.1f}" if "size_mb" in s else "—",
             "+".join(s["losses"]),
             f"{s['wall_s']:.0f}",
             f"{s['train_step_s']['prediction']:.3f}",
@@ -220,6 +223,7 @@ def main() -> None:
             "path": str(TEACHER),
             "accuracy": round(teacher_acc, 4),
             "params": teacher_params,
+            "size_mb": dir_size_mb(sorted(TEACHER.glob("*.safetensors"))),
             "hidden_size": AutoConfig.from_pretrained(TEACHER).hidden_size,
         },
         "budget": b,
