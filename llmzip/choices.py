@@ -1,0 +1,85 @@
+"""The closed choices of the stage configs (Enums, so Typer lists them in --help), and the typed enum reader.
+
+Pure Python on purpose, like config.py: the CLI imports it and `llmzip --help` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypeVar
+
+from llmzip.errors import ConfigError
+
+
+class Provider(str, enum.Enum):
+    """onnxruntime execution provider (torch variants map cuda/tensorrt to the CUDA device)."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+class CalibrationMethod(str, enum.Enum):
+    """How `quantize` turns a recorded activation histogram into a clip range."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+
+class Activations(str, enum.Enum):
+    """Static: scales fixed by calibration (QLinear/MatMulIntegerToFloat). Dynamic: per call (DynamicQuantizeMatMul)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class CpuTarget(str, enum.Enum):
+    """The x86 CPU class an int8 model must be right on (see llmzip/hardware.py for what each class runs).
+
+    any: every x86 CPU (the default): u8×s8 products must not saturate the int16 pair sums of AVX2 kernels.
+    avx2 / avx512: AVX2, or AVX-512 without VNNI (Skylake-SP): the same saturating kernels, so the same rule.
+    vnni / amx: AVX-VNNI, AVX512-VNNI or AMX: exact int32 dot products, the full 8 bits everywhere.
+    native: whatever this machine is (resolved and recorded at quantize time).
+    """
+
+    ANY = "any"
+    AVX2 = "avx2"
+    AVX512 = "avx512"
+    VNNI = "vnni"
+    AMX = "amx"
+    NATIVE = "native"
+
+
+class SaturationFix(str, enum.Enum):
+    """Which weight rows get 7 bits for a saturating target.
+
+    measured: only the weight rows that can saturate for inputs in the ranges the calibration samples take.
+    all: every row of every layer (NNCF's overflow_fix="enable"): no saturation for any input.
+    """
+
+    MEASURED = "measured"
+    ALL = "all"
+
+
+class Granularity(str, enum.Enum):
+    PER_CHANNEL = "per-channel"
+    PER_TENSOR = "per-tensor"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def as_enum(kind: type[E], value: Any, key: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(str(m.value) for m in kind)}") from None
+
+
+class TorchDtype(str, enum.Enum):
+    """The dtype bench runs PyTorch variants in (ONNX variants run in the dtype their graph was exported with)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
