@@ -175,20 +175,21 @@ class QuantLinear(nn.Module):
         """The float weight the int8 codes stand for, [out, in], in the smoothed input space (what set_weight takes)."""
         return dequantize(self.weight_q.t(), self.weight_scale[:, None], self.weight_zero_point[:, None])
 
-    def input_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def input_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 codes (as float) and the scale that onnxruntime's integer GEMM reads for input `x`.
 
-        None for int8 (signed) inputs: x86 runs s8×s8 with exact kernels, so only u8×s8 can saturate.
+        int8 (symmetric) inputs are returned shifted by +128: onnxruntime's QDQ optimizer turns int8 activations
+        into uint8 with zero point + 128 (its "qdq_s8_to_u8" conversion) before the same u8×s8 kernel.
         """
-        if self.activation_range.qmin < 0:
-            return None
         if self.input_smooth is not None:
             x = x * self.input_smooth
         if self.dynamic:
             scale, zero_point = dynamic_uint8_qparams(x)
         else:
             scale, zero_point = self.input_scale, self.input_zero_point.to(x.dtype)
-        return torch.clamp(torch.round(x / scale) + zero_point, 0, 255), scale
+        r = self.activation_range
+        codes = torch.clamp(torch.round(x / scale) + zero_point, r.qmin, r.qmax)
+        return (codes + 128 if r.qmin < 0 else codes), scale
 
     def dequantized_weight(self) -> torch.Tensor:
         """The weight this layer really uses on the original input, in nn.Linear's [out, in] layout."""

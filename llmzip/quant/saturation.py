@@ -112,10 +112,7 @@ class Emulation:
     def _linear(self, name: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: QuantLinear, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
             x = args[0]
-            coded = module.input_codes(x)
-            if coded is None:
-                return None
-            codes, scale = coded
+            codes, scale = module.input_codes(x)
             rows = _rows(x, self.mask)
             a = codes.reshape(-1, x.shape[-1])[rows].numpy().astype(np.int64)
             stats = self.stats.setdefault(name, LayerStats())
@@ -207,17 +204,19 @@ def widened(module: QuantLinear, lo: np.ndarray, hi: np.ndarray, margin: float) 
     """Per-channel code ranges stretched `margin`× away from the code of 0.0 (the zero point; for dynamic
     activations, whose zero point moves, the middle of the range): held-out text reaches further than the
     calibration samples (SST-2 dev sentences are twice as long as its training phrases)."""
-    zero = float(module.input_zero_point) if not module.dynamic else (lo + hi) / 2.0
+    shift = 128.0 if module.activation_range.qmin < 0 else 0.0  # int8 inputs run as uint8 + 128
+    zero = float(module.input_zero_point) + shift if not module.dynamic else (lo + hi) / 2.0
     wide_lo = np.clip(np.floor(zero - margin * (zero - lo)), 0, 255)
     wide_hi = np.clip(np.ceil(zero + margin * (hi - zero)), 0, 255)
     return wide_lo.astype(np.int64), wide_hi.astype(np.int64)
 
 
 def fixable(model: nn.Module) -> list[str]:
-    """Every matmul that runs u8×s8: QuantLinear layers with uint8 inputs and int8 attention Q·Kᵀ."""
+    """Every matmul that runs u8×s8: QuantLinear layers (int8 inputs too, see QuantLinear.input_codes) and int8
+    attention Q·Kᵀ."""
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, QuantLinear) and module.activation_range.qmin == 0:
+        if isinstance(module, QuantLinear):
             names.append(name)
         elif isinstance(module, AttentionQuant):
             names.append(name.rpartition(".")[0] + SCORES)
@@ -329,7 +328,7 @@ def target_report(model: nn.Module, batches: list[Batch], quantized_for: str) ->
     from llmzip.hardware import KERNELS, saturates
 
     exact, saturated, stats = emulate(model, batches)
-    linears = [m for m in model.modules() if isinstance(m, QuantLinear) and m.activation_range.qmin == 0]
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
     hit = sorted(n for n, s in stats.items() if s.pairs)
     saturating = {
         "saturating_matmuls": len(hit),

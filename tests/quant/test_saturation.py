@@ -100,3 +100,12 @@ def test_the_portable_chain_model_runs_unsaturated_on_its_calibration_samples(ch
     exact, saturated, stats = emulate(model, batches)
     assert torch.equal(exact, saturated) and sum(s.pairs for s in stats.values()) == 0
     assert torch.equal(exact, run(model, batches))
+
+
+def test_int8_inputs_are_modelled_as_onnxruntime_runs_them_uint8_plus_128() -> None:
+    """onnxruntime's QDQ optimizer turns int8 activations into uint8 (zero point + 128) for the u8×s8 kernel."""
+    layer = QuantLinear(2, 1, bias=False, per_channel=True, activation_signed=True)
+    with torch.no_grad():
+        layer.input_scale.fill_(1 / 128)
+    codes, _ = layer.input_codes(torch.tensor([[-1.0, 127 / 128]]))
+    assert codes.tolist() == [[0.0, 255.0]]
