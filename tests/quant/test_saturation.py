@@ -108,4 +108,4 @@ def test_int8_inputs_are_modelled_as_onnxruntime_runs_them_uint8_plus_128() -> N
     with torch.no_grad():
         layer.input_scale.fill_(1 / 128)
     codes, _ = layer.input_codes(torch.tensor([[-1.0, 127 / 128]]))
-    assert codes.tolist() == [[0.0, 255.0]]
+    assert codes.tolist() == [[1.0, 255.0]]  # the symmetric int8 grid is [-127, 127]
