@@ -345,8 +345,16 @@ def render(result: dict[str, Any]) -> None:
 def _rows_text(row: dict[str, Any]) -> str:
     sat = row.get("saturation")
     if sat is None:
-        return "—" if row.get("source") != "llmzip" else f"0 ({row.get('target_cpu')})"
+        return f"0 ({row.get('target_cpu')})" if row.get("weight_bits") == 8 else "—"
     return f"{sat['fixed_rows']}/{sat['total_rows']}"
+
+
+def _avx2_text(row: dict[str, Any]) -> str:
+    if "avx2_accuracy" not in row:
+        return ""
+    if row.get("torch_accuracy") is None:  # QEMU: onnxruntime on AVX2 against onnxruntime here
+        return f"{100 * (row['avx2_accuracy'] - row['accuracy']):+.2f}"
+    return f"{100 * (row['avx2_accuracy'] - row['torch_accuracy']):+.2f}"
 
 
 def table(result: dict[str, Any], title: str) -> Any:
@@ -375,7 +383,7 @@ def table(result: dict[str, Any], title: str) -> Any:
             v["method"],
             f"{v['accuracy']:.4f}",
             f"{100 * (v['accuracy'] - fp32):+.2f}",
-            f"{v['avx2_accuracy']:.4f}" if "avx2_accuracy" in v else "",
+            _avx2_text(v),
             _rows_text(v),
             f"{v['sqnr_db']:.1f}",
             str(v["fp32_layers"]),
