@@ -94,8 +94,8 @@ def saturation_warnings(rows: list[dict[str, Any]]) -> list[str]:
         seen.add(row["name"])
         out.append(
             f"int8 {row['name']}: on this CPU ({sat['this_cpu']}, no VNNI) onnxruntime's int8 kernels saturate in "
-            f"{sat['saturating_matmuls']} of {sat['u8s8_matmuls']} u8×s8 matmuls ({sat['saturated_pairs']} pair sums "
-            f"clamped on {sat['examples']} eval examples): its accuracy here differs from VNNI/AMX machines; "
+            f"{sat['saturating_matmuls']} of {sat['u8s8_matmuls']} u8×s8 matmuls ({sat['saturated_outputs']} outputs "
+            f"changed on {sat['examples']} eval examples): its accuracy here differs from VNNI/AMX machines; "
             "quantize with `llmzip quantize --target-cpu any` for a model that is right on every x86 CPU"
         )
     return out

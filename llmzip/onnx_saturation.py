@@ -41,7 +41,8 @@ def integer_matmuls(graph: Any) -> list[IntegerMatMul]:
 
 
 def saturation_check(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Per integer matmul: pair sums the AVX2 kernel clamps on `feeds`; plus the worst case for constant weights.
+    """Per integer matmul: outputs the AVX2 kernel changes on `feeds` (real tokens only, where an attention_mask
+    says which), the pair sums it clamps, and for constant weights whether some input could saturate at all.
 
     Runs the graph unoptimized (fusions would hide the operands); the codes are the same ones the optimized
     graph computes, since quantization is elementwise arithmetic that onnxruntime does not reorder.
@@ -77,23 +78,34 @@ def saturation_check(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
             if a is None or b is None or a.dtype != np.uint8 or b.dtype != np.int8:
                 entry["u8s8"] = False  # u8×u8, s8×s8 (exact on every x86 kernel) or an unexpected form
                 continue
+            mask = batch.get("attention_mask")
             if b.ndim == 2:
                 rows = a.reshape(-1, a.shape[-1])
-                mask = batch.get("attention_mask")
                 if mask is not None and a.ndim == 3 and a.shape[:2] == mask.shape:
                     rows = rows[mask.reshape(-1) > 0]  # padding positions never reach an output
                 sat = saturation_excess(rows, b)
-            else:
-                sat = batched_saturation_excess(a, b)
-            entry["pairs"] += sat.pairs
-            entry["outputs"] += sat.outputs
+                entry["pairs"] += sat.pairs
+                entry["outputs"] += sat.outputs
+                continue
+            sat = batched_saturation_excess(a, b)
+            changed = sat.excess != 0
+            if mask is not None and changed.ndim == 4 and changed.shape[0] == mask.shape[0]:
+                # attention scores [batch, heads, query, key]: a padded query row is never read and a padded
+                # key column is masked out before the softmax, so only real × real positions count
+                real = mask > 0
+                if changed.shape[2] == real.shape[1]:
+                    changed = changed & real[:, None, :, None]
+                if changed.shape[3] == real.shape[1]:
+                    changed = changed & real[:, None, None, :]
+            entry["outputs"] += int(np.count_nonzero(changed))
+            entry["pairs"] += sat.pairs  # over all positions (pair sums are not split by position)
     u8s8 = {k: v for k, v in nodes.items() if v["u8s8"]}
     return {
         "integer_matmuls": len(nodes),
         "u8s8_matmuls": len(u8s8),
-        "saturating_matmuls": sum(1 for v in u8s8.values() if v["pairs"]),
-        "saturated_pairs": sum(v["pairs"] for v in u8s8.values()),
+        "saturating_matmuls": sum(1 for v in u8s8.values() if v["outputs"]),
+        "saturated_outputs": sum(v["outputs"] for v in u8s8.values()),
         "worst_case_matmuls": sum(1 for v in u8s8.values() if v["worst_case_pairs"]),
         "examples": sum(next(iter(f.values())).shape[0] for f in feeds) if feeds else 0,
-        "nodes": {k: {"pairs": v["pairs"], "outputs": v["outputs"]} for k, v in u8s8.items() if v["pairs"]},
+        "nodes": {k: {"pairs": v["pairs"], "outputs": v["outputs"]} for k, v in u8s8.items() if v["outputs"]},
     }
