@@ -13,9 +13,6 @@ import os
 import platform
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -162,35 +159,6 @@ def open_model_source(source: str, *, verb: str, accepts: tuple[str, ...]) -> Ar
     return Artifact(path=Path(source), stage=EXTERNAL)
 
 
-@contextmanager
-def staging(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir`; rename it into place only if the block succeeds.
-
-    A killed or failed stage leaves no directory that looks finished, and an existing output is only
-    replaced with `overwrite` (and only once the new one is complete).
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
-
-
 def file_table(directory: Path) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
@@ -254,6 +222,10 @@ def dir_size_mb(paths: list[Path]) -> float:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a fsynced temporary sibling renamed over the target."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)

@@ -36,6 +36,12 @@ def dataset_location(cfg: DataConfig) -> str:
     return cfg.dataset if cfg.dataset is not None else str(DEMO_DATASET)
 
 
+def data_paths(cfg: DataConfig) -> list[Path]:
+    """The local file or folder the data comes from (none for a hub id): outputs may not land on it."""
+    path = Path(dataset_location(cfg)).expanduser()
+    return [path] if path.exists() else []
+
+
 def resolve(cfg: DataConfig, split: str) -> Source | None:
     """Find the file for `split` (None if a local dataset has no such split); hub ids resolve lazily."""
     location = dataset_location(cfg)

@@ -10,7 +10,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from llmzip import data as data_mod
-from llmzip.artifact import Artifact, carry_forward, staging, write_manifest
+from llmzip.artifact import Artifact, carry_forward, write_manifest
 from llmzip.config import TrainConfig, to_dict
-from llmzip.errors import ArtifactError
+from llmzip.outputs import check_output, staging
 
 
 @dataclass
@@ -62,16 +62,15 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def stage_output(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
+def stage_output(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()) -> Iterator[Path]:
     """`staging` on the main process; a throwaway folder on the other ranks (same refusal rules for all)."""
     if is_main_process():
-        with staging(out_dir, overwrite=overwrite) as tmp:
+        with staging(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
             yield tmp
         _barrier()  # every rank is done with the checkpoints before they are removed
         shutil.rmtree(work_dir(out_dir), ignore_errors=True)
         return
-    if Path(out_dir).exists() and not overwrite:
-        raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
+    check_output(Path(out_dir), overwrite=overwrite, inputs=inputs)
     with tempfile.TemporaryDirectory() as scratch:
         yield Path(scratch)
     _barrier()

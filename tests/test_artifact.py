@@ -14,10 +14,10 @@ from llmzip.artifact import (
     open_model_source,
     read_manifest,
     resolve_pip_model,
-    staging,
     write_manifest,
 )
 from llmzip.errors import ArtifactError
+from llmzip.outputs import staging
 
 
 def _fake_stage(directory: Path, stage: str) -> Path:

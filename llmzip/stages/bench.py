@@ -19,14 +19,16 @@ import numpy as np
 from llmzip import bench_report as report
 from llmzip import data as data_mod
 from llmzip import hardware
-from llmzip.artifact import EXTERNAL, open_artifact, staging, write_manifest
+from llmzip.artifact import EXTERNAL, open_artifact, write_manifest
 from llmzip.bench_variants import Variant as Variant
 from llmzip.bench_variants import int8_saturation, ort_dynamic_int8
 from llmzip.bench_variants import load_variant as load_variant
 from llmzip.bench_variants import onnx_file_variant as onnx_file_variant
 from llmzip.config import BenchConfig, to_dict
+from llmzip.data import data_paths
 from llmzip.errors import ConfigError, ModelError
 from llmzip.machine import CpuLoad, machine_info
+from llmzip.outputs import check_output, staging
 from llmzip.progress import progress, quiet_libraries, step
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
@@ -252,6 +254,8 @@ def bench(
         raise ConfigError("bench needs at least one model directory")
     _check_gates(config, len(model_dirs))
     artifacts = [open_artifact(Path(d), verb="bench", accepts=ACCEPTS, role="model directory") for d in model_dirs]
+    if out_dir is not None:  # refused before the benchmark runs, not after
+        check_output(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)])
     labels_for = variant_names([Path(d) for d in model_dirs], names)
     quiet_libraries()
     eval_ds, source = load_eval_data(config)
@@ -282,7 +286,7 @@ def bench(
         "notes": [],
     }
     if out_dir is not None:
-        with staging(Path(out_dir), overwrite=overwrite) as tmp:
+        with staging(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)]) as tmp:
             files, result["notes"] = report.write_report(result, tmp)
             (tmp / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
             write_manifest(

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from llmzip import data as data_mod
-from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, write_manifest
 from llmzip.config import CalibrateConfig, DataConfig, to_dict
+from llmzip.data import data_paths
 from llmzip.modeling import load_model, load_tokenizer
+from llmzip.outputs import staging
 from llmzip.progress import progress, step
 from llmzip.quant.attention import observing
 from llmzip.quant.observers import DEFAULT_BINS, HistogramObserver
@@ -126,7 +128,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
     started = time.time()
     source: Artifact = open_artifact(Path(model_dir), verb="calibrate", accepts=ACCEPTS, role="model directory")
     rows, described = sample_rows(config.data, config.num_samples, config.seed)
-    with staging(out_dir, overwrite=overwrite) as tmp:
+    with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
         tokenizer = load_tokenizer(source.path)

@@ -13,6 +13,7 @@ from typing import Any
 from llmzip import students, teacher_cache, training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import DistillConfig
+from llmzip.data import data_paths
 from llmzip.kd import StudentWithProjections, distill_trainer_class
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
@@ -34,7 +35,7 @@ def distill(
     quiet_libraries()
     set_seed(config.seed)
     needs_attention = config.attention > 0
-    with training.stage_output(out_dir, overwrite=overwrite) as tmp:
+    with training.stage_output(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading teacher {teacher}")
         tokenizer = load_tokenizer(str(source.path))
         # Attention maps are only returned by the eager implementation (SDPA fuses them away).

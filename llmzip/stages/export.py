@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from llmzip import hardware
-from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, staging, write_manifest
+from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
 from llmzip.config import ExportConfig, to_dict
+from llmzip.data import data_paths
 from llmzip.errors import ExportError
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.onnx_graph import fold_int8_matmul_bias
+from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
 from llmzip.quant.saturation import target_report
 from llmzip.stages.calibrate import SAMPLES_FILE, read_samples
@@ -239,7 +241,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
     source = open_artifact(Path(model_dir), verb="export", accepts=ACCEPTS, role="model directory")
     quantized = source.stage == "quantize"
     quiet_libraries()
-    with staging(out_dir, overwrite=overwrite) as tmp:
+    with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
         attention = for_export(model)

@@ -9,6 +9,7 @@ from llmzip import data as data_mod
 from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import FinetuneConfig
+from llmzip.data import data_paths
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
 
@@ -30,7 +31,7 @@ def finetune(
     assert loaded is not None
     names = data_mod.label_names(loaded[0], d)
     label2id = {name: i for i, name in enumerate(names)}
-    with training.stage_output(out_dir, overwrite=overwrite) as tmp:
+    with training.stage_output(out_dir, overwrite=overwrite, inputs=[base.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model}")
         tokenizer = load_tokenizer(str(base.path))
         net = load_pretrained(

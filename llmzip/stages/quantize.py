@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from llmzip import hardware
-from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, staging, write_manifest
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, write_manifest
 from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, SaturationFix, to_dict
+from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, ConfigError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
+from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.fallback import accuracy_aware
@@ -199,7 +201,7 @@ def quantize(
             f"run `llmzip calibrate {model_dir}` and pass that directory"
         )
     observers = read_observers(calib.path)
-    with staging(out_dir, overwrite=overwrite) as tmp:
+    with staging(out_dir, overwrite=overwrite, inputs=[source.path, calib.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         fp32 = load_model(source)
         names = select(fp32, linear_names(fp32), config.exclude)

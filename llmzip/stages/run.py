@@ -1,7 +1,9 @@
 """run: the whole chain from one recipe: finetune → distill → calibrate → quantize → export → bench.
 
 Every stage writes its own directory under OUT (each one atomic), and `run.json` is written last, so a run
-without it is one that did not finish.
+without it is one that did not finish. With `--overwrite`, a previous OUT is moved aside (not deleted) while the
+new run writes, put back if the run fails or is interrupted (or, after a SIGKILL, by the next run on OUT), and
+deleted only once the new run has written `run.json`.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from llmzip.artifact import read_manifest
+from llmzip.artifact import atomic_write_text, read_manifest
 from llmzip.config import to_dict
-from llmzip.errors import ArtifactError
-from llmzip.progress import console
+from llmzip.data import data_paths
+from llmzip.outputs import check_output, clean_leftovers, locked, make_parents, remove_empty
+from llmzip.progress import console, step
 from llmzip.recipe import Recipe
 
 RUN_FILE = "run.json"
@@ -33,6 +37,38 @@ def _banner(name: str, target: Path) -> None:
 
 
 def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    data = [p for c in recipe.stages.values() if hasattr(c, "data") for p in data_paths(c.data)]
+    inputs = [Path(recipe.model), *data]
+    check_output(out_dir, overwrite=overwrite, inputs=inputs)
+    created = make_parents(out_dir.parent)
+    try:
+        with locked(out_dir):
+            for line in clean_leftovers(out_dir, complete=lambda p: (p / RUN_FILE).is_file()):
+                step(line)
+            check_output(out_dir, overwrite=overwrite)
+            previous = None
+            if out_dir.exists():
+                previous = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+                out_dir.rename(previous)
+            try:
+                out_dir.mkdir()
+                result = _chain(recipe, out_dir)
+                atomic_write_text(out_dir / RUN_FILE, json.dumps(result, indent=2, default=str) + "\n")
+            except BaseException:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                if previous is not None:
+                    previous.rename(out_dir)  # the previous complete run, exactly as it was
+                raise
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+            return result
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
+def _chain(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     from llmzip.stages.bench import bench
     from llmzip.stages.calibrate import calibrate
     from llmzip.stages.distill import distill
@@ -41,12 +77,6 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
     from llmzip.stages.quantize import quantize
 
     started = time.time()
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not overwrite:
-            raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
     s = recipe.stages
     dirs: dict[str, Path] = {}
 
@@ -89,5 +119,4 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
             "metrics": manifest.get("metrics", {}),
         }
     result["duration_s"] = round(time.time() - started, 1)
-    (out_dir / RUN_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
