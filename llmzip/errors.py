@@ -49,3 +49,7 @@ class GateError(LlmzipError):
     """A CI gate (`--min-speedup`, `--max-accuracy-drop`) that the candidate did not pass."""
 
     exit_code = 8
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every stage cleans up its temporary output the same way."""

@@ -217,18 +217,21 @@ def swap(new: Path, target: Path) -> Path | None:
 def staging(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of `out_dir`; swap it into place only if the block succeeds (see the module)."""
     out_dir = Path(out_dir)
-    check_output(out_dir, overwrite=overwrite, inputs=inputs)
+    check_output(out_dir, overwrite=True, inputs=inputs)
     created = make_parents(out_dir.parent)
     try:
         with locked(out_dir):
+            # Repair what a killed writer left before deciding: it may have moved the previous output aside.
             for line in clean_leftovers(out_dir, complete=lambda p: (p / MANIFEST).is_file()):
                 _note(line)
-            check_output(out_dir, overwrite=overwrite)  # another writer may have finished while we checked
+            check_output(out_dir, overwrite=overwrite)
             tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:
+                hold("writing")
                 yield tmp
                 fsync_tree(tmp)
+                hold("staged")
                 check_output(out_dir, overwrite=overwrite)  # something else may have put a directory there
                 replaced = swap(tmp, out_dir)
                 fsync_dir(out_dir.parent)
@@ -242,6 +245,22 @@ def staging(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()
     except BaseException:
         remove_empty(created)
         raise
+
+
+HOLD_ENV = "LLMZIP_TEST_HOLD"
+
+
+def hold(point: str) -> None:
+    """Test hook for kill and race tests: with LLMZIP_TEST_HOLD="POINT:MARKER", touch MARKER at POINT ("writing":
+    the temporary output exists; "staged": it is complete, not yet swapped in) and wait there to be killed."""
+    wanted, _, marker = os.environ.get(HOLD_ENV, "").partition(":")
+    if wanted != point or not marker:
+        return
+    import time
+
+    Path(marker).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.1)
 
 
 def _note(line: str) -> None:

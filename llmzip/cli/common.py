@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 
 from llmzip import config as cfg
 from llmzip import recipe as recipes
-from llmzip.errors import LlmzipError
+from llmzip.errors import LlmzipError, Terminated
 
 app = typer.Typer(
     name="llmzip",
@@ -133,14 +134,27 @@ def _build(stage: str, recipe: Path | None, flags: dict[str, Any], mapping: dict
     return recipes.from_dict(cfg.STAGE_CONFIGS[stage], section, prefix="" if recipe is None else f"{stage}.")
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _execute(work: Callable[[], Any], render: Callable[[Any], None], as_json: bool) -> None:
-    """Run a stage; LlmzipError becomes one red line and its exit code. Anything else is a bug: traceback."""
+    """Run a stage; LlmzipError becomes one red line and its exit code. Anything else is a bug: traceback.
+
+    SIGTERM (a CI timeout, `kill`, a container stop) unwinds like Ctrl-C: the stage removes its temporary output
+    and any previous output stays as it was.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = work()
     except LlmzipError as err:
         _fail(str(err), err.exit_code)
+    except Terminated:
+        _fail("terminated (SIGTERM); no output was written, any previous output is unchanged", 143)
     except KeyboardInterrupt:
-        _fail("interrupted; no output was written", 130)
+        _fail("interrupted; no output was written, any previous output is unchanged", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes the artifact and reports it
     if as_json:

@@ -18,7 +18,7 @@ from typing import Any
 from llmzip.artifact import atomic_write_text, read_manifest
 from llmzip.config import to_dict
 from llmzip.data import data_paths
-from llmzip.outputs import check_output, clean_leftovers, locked, make_parents, remove_empty
+from llmzip.outputs import check_output, clean_leftovers, hold, locked, make_parents, remove_empty
 from llmzip.progress import console, step
 from llmzip.recipe import Recipe
 
@@ -40,7 +40,7 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
     out_dir = Path(out_dir)
     data = [p for c in recipe.stages.values() if hasattr(c, "data") for p in data_paths(c.data)]
     inputs = [Path(recipe.model), *data]
-    check_output(out_dir, overwrite=overwrite, inputs=inputs)
+    check_output(out_dir, overwrite=True, inputs=inputs)  # existence is checked below, after any repair
     created = make_parents(out_dir.parent)
     try:
         with locked(out_dir):
@@ -53,6 +53,7 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
                 out_dir.rename(previous)
             try:
                 out_dir.mkdir()
+                hold("writing")
                 result = _chain(recipe, out_dir)
                 atomic_write_text(out_dir / RUN_FILE, json.dumps(result, indent=2, default=str) + "\n")
             except BaseException:
