@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -74,12 +75,13 @@ class Artifact:
     path: Path
     stage: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None  # a hub id's resolved commit, once a stage has loaded it
 
     @property
     def hash(self) -> str:
         """The identity of what was read: the manifest (which hashes its files) or the files themselves."""
-        if not self.path.exists():
-            return f"hub:{self.path}"  # a hub id: the hub's revision is the identity we can name
+        if not self.path.exists():  # a hub id: its resolved commit is the identity we can name
+            return f"hub:{self.path}@{self.revision}" if self.revision else f"hub:{self.path}"
         manifest = self.path / MANIFEST
         if manifest.is_file():
             return sha256_file(manifest)
@@ -102,6 +104,39 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     if manifest.get("schema_version", 0) > SCHEMA_VERSION:
         raise ArtifactError(f"{file}: written by a newer llmzip (schema {manifest['schema_version']}); upgrade llmzip")
     return manifest
+
+
+# sha256 of files already verified in this process, keyed by (path, size, mtime): each file is hashed once.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists is there with the bytes and sha256 it recorded; else name the file and the fix.
+
+    Without this the manifest's hash (a stage's identity) would vouch for weights swapped under it.
+    """
+    stage = manifest.get("stage", "?")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path / MANIFEST}: no file table; re-run `llmzip {stage}`")
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing, but its manifest lists it; re-run `llmzip {stage}` for {path}")
+        stat = file.stat()
+        if not isinstance(entry, dict) or stat.st_size != entry.get("bytes"):
+            raise ArtifactError(
+                f"{file}: changed since `llmzip {stage}` wrote it ({stat.st_size} bytes, the manifest says "
+                f"{entry.get('bytes') if isinstance(entry, dict) else '?'}); re-run `llmzip {stage}` for {path}"
+            )
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _VERIFIED:
+            _VERIFIED[key] = sha256_file(file)
+        if _VERIFIED[key] != entry.get("sha256"):
+            raise ArtifactError(
+                f"{file}: changed since `llmzip {stage}` wrote it (its sha256 differs from the manifest's); re-run "
+                f"`llmzip {stage}` for {path}"
+            )
 
 
 def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str = "input") -> Artifact:
@@ -128,6 +163,7 @@ def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str 
             f"{path} is a {stage} artifact, not a valid {role} of `llmzip {verb}` (it takes: {wanted}); "
             f"{NEXT_STEP.get(stage, 'check the directory')}"
         )
+    verify_files(path, manifest)
     return Artifact(path=path, stage=stage, manifest=manifest)
 
 
@@ -157,6 +193,28 @@ def open_model_source(source: str, *, verb: str, accepts: tuple[str, ...]) -> Ar
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
         return open_artifact(path, verb=verb, accepts=accepts, role="model")
     return Artifact(path=Path(source), stage=EXTERNAL)
+
+
+def _finite(value: Any, where: str) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ArtifactError(
+                f"{where} is NaN: the model or its data produced non-finite values; check the weights and inputs "
+                "(llmzip refuses to record a NaN as a result)"
+            )
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"  # e.g. the SQNR of two identical tensors
+        return value
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def strict_json(value: Any, *, where: str, indent: int | None = 2) -> str:
+    """JSON that every parser reads: a NaN anywhere is an error naming its key; ±inf becomes "inf"/"-inf"."""
+    return json.dumps(_finite(value, where), indent=indent, allow_nan=False, default=str) + "\n"
 
 
 def file_table(directory: Path) -> dict[str, dict[str, Any]]:
@@ -193,7 +251,7 @@ def write_manifest(
         "duration_s": round(time.time() - started, 3),
         **(extra or {}),
     }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    (directory / MANIFEST).write_text(strict_json(manifest, where=f"{stage} manifest"))
     return manifest
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from llmzip.artifact import Artifact
-from llmzip.errors import ModelError
+from llmzip.errors import ArtifactError, ModelError
 from llmzip.progress import quiet_libraries
 
 if TYPE_CHECKING:
@@ -35,11 +36,46 @@ def task_of(config: Any) -> Task:
     return Task.SEQUENCE_CLASSIFICATION
 
 
+ALLOW_PICKLE_ENV = "LLMZIP_ALLOW_PICKLE"  # set by `llmzip --allow-pickle`; off by default
+
+
+def pickle_allowed() -> bool:
+    return os.environ.get(ALLOW_PICKLE_ENV) == "1"
+
+
+def refuse_remote_code(source: str | Path, err: Exception | None = None) -> None:
+    """llmzip never runs Python shipped inside a model folder: name what the folder asks for and refuse."""
+    config = Path(source) / "config.json"
+    auto_map: Any = None
+    if config.is_file():
+        try:
+            auto_map = json.loads(config.read_text()).get("auto_map")
+        except (json.JSONDecodeError, AttributeError):
+            auto_map = None
+    if auto_map or (err is not None and "trust_remote_code" in str(err)):
+        shown = json.dumps(auto_map)[:160] if auto_map else "custom code"
+        raise ModelError(
+            f"{source}: the model asks to run Python code from its folder (auto_map: {shown}); llmzip does not run "
+            "code shipped with a model (trust_remote_code=False): use an architecture transformers implements"
+        )
+
+
+def check_finite(model: nn.Module, source: str | Path) -> None:
+    """Refuse NaN/Inf weights (a corrupt checkpoint or a diverged training run) before they reach any result."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(
+                f"{source}: {name} holds NaN/Inf values (a corrupt checkpoint or a diverged training run); "
+                "re-run the stage that wrote it or use another model"
+            )
+
+
 def load_tokenizer(source: str | Path) -> Any:
     from transformers import AutoTokenizer
 
+    refuse_remote_code(source)
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except Exception as err:  # transformers raises OSError/ValueError/... for the same user problem
         raise ModelError(
             f"{source}: no usable tokenizer ({str(err).splitlines()[0][:200]}); "
@@ -47,17 +83,35 @@ def load_tokenizer(source: str | Path) -> Any:
         ) from None
 
 
-def load_pretrained(source: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """A sequence classifier from a folder or hub id (new heads are initialised when num_labels is given)."""
+def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreTrainedModel:
+    """A sequence classifier from a folder or hub id (new heads are initialised when num_labels is given).
+
+    Safe by default: no code from the model folder runs (trust_remote_code=False), weights load from safetensors
+    only (pickle can run code when unpickled) unless `llmzip --allow-pickle`, and a head that the checkpoint
+    lacks is initialised from `seed`, so every stage that loads the same folder gets the same model.
+    """
     from transformers import AutoModelForSequenceClassification
 
     quiet_libraries()
+    refuse_remote_code(source)
+    local = Path(source)
+    if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")) and not pickle_allowed():
+        raise ModelError(
+            f"{source}: its weights are pickle files only (*.bin), which can run code when loaded; convert them to "
+            "safetensors, or pass `llmzip --allow-pickle` if you trust the folder"
+        )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(source), **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(source), trust_remote_code=False, use_safetensors=None if pickle_allowed() else True, **kwargs
+            )
     except Exception as err:  # OSError (missing), ValueError (unsupported arch), ... : one line for all
+        refuse_remote_code(source, err)
         raise ModelError(
             f"{source}: cannot load a sequence-classification model ({str(err).splitlines()[0][:200]})"
         ) from None
+    check_finite(model, source)
     return model.eval()
 
 
@@ -76,8 +130,20 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     quiet_libraries()
-    spec = json.loads((path / QUANT_FILE).read_text())
-    config = AutoConfig.from_pretrained(str(path))
+    refuse_remote_code(path)
+    try:
+        spec = json.loads((path / QUANT_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path / QUANT_FILE}: unreadable ({err}); re-run `llmzip quantize`") from None
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("scheme"), dict)
+        or not isinstance(spec.get("layers"), dict)
+    ):
+        raise ArtifactError(
+            f"{path / QUANT_FILE}: not a quantization spec (no scheme/layers); re-run `llmzip quantize`"
+        )
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     task_of(config)
     model = AutoModelForSequenceClassification.from_config(config)
     scheme = spec["scheme"]
@@ -118,6 +184,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
             f"{path}: quantized checkpoint does not match its config "
             f"(missing {real_missing[:3]}, unexpected {unexpected[:3]}); re-run `llmzip quantize`"
         )
+    check_finite(model, path)
     return model.eval()
 
 

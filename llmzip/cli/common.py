@@ -7,7 +7,6 @@ so `llmzip --help` answers instantly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -29,6 +28,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+
+@app.callback()
+def _global_options(
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Also load pickle weights (*.bin, no safetensors). Pickle can run code: only for folders you trust.",
+        ),
+    ] = False,
+) -> None:
+    """Make transformer models small and fast: finetune → distill → calibrate → quantize → export → bench."""
+    if allow_pickle:
+        os.environ["LLMZIP_ALLOW_PICKLE"] = "1"  # read by llmzip.modeling where weights are loaded
+
 
 # Option types shared by several verbs (typer reads the Annotated metadata; defaults stay in config.py).
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
@@ -158,7 +172,9 @@ def _execute(work: Callable[[], Any], render: Callable[[Any], None], as_json: bo
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes the artifact and reports it
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        from llmzip.artifact import strict_json
+
+        sys.stdout.write(strict_json(result, where="the result"))
     else:
         render(result)
 

@@ -7,7 +7,6 @@ about the integer kernels'.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from llmzip import data as data_mod
 from llmzip import plots
+from llmzip.artifact import strict_json
 from llmzip.config import QuantizeConfig
 from llmzip.progress import progress
 from llmzip.quant import sensitivity
@@ -46,7 +46,7 @@ def accuracy_aware(
     evaluation = eval_batches(config, tokenizer, fp32)
     base = sensitivity.accuracy(fp32, evaluation)
     rows = sensitivity.layer_sensitivity(fp32, names, make, probe, evaluation)
-    (tmp / SENSITIVITY_FILE).write_text(json.dumps({"fp32_accuracy": base, "layers": rows}, indent=1) + "\n")
+    (tmp / SENSITIVITY_FILE).write_text(strict_json({"fp32_accuracy": base, "layers": rows}, where=SENSITIVITY_FILE))
     if plots.available():
         plots.bars_png(
             tmp / "sensitivity.png",
@@ -70,8 +70,9 @@ def accuracy_aware(
             kept = min(meeting, key=lambda t: t["latency_ms"])["fp32_layers"]
     chosen = next((t for t in tried if t["fp32_layers"] == kept), tried[-1])
     (tmp / FALLBACK_FILE).write_text(
-        json.dumps({"target_drop_pt": config.max_accuracy_drop, "tried": tried, "chosen_fp32_layers": kept}, indent=1)
-        + "\n"
+        strict_json(
+            {"target_drop_pt": config.max_accuracy_drop, "tried": tried, "chosen_fp32_layers": kept}, where="fallback"
+        )
     )
     extra["fallback"] = {
         "fp32_layers": kept,

@@ -8,7 +8,6 @@ benchmark script can time variants it built itself (a bare .onnx from onnxruntim
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from llmzip import bench_report as report
 from llmzip import data as data_mod
 from llmzip import hardware
-from llmzip.artifact import EXTERNAL, open_artifact, write_manifest
+from llmzip.artifact import EXTERNAL, open_artifact, strict_json, write_manifest
 from llmzip.bench_variants import Variant as Variant
 from llmzip.bench_variants import int8_saturation, ort_dynamic_int8
 from llmzip.bench_variants import load_variant as load_variant
@@ -68,6 +67,8 @@ def accuracy(variant: Variant, feeds: dict[str, np.ndarray], labels: np.ndarray,
     correct = 0
     for i in range(0, len(labels), batch):
         logits = variant.run({k: v[i : i + batch] for k, v in feeds.items()})
+        if not np.isfinite(logits).all():
+            raise ModelError(f"{variant.name}: NaN/Inf logits on the eval data; its accuracy would mean nothing")
         correct += int((logits.argmax(-1) == labels[i : i + batch]).sum())
     return correct / len(labels)
 
@@ -288,7 +289,7 @@ def bench(
     if out_dir is not None:
         with staging(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)]) as tmp:
             files, result["notes"] = report.write_report(result, tmp)
-            (tmp / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+            (tmp / RESULTS_FILE).write_text(strict_json(result, where=RESULTS_FILE))
             write_manifest(
                 tmp,
                 stage="bench",

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from llmzip import data as data_mod
-from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, write_manifest
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.config import CalibrateConfig, DataConfig, to_dict
 from llmzip.data import data_paths
+from llmzip.errors import ModelError
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.outputs import staging
 from llmzip.progress import progress, step
@@ -59,6 +60,11 @@ def record(
                 x = x[mask]
             if scale_inputs is not None and name in scale_inputs:
                 x = x * scale_inputs[name]
+            if not bool(torch.isfinite(x).all()):
+                raise ModelError(
+                    f"{name}: its input holds NaN/Inf on the calibration data (the model overflows or its weights "
+                    "are corrupt); no range can be calibrated from it"
+                )
             observers[name].update(x)
 
         return observe
@@ -144,7 +150,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
             "bins": config.bins,
             "tensors": {name: {"input": obs.state()} for name, obs in observers.items()},
         }
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+        (tmp / STATS_FILE).write_text(strict_json(stats, where=STATS_FILE, indent=1))
         # The histograms let `quantize --method` pick min/max, percentile, entropy or MSE without re-calibrating.
         tensors = {f"{name}.input": obs.counts for name, obs in observers.items()}
         tensors |= {

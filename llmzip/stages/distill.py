@@ -39,8 +39,9 @@ def distill(
         step(f"loading teacher {teacher}")
         tokenizer = load_tokenizer(str(source.path))
         # Attention maps are only returned by the eager implementation (SDPA fuses them away).
-        kwargs = {"attn_implementation": "eager"} if needs_attention else {}
+        kwargs: dict[str, Any] = {"attn_implementation": "eager"} if needs_attention else {}
         teacher_model = load_pretrained(str(source.path), **kwargs)
+        source.revision = getattr(teacher_model.config, "_commit_hash", None)  # a hub id: pinned to its commit
         plan = students.plan(config, teacher_model)
         student, init = students.build(config, teacher_model, plan)
         if needs_attention:

@@ -184,6 +184,9 @@ def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> t
     got = session.run(["logits"], feeds)[0]
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    for side, logits in (("onnxruntime", got), ("PyTorch", want)):
+        if not np.isfinite(logits).all():  # NaN would pass `diff > tolerance`: refuse it explicitly
+            raise ExportError(f"{side} returns NaN/Inf logits on the probe sentences; the model is not usable")
     diff = np.abs(got - want)
     cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12))
     return {

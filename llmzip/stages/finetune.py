@@ -40,7 +40,9 @@ def finetune(
             id2label=dict(enumerate(names)),
             label2id=label2id,
             ignore_mismatched_sizes=True,
+            seed=config.seed,
         )
+        base.revision = getattr(net.config, "_commit_hash", None)  # a hub id is pinned to what was downloaded
         prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
         has_eval = prepared.eval is not None
         work = training.work_dir(out_dir)

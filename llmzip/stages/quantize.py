@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -13,10 +12,10 @@ import torch
 from torch import nn
 
 from llmzip import hardware
-from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, write_manifest
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, SaturationFix, to_dict
 from llmzip.data import data_paths
-from llmzip.errors import ArtifactError, ConfigError
+from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.outputs import staging
 from llmzip.progress import step
@@ -194,10 +193,15 @@ def quantize(
     started = time.time()
     source: Artifact = open_artifact(Path(model_dir), verb="quantize", accepts=ACCEPTS, role="model directory")
     calib = open_artifact(Path(calibration_dir), verb="quantize", accepts=("calibrate",), role="calibration directory")
-    recorded_on = calib.manifest["parents"][0]
-    if recorded_on["sha256"] != source.hash:
+    parents = calib.manifest.get("parents")
+    if not isinstance(parents, list) or not parents or not isinstance(parents[0], dict):
+        raise ArtifactError(f"{calibration_dir}: its manifest names no model it was recorded on; re-run calibrate")
+    recorded_on = parents[0]
+    if recorded_on.get("sha256") != source.hash:
+        same_path = Path(str(recorded_on.get("path"))).resolve() == Path(model_dir).resolve()
+        where = f"an earlier version of {model_dir} (it changed since)" if same_path else recorded_on.get("path")
         raise ArtifactError(
-            f"{calibration_dir} was recorded on {recorded_on['path']}, not on {model_dir}; "
+            f"{calibration_dir} was recorded on {where}, not on {model_dir} as it is now; "
             f"run `llmzip calibrate {model_dir}` and pass that directory"
         )
     observers = read_observers(calib.path)
@@ -287,7 +291,12 @@ def quantize(
                     range=[round(lo, 6), round(hi, 6)], observed=[observers[name].min, observers[name].max]
                 )
         state = {k: v.detach().contiguous().clone() for k, v in quantized.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "llmzip": "int8"})
+        for key, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelError(f"{key}: NaN/Inf after quantization (a degenerate calibration range); re-calibrate")
+        # One metadata key: safetensors writes a Rust HashMap, so two keys come out in a random order and the
+        # same model would get different bytes (and manifest hashes) run to run. quantization.json says "int8".
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         spec = {
             "scheme": to_dict(config),
             "layers": {
@@ -309,7 +318,7 @@ def quantize(
             },
             "target_cpu": target.value,
         }
-        (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+        (tmp / QUANT_FILE).write_text(strict_json(spec, where=QUANT_FILE, indent=1))
         shutil.copy2(calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
         carry_forward(source.path, tmp)
         metrics = {

@@ -8,14 +8,13 @@ deleted only once the new run has written `run.json`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from llmzip.artifact import atomic_write_text, read_manifest
+from llmzip.artifact import atomic_write_text, read_manifest, strict_json
 from llmzip.config import to_dict
 from llmzip.data import data_paths
 from llmzip.outputs import check_output, clean_leftovers, hold, locked, make_parents, remove_empty
@@ -55,7 +54,7 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
                 out_dir.mkdir()
                 hold("writing")
                 result = _chain(recipe, out_dir)
-                atomic_write_text(out_dir / RUN_FILE, json.dumps(result, indent=2, default=str) + "\n")
+                atomic_write_text(out_dir / RUN_FILE, strict_json(result, where=RUN_FILE))
             except BaseException:
                 shutil.rmtree(out_dir, ignore_errors=True)
                 if previous is not None:
