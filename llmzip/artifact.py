@@ -190,7 +190,11 @@ def open_model_source(source: str, *, verb: str, accepts: tuple[str, ...]) -> Ar
     """A model input that may also be a Hugging Face hub id (anything that is not a local path) or `pip:`."""
     source = resolve_pip_model(source)
     path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+    # A hub id is "org/name"; a path whose first folder exists here is a local path with a typo, not a hub id
+    # (taking it for one costs a minute of network retries before a vague error).
+    first = Path(source).parts[0] if Path(source).parts else ""
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or (first and Path(first).is_dir())
+    if path.exists() or looks_local:
         return open_artifact(path, verb=verb, accepts=accepts, role="model")
     return Artifact(path=Path(source), stage=EXTERNAL)
 

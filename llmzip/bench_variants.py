@@ -10,14 +10,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb
 from llmzip.config import BenchConfig, Provider, TorchDtype, as_enum
-from llmzip.errors import ArtifactError, ProviderError
-from llmzip.modeling import load_model, load_tokenizer
+from llmzip.errors import ArtifactError, ModelError, ProviderError
+from llmzip.modeling import check_length, load_model, load_tokenizer
 
 ORT_PROVIDERS = {
     Provider.CPU: ["CPUExecutionProvider"],
@@ -79,7 +80,11 @@ def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, li
         # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads measured
         # 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types for one problem
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{path}: onnxruntime cannot load it ({first}); re-run `llmzip export`") from None
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
 
@@ -126,6 +131,13 @@ def load_variant(
     dtype = as_enum(TorchDtype, torch_dtype if torch_dtype is not None else config.torch_dtype, "torch_dtype")
     tokenizer = load_tokenizer(artifact.path)
     label2id = _label2id(artifact.path)
+    config_file = artifact.path / "config.json"
+    if config_file.is_file():
+        try:
+            model_config = SimpleNamespace(**json.loads(config_file.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ArtifactError(f"{config_file}: not a model config ({err})") from None
+        check_length(model_config, config.seq_len, "--seq-len", artifact.path)
     if artifact.stage == "export":
         onnx_file = artifact.path / artifact.manifest.get("model_file", "model.onnx")
         run, _ = ort_runner(onnx_file, config.provider, config.threads)

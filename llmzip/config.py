@@ -34,6 +34,7 @@ class DataConfig:
     dataset: str | None = None  # None = the demo sample shipped in llmzip/resources
     subset: str | None = None  # hub configuration name, e.g. "sst2" for "nyu-mll/glue"
     text_column: str = "sentence"
+    delimiter: str | None = None  # local .csv/.tsv/.txt: the field separator (None: tab for .tsv, comma for .csv)
     text_pair_column: str | None = None
     label_column: str = "label"
     train_split: str = "train"
@@ -43,7 +44,14 @@ class DataConfig:
     max_eval_samples: int | None = None
 
     def __post_init__(self) -> None:
+        if self.delimiter == "\\t":  # typed in a shell as \t
+            self.delimiter = "\t"
         _check(8 <= self.max_length <= 8192, "max_length", f"must be in [8, 8192], got {self.max_length}")
+        _check(
+            self.delimiter is None or len(self.delimiter) == 1,
+            "delimiter",
+            f"must be one character (e.g. ';' or '\\t'), got {self.delimiter!r}",
+        )
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             _check(value is None or value > 0, key, f"must be positive, got {value}")
@@ -242,6 +250,11 @@ class QuantizeConfig:
             "int8 attention matmuls use static calibrated scales; drop --attention or use --activations static",
         )
         _check(50 < self.percentile < 100, "percentile", f"must be in (50, 100), got {self.percentile}")
+        _check(
+            self.smoothquant is None or 0 <= self.smoothquant <= 1,
+            "smoothquant",
+            f"the migration strength α must be in [0, 1], got {self.smoothquant}",
+        )
         _check(
             self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,
             "max_accuracy_drop",

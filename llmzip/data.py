@@ -60,23 +60,56 @@ def resolve(cfg: DataConfig, split: str) -> Source | None:
     return Source("hub", location, [])
 
 
-def _load_local(file: Path) -> Dataset:
+def _root_cause(err: BaseException) -> str:
+    """The parser's own reason: datasets wraps it (DatasetGenerationError) and logs the cause elsewhere."""
+    seen = err
+    for _ in range(20):  # bounded: a cycle in the chain must not hang the error path
+        inner = seen.__cause__ or seen.__context__
+        if inner is None:
+            break
+        seen = inner
+    text = str(seen).strip().splitlines()[0] if str(seen).strip() else ""
+    return f"{type(seen).__name__}: {text}"[:240]
+
+
+def _load_local(file: Path, delimiter: str | None = None) -> Dataset:
     import datasets
 
     builder = LOCAL_FORMATS.get(file.suffix)
     if builder is None:
         raise DataError(f"{file}: unsupported format; use one of {', '.join(LOCAL_FORMATS)}")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: the file is empty; it needs a header row and at least one example")
+    if builder in ("csv", "text"):
+        with file.open("rb") as f:
+            lines = [line for line in (f.readline() for _ in range(2)) if line.strip()]
+        if len(lines) < 2 and builder == "csv":
+            raise DataError(f"{file}: a header row but no examples")
     kwargs: dict[str, Any] = {}
-    if file.suffix == ".tsv":
-        # QUOTE_NONE: review text is full of quote characters that are not field delimiters.
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    if file.suffix == ".tsv" or (delimiter is not None and builder in ("csv", "text")):
+        # QUOTE_NONE for TSV: review text is full of quote characters that are not field delimiters.
+        builder = "csv"
+        kwargs = {"delimiter": delimiter or "\t"}
+        if file.suffix == ".tsv":
+            kwargs["quoting"] = csv.QUOTE_NONE
     try:
         ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for unreadable files; all mean the same to the user
-        raise DataError(
-            f"{file}: could not read it as {builder} ({type(err).__name__}: {err})".splitlines()[0]
-        ) from None
+        cause = _root_cause(err)
+        fix = "; save it as UTF-8" if "utf8" in cause.lower().replace("-", "") else ""
+        raise DataError(f"{file}: could not read it as {builder} ({cause}){fix}") from None
     return ds
+
+
+def _delimiter_hint(ds: Dataset) -> str:
+    """When a file was read as one column that plainly holds several, say which --delimiter would split it."""
+    if len(ds.column_names) != 1 or len(ds) == 0:
+        return ""
+    sample = [str(v) for v in ds[ds.column_names[0]][:5]]
+    for sep in (";", "|", "\t", ","):
+        if all(sep in line for line in sample):
+            return f"; the file looks {sep!r}-separated: pass --delimiter {sep!r}"
+    return ""
 
 
 def _load_hub(cfg: DataConfig, split: str) -> Dataset:
@@ -118,15 +151,16 @@ def load_split(
         )
     if optional and source.kind == "local" and Path(dataset_location(cfg)).is_file() and split != cfg.train_split:
         return None  # a single file is the training data; do not pretend to evaluate on held-out data
-    ds = _load_local(source.files[0]) if source.kind == "local" else _load_hub(cfg, split)
+    ds = _load_local(source.files[0], cfg.delimiter) if source.kind == "local" else _load_hub(cfg, split)
     missing = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c and c not in ds.column_names]
     if missing:
+        hint = _delimiter_hint(ds) or "; set --text-column/--label-column"
         raise DataError(
             f"{dataset_location(cfg)} ({split}): no column {missing[0]!r} (columns: "
-            f"{', '.join(ds.column_names)}); set --text-column/--label-column"
+            f"{', '.join(map(str, ds.column_names))}){hint}"
         )
     if len(ds) == 0:
-        raise DataError(f"{dataset_location(cfg)} ({split}): the split is empty")
+        raise DataError(f"{dataset_location(cfg)} ({split}): a header but no examples; the split is empty")
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if limit is not None and limit < len(ds):
@@ -143,6 +177,12 @@ def label_names(ds: Dataset, cfg: DataConfig) -> list[str]:
     values = ds.unique(cfg.label_column)
     if any(v is None for v in values):
         raise DataError(f"{cfg.label_column}: some rows have no label; clean the data or pick another column")
+    if any(isinstance(v, float) for v in values):
+        shown = next(v for v in values if isinstance(v, float))
+        raise DataError(
+            f"{cfg.label_column}: labels must be integers or strings, found the number {shown!r}; a regression "
+            "target is not a classification label"
+        )
     if all(isinstance(v, int) for v in values):
         if min(values) < 0:
             raise DataError(f"{cfg.label_column}: integer labels must be >= 0, found {min(values)}")

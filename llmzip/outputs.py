@@ -226,7 +226,10 @@ def staging(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()
                 _note(line)
             check_output(out_dir, overwrite=overwrite)
             tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
+            try:
+                tmp.mkdir()
+            except OSError as err:
+                raise (fs_error(err, out_dir, "write") or err) from None
             try:
                 hold("writing")
                 yield tmp

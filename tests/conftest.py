@@ -29,6 +29,16 @@ def invoke_json(*args: Any) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+def refresh_manifest(directory: Path) -> None:
+    """After a test edits an artifact's files on purpose, record them again so the integrity check accepts them
+    (what an artifact written by an older llmzip, or differently, would look like)."""
+    from llmzip.artifact import MANIFEST, file_table
+
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"] = file_table(directory)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'pretrained' tiny encoder without a task head (what finetune starts from)."""

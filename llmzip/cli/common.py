@@ -29,6 +29,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+
 @app.callback()
 def _global_options(
     allow_pickle: Annotated[
@@ -64,6 +65,10 @@ Subset = Annotated[
     Optional[str], typer.Option(help="Hub dataset configuration, e.g. sst2 for nyu-mll/glue.", rich_help_panel="Data")
 ]
 TextColumn = Annotated[Optional[str], typer.Option(help="Text column.", rich_help_panel="Data")]
+Delimiter = Annotated[
+    Optional[str],
+    typer.Option(help="Field separator of local .csv/.tsv/.txt files (default: by extension).", rich_help_panel="Data"),
+]
 TextPairColumn = Annotated[
     Optional[str], typer.Option(help="Second text column for sentence pairs.", rich_help_panel="Data")
 ]
@@ -102,6 +107,7 @@ DATA_FLAGS = {
     "data": "dataset",
     "subset": "subset",
     "text_column": "text_column",
+    "delimiter": "delimiter",
     "text_pair_column": "text_pair_column",
     "label_column": "label_column",
     "train_split": "train_split",

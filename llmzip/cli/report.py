@@ -12,6 +12,7 @@ from llmzip import recipe as recipes
 from llmzip.cli.common import (
     DATA_FLAGS,
     Data,
+    Delimiter,
     EvalSplit,
     Json,
     LabelColumn,
@@ -151,6 +152,7 @@ def bench(
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
+    delimiter: Delimiter = None,
     text_pair_column: TextPairColumn = None,
     label_column: LabelColumn = None,
     eval_split: EvalSplit = None,

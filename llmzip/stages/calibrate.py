@@ -15,8 +15,8 @@ from llmzip import data as data_mod
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.config import CalibrateConfig, DataConfig, to_dict
 from llmzip.data import data_paths
-from llmzip.errors import ModelError
-from llmzip.modeling import load_model, load_tokenizer
+from llmzip.errors import ArtifactError, ModelError
+from llmzip.modeling import check_length, load_model, load_tokenizer
 from llmzip.outputs import staging
 from llmzip.progress import progress, step
 from llmzip.quant.attention import observing
@@ -102,14 +102,20 @@ def read_observers(directory: Path) -> dict[str, HistogramObserver]:
     """The per-tensor input histograms a calibration directory holds, keyed by Linear name."""
     from safetensors.torch import load_file
 
-    stats = json.loads((directory / STATS_FILE).read_text())["tensors"]
-    counts = load_file(str(directory / HISTOGRAMS_FILE))
-    return {
-        name: HistogramObserver.from_state(
-            entry["input"], counts[f"{name}.input"], counts.get(f"{name}.input_channel_absmax")
-        )
-        for name, entry in stats.items()
-    }
+    try:
+        stats = json.loads((directory / STATS_FILE).read_text())["tensors"]
+        counts = load_file(str(directory / HISTOGRAMS_FILE))
+        return {
+            name: HistogramObserver.from_state(
+                entry["input"], counts[f"{name}.input"], counts.get(f"{name}.input_channel_absmax")
+            )
+            for name, entry in stats.items()
+        }
+    except Exception as err:  # JSON, safetensors and key errors all mean one thing: an unusable calibration
+        raise ArtifactError(
+            f"{directory}: unreadable calibration statistics ({type(err).__name__}: {str(err)[:160]}); "
+            "re-run `llmzip calibrate`"
+        ) from None
 
 
 def read_samples(directory: Path) -> list[dict[str, Any]]:
@@ -137,6 +143,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
+        check_length(model.config, config.data.max_length, "--max-length", model_dir)
         tokenizer = load_tokenizer(source.path)
         names = linear_names(model)
         batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)

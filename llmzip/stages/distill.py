@@ -15,7 +15,7 @@ from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import DistillConfig
 from llmzip.data import data_paths
 from llmzip.kd import StudentWithProjections, distill_trainer_class
-from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
+from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -41,7 +41,10 @@ def distill(
         # Attention maps are only returned by the eager implementation (SDPA fuses them away).
         kwargs: dict[str, Any] = {"attn_implementation": "eager"} if needs_attention else {}
         teacher_model = load_pretrained(str(source.path), **kwargs)
-        source.revision = getattr(teacher_model.config, "_commit_hash", None)  # a hub id: pinned to its commit
+        source.revision = getattr(teacher_model.config, "_commit_hash", None)
+        check_length(
+            teacher_model.config, config.data.max_length, "--max-length", teacher
+        )  # a hub id: pinned to its commit
         plan = students.plan(config, teacher_model)
         student, init = students.build(config, teacher_model, plan)
         if needs_attention:

@@ -18,7 +18,7 @@ from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact,
 from llmzip.config import ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
-from llmzip.modeling import load_model, load_tokenizer
+from llmzip.modeling import check_length, load_model, load_tokenizer, max_tokens
 from llmzip.onnx_graph import fold_int8_matmul_bias
 from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
@@ -211,6 +211,7 @@ def task_accuracy(
     loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
     assert loaded is not None
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    check_length(model.config, d.max_length, "--max-length", "the model")
     enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     hits = {"onnx": 0, "pytorch": 0, "agree": 0}
@@ -251,7 +252,8 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         tokenizer = load_tokenizer(source.path)
         names = input_names(tokenizer)
         texts = probe_texts(source.path, config.parity_samples)
-        enc = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="np")
+        probe_length = min(128, max_tokens(model.config) or 128)
+        enc = tokenizer(texts, truncation=True, max_length=probe_length, padding=True, return_tensors="np")
         feeds = {n: enc[n].astype(np.int64) for n in names}
         path = tmp / ONNX_FILE
         step(f"exporting {'quantized' if quantized else 'fp32'} ONNX (opset {config.opset})")

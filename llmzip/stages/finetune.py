@@ -10,7 +10,7 @@ from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import FinetuneConfig
 from llmzip.data import data_paths
-from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
+from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -42,6 +42,7 @@ def finetune(
             ignore_mismatched_sizes=True,
             seed=config.seed,
         )
+        check_length(net.config, config.data.max_length, "--max-length", model)
         base.revision = getattr(net.config, "_commit_hash", None)  # a hub id is pinned to what was downloaded
         prepared = training.prepare(config, tokenizer, label2id, train_loaded=loaded)
         has_eval = prepared.eval is not None

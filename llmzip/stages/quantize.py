@@ -257,6 +257,11 @@ def quantize(
         attention_names: list[str] = []
         if config.attention:
             attention_names = select(fp32, attention.attention_module_names(fp32), config.exclude)
+            if not attention_names:
+                raise ConfigError(
+                    f"attention: {type(fp32).__name__} has no attention module llmzip can quantize (its attention "
+                    "does not go through transformers' AttentionInterface, or --exclude removed them); drop --attention"
+                )
             attention.attach(quantized, attention_quants(attention_names, observers, config, calibration_dir))
         embeddings: list[str] = []
         if config.embeddings:

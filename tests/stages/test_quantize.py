@@ -12,7 +12,7 @@ from llmzip.artifact import open_artifact, read_manifest
 from llmzip.modeling import load_model, load_pretrained
 from llmzip.quant.modules import QuantLinear
 from llmzip.stages.calibrate import STATS_FILE
-from tests.conftest import invoke
+from tests.conftest import invoke, refresh_manifest
 
 LAYER = "bert.encoder.layer.0.intermediate.dense"
 
@@ -326,6 +326,7 @@ def test_attention_needs_a_calibration_that_recorded_it(chain: dict[str, Path], 
     stats = json.loads((old / STATS_FILE).read_text())
     stats["tensors"] = {k: v for k, v in stats["tensors"].items() if ":" not in k}  # as calibrated before --attention
     (old / STATS_FILE).write_text(json.dumps(stats))
+    refresh_manifest(old)
     result = invoke("quantize", chain["student"], old, "-o", tmp_path / "q", "--attention")
     assert result.exit_code == 3 and "re-run `llmzip calibrate`" in result.stderr
     assert not (tmp_path / "q").exists()
