@@ -92,12 +92,17 @@ def _load_local(file: Path, delimiter: str | None = None) -> Dataset:
         kwargs = {"delimiter": delimiter or "\t"}
         if file.suffix == ".tsv":
             kwargs["quoting"] = csv.QUOTE_NONE
+    previous = datasets.logging.get_verbosity()
+    # datasets logs the parser's failure (with a traceback) before raising: the one-line error below quotes it.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
     try:
         ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for unreadable files; all mean the same to the user
         cause = _root_cause(err)
         fix = "; save it as UTF-8" if "utf8" in cause.lower().replace("-", "") else ""
         raise DataError(f"{file}: could not read it as {builder} ({cause}){fix}") from None
+    finally:
+        datasets.logging.set_verbosity(previous)
     return ds
 
 

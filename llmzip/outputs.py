@@ -74,6 +74,9 @@ def check_output(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str]
         raise ArtifactError(f"{out_dir} {relation} the input {given}; choose an --out outside every input")
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ArtifactError(f"cannot create {out_dir}: {blocking} is a file, not a folder; choose another --out")
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
 
