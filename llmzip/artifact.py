@@ -252,6 +252,8 @@ def write_manifest(
         "metrics": metrics,
         "versions": library_versions(),
         "seed": seed,
+        # What was allowed to run while reading the inputs: never code from a model folder; pickle only on request.
+        "security": {"trust_remote_code": False, "allow_pickle": os.environ.get("LLMZIP_ALLOW_PICKLE") == "1"},
         "duration_s": round(time.time() - started, 3),
         **(extra or {}),
     }
