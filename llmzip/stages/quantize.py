@@ -13,6 +13,7 @@ from torch import nn
 
 from llmzip import hardware
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
+from llmzip.calibration import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, SaturationFix, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, ConfigError, ModelError
@@ -25,7 +26,6 @@ from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.saturation import SCORES, fix_saturation
 from llmzip.quant.weight_only import WeightOnlyLinear
-from llmzip.stages.calibrate import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
