@@ -24,9 +24,11 @@ from llmzip.errors import ArtifactError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 EXTERNAL = "external"  # a plain Hugging Face model folder (or hub id) that llmzip did not write
+IMPORTED = "import"  # `llmzip import`: a hub id, folder or GGUF file converted to a safetensors folder
 
 # What each stage's output is good for: used to name the fix when a directory is handed to the wrong verb.
 NEXT_STEP = {
+    "import": "pass it to `llmzip finetune`, `llmzip distill`, `llmzip calibrate`, `llmzip export` or `llmzip bench`",
     "finetune": "pass it to `llmzip distill`, `llmzip calibrate`, `llmzip export` or `llmzip bench`",
     "distill": "pass it to `llmzip calibrate`, `llmzip export` or `llmzip bench`",
     "calibrate": "pass it as the calibration directory of `llmzip quantize MODEL_DIR CALIBRATION_DIR`",
@@ -157,7 +159,8 @@ def open_artifact(path: Path, *, verb: str, accepts: tuple[str, ...], role: str 
             f"{path}: not an llmzip artifact (no {MANIFEST}); `llmzip {verb}` takes the output of: {wanted}"
         )
     stage = str(manifest["stage"])
-    if stage not in accepts:
+    # An imported model is an external model made clean: wherever an outside folder is taken, so is it.
+    if stage not in accepts and not (stage == IMPORTED and EXTERNAL in accepts):
         wanted = ", ".join(s for s in accepts if s != EXTERNAL)
         raise ArtifactError(
             f"{path} is a {stage} artifact, not a valid {role} of `llmzip {verb}` (it takes: {wanted}); "

@@ -83,14 +83,11 @@ def record(
 def batches_from_rows(
     tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int, batch_size: int
 ) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        first = [r["text"] for r in chunk]
-        second = [r["text_pair"] for r in chunk] if chunk[0].get("text_pair") is not None else None
-        enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        out.append(dict(enc))
-    return out
+    """Model inputs for kept calibration rows: token windows (causal LM) or labelled text (classification)."""
+    from llmzip.tasks import TaskKind, get
+
+    kind = TaskKind.CAUSAL_LM if rows and "input_ids" in rows[0] else TaskKind.SEQUENCE_CLASSIFICATION
+    return get(kind).batches(tokenizer, rows, max_length=max_length, batch_size=batch_size)
 
 
 def read_observers(directory: Path) -> dict[str, HistogramObserver]:

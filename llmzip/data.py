@@ -15,7 +15,18 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 DEMO_DATASET = Path(__file__).parent / "resources" / "demo_sentiment"
-LOCAL_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+LOCAL_FORMATS = {
+    ".tsv": "csv",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".raw": "text",  # WikiText's wiki.{train,valid,test}.raw
+}
+# Causal-LM text read from the hub or a structured file stops here: calibration samples windows from it, and
+# tokenizing a whole corpus first would take minutes for no gain.
+MAX_TEXT_CHARS = 4_000_000
 
 
 @dataclass
@@ -171,6 +182,38 @@ def load_split(
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
     return ds, source
+
+
+def load_text(cfg: DataConfig, split: str) -> tuple[str, dict[str, Any]]:
+    """Raw text for a causal LM: a .txt/.raw file read whole, or the text column of any split, joined by newlines."""
+    source = resolve(cfg, split)
+    if source is None:
+        raise DataError(f"{dataset_location(cfg)}: no file for split {split!r}; set the split option")
+    if source.kind == "local" and source.files[0].suffix in (".txt", ".raw"):
+        try:
+            text = source.files[0].read_text(encoding="utf-8")[:MAX_TEXT_CHARS]
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{source.files[0]}: not UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8"
+            ) from None
+        if not text.strip():
+            raise DataError(f"{source.files[0]}: no text")
+        return text, source.describe()
+    loaded = load_split(cfg, split) if source.kind == "local" else (_load_hub(cfg, split), source)
+    assert loaded is not None
+    ds = loaded[0]
+    if cfg.text_column not in ds.column_names:
+        raise DataError(
+            f"{dataset_location(cfg)} ({split}): no column {cfg.text_column!r} (columns: "
+            f"{', '.join(ds.column_names)}); set --text-column"
+        )
+    parts, total = [], 0
+    for value in ds[cfg.text_column]:
+        parts.append(str(value or ""))
+        total += len(parts[-1]) + 1
+        if total >= MAX_TEXT_CHARS:
+            break
+    return "\n".join(parts), source.describe()
 
 
 def label_names(ds: Dataset, cfg: DataConfig) -> list[str]:

@@ -1,12 +1,11 @@
 """Loading models and tokenizers from stage directories, and cutting students out of teachers.
 
-The task seam lives here: today sequence classification; causal LMs plug in as another Task with their own
-loader, while the layer-selection and quantized-loading code below is architecture-agnostic.
+Which Auto class loads a folder is the task's business (llmzip/tasks: a classifier or a causal LM, read from the
+config's architectures); the safety checks, layer selection and quantized loading below serve every task.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from pathlib import Path
@@ -25,15 +24,16 @@ if TYPE_CHECKING:
 QUANT_FILE = "quantization.json"
 
 
-class Task(str, enum.Enum):
-    SEQUENCE_CLASSIFICATION = "sequence-classification"
+def source_config(source: str | Path) -> Any:
+    """The model config of a folder or hub id (no weights loaded), refusing custom code."""
+    from transformers import AutoConfig
 
-
-def task_of(config: Any) -> Task:
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") for a in archs):
-        raise ModelError(f"{archs[0]}: causal language models are not supported yet; use a sequence classifier")
-    return Task.SEQUENCE_CLASSIFICATION
+    refuse_remote_code(source)
+    try:
+        return AutoConfig.from_pretrained(str(source), trust_remote_code=False)
+    except Exception as err:  # OSError (missing), ValueError (unknown model type), ...: one line for all
+        refuse_remote_code(source, err)
+        raise ModelError(f"{source}: cannot read its model config ({str(err).splitlines()[0][:200]})") from None
 
 
 ALLOW_PICKLE_ENV = "LLMZIP_ALLOW_PICKLE"  # set by `llmzip --allow-pickle`; off by default
@@ -105,16 +105,18 @@ def load_tokenizer(source: str | Path) -> Any:
 
 
 def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreTrainedModel:
-    """A sequence classifier from a folder or hub id (new heads are initialised when num_labels is given).
+    """The task's model (classifier or causal LM) from a folder or hub id (a classifier's new head is initialised
+    when num_labels is given).
 
     Safe by default: no code from the model folder runs (trust_remote_code=False), weights load from safetensors
     only (pickle can run code when unpickled) unless `llmzip --allow-pickle`, and a head that the checkpoint
     lacks is initialised from `seed`, so every stage that loads the same folder gets the same model.
     """
-    from transformers import AutoModelForSequenceClassification
+    from llmzip.tasks import task_of
 
     quiet_libraries()
     refuse_remote_code(source)
+    auto = task_of(source_config(source)).auto_class()
     local = Path(source)
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")) and not pickle_allowed():
         raise ModelError(
@@ -124,14 +126,12 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model = auto.from_pretrained(
                 str(source), trust_remote_code=False, use_safetensors=None if pickle_allowed() else True, **kwargs
             )
     except Exception as err:  # OSError (missing), ValueError (unsupported arch), ... : one line for all
         refuse_remote_code(source, err)
-        raise ModelError(
-            f"{source}: cannot load a sequence-classification model ({str(err).splitlines()[0][:200]})"
-        ) from None
+        raise ModelError(f"{source}: cannot load it as {auto.__name__} ({str(err).splitlines()[0][:200]})") from None
     check_finite(model, source)
     return model.eval()
 
@@ -145,10 +145,11 @@ def load_model(artifact: Artifact) -> PreTrainedModel:
 
 def load_quantized(path: Path) -> PreTrainedModel:
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
     from llmzip.quant.weight_only import WeightOnlyLinear
+    from llmzip.tasks import task_of
 
     quiet_libraries()
     refuse_remote_code(path)
@@ -165,8 +166,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
             f"{path / QUANT_FILE}: not a quantization spec (no scheme/layers); re-run `llmzip quantize`"
         )
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    task_of(config)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = task_of(config).auto_class().from_config(config)
     scheme = spec["scheme"]
 
     def make(name: str, linear: nn.Linear) -> nn.Module:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-from llmzip import data as data_mod
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.calibration import (
     HISTOGRAMS_FILE,
@@ -17,24 +15,15 @@ from llmzip.calibration import (
     linear_names,
     record,
 )
-from llmzip.config import CalibrateConfig, DataConfig, to_dict
+from llmzip.config import CalibrateConfig, to_dict
 from llmzip.data import data_paths
-from llmzip.modeling import check_length, load_model, load_tokenizer
+from llmzip.modeling import check_length, load_model, load_tokenizer, source_config
 from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant.attention import observing
+from llmzip.tasks import task_of
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
-
-
-def sample_rows(cfg: DataConfig, num: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
-    assert loaded is not None
-    ds, source = loaded
-    first, second = data_mod.texts(ds, cfg)
-    labels = ds[cfg.label_column] if cfg.label_column in ds.column_names else [None] * len(first)
-    rows = [{"text": t, "text_pair": second[i] if second else None, "label": labels[i]} for i, t in enumerate(first)]
-    return rows, {**source.describe(), "split": cfg.train_split, "rows": len(rows)}
 
 
 def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwrite: bool = False) -> Path:
@@ -43,12 +32,13 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
 
     started = time.time()
     source: Artifact = open_artifact(Path(model_dir), verb="calibrate", accepts=ACCEPTS, role="model directory")
-    rows, described = sample_rows(config.data, config.num_samples, config.seed)
+    task = task_of(source_config(source.path))
+    check_length(source_config(source.path), config.data.max_length, "--max-length", model_dir)
+    tokenizer = load_tokenizer(source.path)
+    rows, described = task.calibration_rows(config.data, config.num_samples, config.seed, tokenizer)
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
-        check_length(model.config, config.data.max_length, "--max-length", model_dir)
-        tokenizer = load_tokenizer(source.path)
         names = linear_names(model)
         batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
         # Attention matmul inputs (query/key/value, keyed "<attention module>:query" …) are observed in the same
@@ -79,7 +69,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
             parents=[source],
             inputs={"samples": described},
             config=to_dict(config),
-            metrics={"num_samples": len(rows), "tokens": tokens, "tensors": len(observers)},
+            metrics={"num_samples": len(rows), "tokens": tokens, "tensors": len(observers), "task": task.kind.value},
             seed=config.seed,
             started=started,
         )

@@ -1,0 +1,34 @@
+"""The task seam: what sequence classification and causal language modelling do differently, behind one interface.
+
+A stage asks the task of its model (`task_of(config)`) how to load it, how to turn data into calibration batches
+and which metric scores it; the stages themselves stay task-agnostic. Adding token classification or QA is adding
+a module here, not a branch in every stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmzip.tasks.base import Task, TaskKind
+from llmzip.tasks.causal_lm import CausalLM
+from llmzip.tasks.classification import SequenceClassification
+
+TASKS: dict[TaskKind, Task] = {
+    TaskKind.SEQUENCE_CLASSIFICATION: SequenceClassification(),
+    TaskKind.CAUSAL_LM: CausalLM(),
+}
+
+
+def task_of(config: Any) -> Task:
+    """The task a model config describes: a `*ForCausalLM` architecture is a causal LM, anything else a classifier."""
+    archs = getattr(config, "architectures", None) or []
+    if any(str(a).endswith("ForCausalLM") for a in archs):
+        return TASKS[TaskKind.CAUSAL_LM]
+    return TASKS[TaskKind.SEQUENCE_CLASSIFICATION]
+
+
+def get(kind: TaskKind | str) -> Task:
+    return TASKS[TaskKind(kind)]
+
+
+__all__ = ["TASKS", "CausalLM", "SequenceClassification", "Task", "TaskKind", "get", "task_of"]

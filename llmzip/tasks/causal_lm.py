@@ -1,0 +1,49 @@
+"""Causal language modelling: raw text packed into fixed windows, next-token logits out, perplexity as the metric."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from llmzip import data as data_mod
+from llmzip.config import DataConfig
+from llmzip.errors import DataError
+from llmzip.tasks.base import Batch, Row, Task, TaskKind
+
+
+def windows(tokenizer: Any, text: str, length: int) -> list[list[int]]:
+    """The text's token ids cut into non-overlapping windows of `length` (a shorter tail is dropped)."""
+    ids = tokenizer(text, add_special_tokens=True).input_ids
+    return [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
+
+
+class CausalLM(Task):
+    kind = TaskKind.CAUSAL_LM
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def calibration_rows(
+        self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
+    ) -> tuple[list[Row], dict[str, Any]]:
+        text, source = data_mod.load_text(cfg, cfg.train_split)
+        chunks = windows(tokenizer, text, cfg.max_length)
+        if not chunks:
+            raise DataError(
+                f"{data_mod.dataset_location(cfg)} ({cfg.train_split}): fewer than {cfg.max_length} tokens of text; "
+                "give more text or a smaller --max-length"
+            )
+        picked = sorted(random.Random(seed).sample(range(len(chunks)), min(num, len(chunks))))
+        rows: list[Row] = [{"input_ids": chunks[i]} for i in picked]
+        return rows, {**source, "split": cfg.train_split, "windows": len(rows), "window_tokens": cfg.max_length}
+
+    def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            ids = torch.tensor([r["input_ids"][:max_length] for r in rows[i : i + batch_size]], dtype=torch.long)
+            out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        return out

@@ -1,0 +1,41 @@
+"""Sequence classification: labelled text in, one logit vector per sequence out, accuracy as the metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmzip import data as data_mod
+from llmzip.config import DataConfig
+from llmzip.tasks.base import Batch, Row, Task, TaskKind
+
+
+class SequenceClassification(Task):
+    kind = TaskKind.SEQUENCE_CLASSIFICATION
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def calibration_rows(
+        self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
+    ) -> tuple[list[Row], dict[str, Any]]:
+        loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
+        assert loaded is not None
+        ds, source = loaded
+        first, second = data_mod.texts(ds, cfg)
+        labels = ds[cfg.label_column] if cfg.label_column in ds.column_names else [None] * len(first)
+        rows = [
+            {"text": t, "text_pair": second[i] if second else None, "label": labels[i]} for i, t in enumerate(first)
+        ]
+        return rows, {**source.describe(), "split": cfg.train_split, "rows": len(rows)}
+
+    def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            first = [r["text"] for r in chunk]
+            second = [r["text_pair"] for r in chunk] if chunk[0].get("text_pair") is not None else None
+            enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out.append(dict(enc))
+        return out
