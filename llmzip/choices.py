@@ -63,6 +63,13 @@ class SaturationFix(str, enum.Enum):
     ALL = "all"
 
 
+class WeightAlgorithm(str, enum.Enum):
+    """How weight-only codes are chosen: nearest code (RTN) or GPTQ's Hessian-weighted error feedback."""
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
 class Granularity(str, enum.Enum):
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"

@@ -18,6 +18,7 @@ from llmzip.choices import Granularity as Granularity
 from llmzip.choices import Provider as Provider
 from llmzip.choices import SaturationFix as SaturationFix
 from llmzip.choices import TorchDtype as TorchDtype
+from llmzip.choices import WeightAlgorithm as WeightAlgorithm
 from llmzip.choices import as_enum as as_enum
 from llmzip.errors import ConfigError
 
@@ -42,8 +43,12 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # Raw text (causal LMs): drop the first N tokens before cutting windows, e.g. to keep calibration and training
+    # off the windows a benchmark scores when one file is all the text there is (WikiText-2's test file here).
+    skip_tokens: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.skip_tokens >= 0, "skip_tokens", f"must be >= 0, got {self.skip_tokens}")
         if self.delimiter == "\\t":  # typed in a shell as \t
             self.delimiter = "\t"
         _check(8 <= self.max_length <= 8192, "max_length", f"must be in [8, 8192], got {self.max_length}")
@@ -94,7 +99,8 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """Fine-tune a pretrained encoder into a sequence classifier with cross-entropy."""
+    """Fine-tune a pretrained model for its task: an encoder into a sequence classifier (cross-entropy on labels), or a
+    causal LM on raw text in data.max_length-token windows (next-token cross-entropy; max_train_samples = windows)."""
 
 
 @dataclass
@@ -121,7 +127,9 @@ class DistillConfig(TrainConfig):
     embedding: float = 0.0
     layer_map: list[int] | None = None  # teacher layer (1-based output) for each student layer; default uniform
     intermediate_epochs: float = 0.0
-    teacher_cache: bool = True  # teacher logits computed once, cached on disk, reused across epochs and runs
+    # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
+    # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
+    teacher_cache: bool = True
     cache_dir: str | None = None  # default: $LLMZIP_CACHE or ~/.cache/llmzip
 
     def __post_init__(self) -> None:
@@ -190,7 +198,15 @@ class QuantizeConfig:
     """int8 weights (symmetric or asymmetric, per-channel or per-tensor) and static int8 activations."""
 
     weight_bits: int = 8  # 4 = weight-only int4 (float activations), exported as onnxruntime's MatMulNBits
-    weight_block_size: int = 32  # 4-bit only: one scale per this many input features (power of 2, >= 16)
+    # int8 weights with float activations (MatMulNBits bits=8); implied by 4 bits and by causal LMs, whose
+    # activation outliers make static int8 activations a poor trade (LLM.int8, SmoothQuant).
+    weight_only: bool = False
+    weight_block_size: int = 32  # weight-only: one scale per this many input features (power of 2, >= 16)
+    # weight-only codes: rtn rounds each weight to its nearest code; gptq feeds each column's rounding error
+    # forward through the inverse Hessian of the layer's calibration inputs (Frantar et al. 2023)
+    algorithm: WeightAlgorithm = WeightAlgorithm.RTN
+    gptq_damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal before inverting
+    head_bits: int | None = None  # weight-only: bits of the output head (lm_head) when quantized; None = weight_bits
     weight_granularity: Granularity = Granularity.PER_CHANNEL
     weight_symmetric: bool = True
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
@@ -215,12 +231,19 @@ class QuantizeConfig:
     qat_batch_size: int = 32
     qat_alpha: float = 0.5  # KD weight from the fp32 model as teacher (0 = labels only)
     data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback, train for QAT
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    # None = the task's default: a classifier keeps its head fp32 (DEFAULT_EXCLUDE); a causal LM quantizes
+    # everything, lm_head included (it is the largest matrix of a small LM; `--exclude lm_head` keeps it fp32).
+    exclude: list[str] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         # Accept plain strings from Python callers too (the YAML/CLI path already converts).
         self.method = as_enum(CalibrationMethod, self.method, "method")
+        self.algorithm = as_enum(WeightAlgorithm, self.algorithm, "algorithm")
+        _check(self.head_bits in (None, 4, 8), "head_bits", f"must be 4 or 8, got {self.head_bits}")
+        _check(0 < self.gptq_damp < 1, "gptq_damp", f"must be in (0, 1), got {self.gptq_damp}")
+        if self.weight_bits == 4:
+            self.weight_only = True
         self.weight_granularity = as_enum(Granularity, self.weight_granularity, "weight_granularity")
         self.activations = as_enum(Activations, self.activations, "activations")
         self.target_cpu = as_enum(CpuTarget, self.target_cpu, "target_cpu")
@@ -279,15 +302,19 @@ class ExportConfig:
     fold_bias: bool = True
     # Task accuracy of the ONNX model and of the PyTorch model on data's eval split, both in the manifest.
     eval_accuracy: bool = False
+    # MatMulNBits' accuracy_level for weight-only layers: 4 = int8 activations inside the kernel (onnxruntime's
+    # fast CPU path, what onnxruntime-genai uses), 0 = float; None = 4 for 4-bit weights, 0 for 8-bit.
+    accuracy_level: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
         _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
+        _check(self.accuracy_level in (None, 0, 1, 2, 3, 4), "accuracy_level", "must be 0-4")
 
 
-BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8")
+BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8", "genai-int4", "genai-fp32")
 
 
 @dataclass
@@ -309,6 +336,13 @@ class BenchConfig:
     # Built-in baselines added beside the given directories: "torch-bf16" (a bf16 twin of every fp32 PyTorch
     # directory) and "ort-dynamic-int8" (onnxruntime quantize_dynamic, per-channel, of every fp32 ONNX export).
     baselines: list[str] = field(default_factory=list)
+    # Causal LMs: perplexity on the eval split's first data.max_eval_samples windows (default 20) of
+    # data.max_length tokens; prefill latency at these prompt lengths; decode tokens/s for new_tokens greedy
+    # tokens after a prompt_tokens prompt; medians of lm_repeats runs.
+    prefill_lengths: list[int] = field(default_factory=lambda: [128, 512])
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    lm_repeats: int = 5
     min_speedup: float | None = None  # gate: candidate p50 speedup over the baseline, at every batch size
     max_accuracy_drop: float | None = None  # gate: in points (0.5 = half a percentage point)
     seed: int = 0  # the bootstrap resampling of the speedup intervals
@@ -335,6 +369,9 @@ class BenchConfig:
         )
         _check(8 <= self.seq_len <= 8192, "seq_len", f"must be in [8, 8192], got {self.seq_len}")
         _check(self.threads > 0, "threads", f"must be > 0, got {self.threads}")
+        _check(self.new_tokens >= 2, "new_tokens", f"must be >= 2, got {self.new_tokens}")
+        _check(self.lm_repeats >= 1, "lm_repeats", f"must be >= 1, got {self.lm_repeats}")
+        _check(all(n >= 1 for n in self.prefill_lengths), "prefill_lengths", "must be positive")
         _check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
         _check(self.iterations >= 3, "iterations", f"must be >= 3, got {self.iterations}")
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmzip import students
-from llmzip.losses import attention_mse, hidden_cosine, hidden_mse, soft_target_kl
+from llmzip.losses import SEQUENCE_LOSSES, PredictionLosses, attention_mse, hidden_cosine, hidden_mse
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class StudentWithProjections(nn.Module):
     """What Trainer optimises: the student plus (when narrower) the projections its intermediate losses need."""
+
+    # Trainer reads this when a checkpoint lacks keys: a tied LM head is saved once (DistillTrainer._save) and
+    # comes back with the embeddings it shares a Parameter with, so no key needs re-tying.
+    _keys_to_ignore_on_save: list[str] | None = None
 
     def __init__(
         self, student: nn.Module, projections: students.Projections | None, *, hidden: bool, attentions: bool
@@ -72,12 +75,29 @@ def distill_trainer_class() -> type:
             temperature: float,
             layer_map: list[int],
             cached_logits: torch.Tensor | None,
+            losses: PredictionLosses = SEQUENCE_LOSSES,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
             self.teacher = teacher.to(self.args.device).eval()
             self.weights, self.temperature, self.layer_map = weights, temperature, layer_map
-            self.cached_logits = cached_logits
+            self.cached_logits, self.losses = cached_logits, losses
+            # The wrapper's forward takes **features, which Trainer reads as "the model normalises its loss by
+            # num_items_in_batch itself"; ours is a per-batch mean, so Trainer must scale it for accumulation.
+            self.model_accepts_loss_kwargs = False
+
+        def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+            # The wrapper is no PreTrainedModel, so Trainer writes its raw state dict, which safetensors refuses
+            # when the student ties its LM head to its embeddings: save each shared tensor once. Trainer reloads
+            # checkpoints non-strictly, and the tied head is the same Parameter, so it comes back with them.
+            if state_dict is None:
+                state_dict, seen, model = {}, set(), self.model
+                assert model is not None  # Trainer was built with one
+                for key, value in model.state_dict().items():
+                    if value.data_ptr() not in seen:
+                        seen.add(value.data_ptr())
+                        state_dict[key] = value
+            super()._save(output_dir, state_dict=state_dict)
 
         def compute_loss(
             self,
@@ -90,7 +110,7 @@ def distill_trainer_class() -> type:
             labels = inputs["labels"]
             out = model(**features)
             if not model.training:  # evaluation scores the student alone: hard-label CE, no teacher needed
-                loss = F.cross_entropy(out["logits"], labels)
+                loss = self.losses.ce(out["logits"], labels)
                 return (loss, {"logits": out["logits"]}) if return_outputs else loss
             loss = self._loss(out, features, labels, inputs.get("example_id"))
             return (loss, {"logits": out["logits"]}) if return_outputs else loss
@@ -116,9 +136,9 @@ def distill_trainer_class() -> type:
                 teacher_logits = teacher_out.logits
             parts: dict[str, torch.Tensor] = {}
             if "kd" in w and teacher_logits is not None:
-                parts["kd"] = soft_target_kl(out["logits"], teacher_logits, self.temperature)
+                parts["kd"] = self.losses.kd(out["logits"], teacher_logits, mask, self.temperature)
             if "ce" in w:
-                parts["ce"] = F.cross_entropy(out["logits"], labels)
+                parts["ce"] = self.losses.ce(out["logits"], labels)
             if teacher_out is not None and needs_states:
                 parts.update(intermediate_losses(w, out, teacher_out, self.layer_map, mask))
             total = torch.zeros((), device=out["logits"].device)

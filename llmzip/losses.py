@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +32,28 @@ def distillation_loss(
     kd = soft_target_kl(student_logits, teacher_logits.detach(), temperature)
     ce = F.cross_entropy(student_logits, labels)
     return alpha * kd + (1.0 - alpha) * ce
+
+
+@dataclass(frozen=True)
+class PredictionLosses:
+    """A task's prediction-layer losses, which distill weights by alpha and 1 − alpha."""
+
+    kd: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # (z_S, z_T, attention mask, T)
+    ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_S, labels)
+
+
+def sequence_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """One logit vector per sequence: padding never reaches it, so the mask has nothing to do."""
+    return soft_target_kl(student_logits, teacher_logits, temperature)
+
+
+def sequence_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+SEQUENCE_LOSSES = PredictionLosses(kd=sequence_kd, ce=sequence_ce)
 
 
 def _token_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -170,13 +170,16 @@ def load_quantized(path: Path) -> PreTrainedModel:
     scheme = spec["scheme"]
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
-        if spec["layers"][name].get("weight_bits", 8) == 4:
+        layer = spec["layers"][name]
+        bits = int(layer.get("weight_bits", 8))
+        if bits == 4 or layer.get("weight_only", False):
             return WeightOnlyLinear(
                 linear.in_features,
                 linear.out_features,
                 bias=linear.bias is not None,
                 block_size=scheme["weight_block_size"],
                 symmetric=scheme["weight_symmetric"],
+                bits=bits,
             )
         return QuantLinear(
             linear.in_features,

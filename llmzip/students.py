@@ -57,9 +57,17 @@ def build(config: DistillConfig, teacher: PreTrainedModel, p: StudentPlan) -> tu
         and config.num_attention_heads in (None, teacher.config.num_attention_heads)
     )
     if same_width:
-        # DistilBERT init: an exact copy of the chosen layers, embeddings and head.
-        student = select_layers(copy.deepcopy(teacher), p.layers)
+        # DistilBERT init: an exact copy of the chosen layers, embeddings and head (a tied LM head stays tied: one
+        # deepcopy keeps shared parameters shared).
+        student = cut_layers(copy.deepcopy(teacher), p.layers)
         return student, {"init": "teacher layers", "copied_tensors": len(student.state_dict())}
+    from llmzip.tasks import TaskKind, task_of
+
+    if task_of(teacher.config).kind is TaskKind.CAUSAL_LM:
+        raise ConfigError(
+            "a narrower causal-LM student is not supported yet (its embeddings, head and KV heads would need "
+            "resizing); drop --hidden-size/--intermediate-size/--num-attention-heads to keep the teacher's width"
+        )
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers = len(p.layers)
     cfg.hidden_size = p.hidden_size
@@ -73,7 +81,7 @@ def build(config: DistillConfig, teacher: PreTrainedModel, p: StudentPlan) -> tu
     student = type(teacher)(cfg)
     # Shapes differ, so only tensors that still match (e.g. unchanged head or FFN sizes) are copied; the rest
     # keeps the standard init and is taught by the intermediate losses through the projections (TinyBERT).
-    source = select_layers(copy.deepcopy(teacher), p.layers).state_dict()
+    source = cut_layers(copy.deepcopy(teacher), p.layers).state_dict()
     target = student.state_dict()
     copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     student.load_state_dict(copied, strict=False)
@@ -84,6 +92,17 @@ def build(config: DistillConfig, teacher: PreTrainedModel, p: StudentPlan) -> tu
         info["init"] += "; embeddings = teacher embeddings projected on their top principal directions"
         p.basis = basis
     return student, info
+
+
+def cut_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
+    """`select_layers`, plus the per-layer config lists that must follow the kept layers (e.g. Qwen's and Gemma's
+    `layer_types`: sliding-window or full attention per layer)."""
+    cut = select_layers(model, layers)
+    for key in ("layer_types",):
+        per_layer = getattr(cut.config, key, None)
+        if isinstance(per_layer, (list, tuple)) and len(per_layer) > max(layers):
+            setattr(cut.config, key, [per_layer[i] for i in layers])
+    return cut
 
 
 def embedding_basis(teacher: PreTrainedModel, width: int) -> torch.Tensor:

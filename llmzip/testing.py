@@ -1,4 +1,5 @@
-"""Tiny offline models for tests and `make tiny`: a 2-layer, hidden-32 BERT with a WordLevel tokenizer.
+"""Tiny offline models for tests and `make tiny`: a 2-layer, hidden-32 BERT and a hidden-32 Llama, each with a
+WordLevel tokenizer.
 
 `python -m llmzip.testing DIR` writes one (no hub download: the vocabulary comes from the demo sample).
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from llmzip.data import DEMO_DATASET
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LM_SPECIALS = ["<unk>", "<s>", "</s>"]
 
 
 def demo_vocabulary() -> list[str]:
@@ -60,6 +62,46 @@ def build_tiny_bert(
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config) if classifier else BertModel(config)
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def demo_text() -> str:
+    """The demo sample's sentences as running text: raw text a tiny causal LM can be trained on."""
+    lines = []
+    for split in ("train", "validation"):
+        lines += [line.split("\t")[0] for line in (DEMO_DATASET / f"{split}.tsv").read_text().splitlines()[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def build_tiny_llama(directory: Path, *, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a tiny LlamaForCausalLM (4 heads, 2 KV heads, tied embeddings, as SmolLM2) and its tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(LM_SPECIALS + demo_vocabulary()[len(SPECIALS) :])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["</s>"],
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -10,9 +10,9 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from llmzip import data as data_mod
 from llmzip.artifact import Artifact, carry_forward, write_manifest
 from llmzip.config import TrainConfig, to_dict
+from llmzip.losses import SEQUENCE_LOSSES, PredictionLosses
 from llmzip.outputs import check_output, staging
 
 
@@ -30,6 +31,38 @@ class Prepared:
     train: Any
     eval: Any | None
     inputs: dict[str, Any]  # what was read, for the manifest
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The task's evaluation metric: what the manifest reports (eval_<name>) and what picks the best checkpoint."""
+
+    name: str
+    select_by: str  # Trainer's metric_for_best_model (a key of evaluate() without the "eval_" prefix)
+    greater_is_better: bool
+    value: Callable[[dict[str, float]], float]  # evaluate()'s result (or a logged eval entry) → the metric
+    compute: Callable[[Any], dict[str, float]] | None = None  # Trainer's compute_metrics; None: the loss says it all
+
+
+@dataclass
+class Head:
+    """What finetune must know before loading the model: for a classifier, the label set read from the data."""
+
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    label2id: dict[str, int] = field(default_factory=dict)
+    train_loaded: Any = None  # the training split, when reading the labels already loaded it
+
+
+@dataclass
+class TaskTraining:
+    """Everything a task decides about a training stage; finetune and distill only wire it into Trainer."""
+
+    prepared: Prepared
+    collator: Any
+    metric: Metric
+    losses: PredictionLosses
+    # Per-example teacher logits fit on disk for a classifier (one vector per example), not for a causal LM.
+    cache_teacher: bool
 
 
 def prepare(cfg: TrainConfig, tokenizer: Any, label2id: dict[str, int], *, train_loaded: Any = None) -> Prepared:
@@ -54,6 +87,23 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+ACCURACY = Metric("accuracy", "accuracy", True, value=lambda r: float(r["eval_accuracy"]), compute=accuracy)
+
+
+def classification_training(
+    cfg: TrainConfig, tokenizer: Any, label2id: dict[str, int], *, train_loaded: Any = None
+) -> TaskTraining:
+    from transformers import DataCollatorWithPadding
+
+    return TaskTraining(
+        prepared=prepare(cfg, tokenizer, label2id, train_loaded=train_loaded),
+        collator=DataCollatorWithPadding(tokenizer),
+        metric=ACCURACY,
+        losses=SEQUENCE_LOSSES,
+        cache_teacher=True,
+    )
 
 
 def is_main_process() -> bool:
@@ -93,7 +143,15 @@ def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def arguments(cfg: TrainConfig, work: Path, *, num_train: int, has_eval: bool, epochs: float | None = None) -> Any:
+def arguments(
+    cfg: TrainConfig,
+    work: Path,
+    *,
+    num_train: int,
+    has_eval: bool,
+    epochs: float | None = None,
+    metric: Metric = ACCURACY,
+) -> Any:
     """TrainingArguments for one llmzip training stage: evaluate + checkpoint once per epoch, keep the best."""
     from transformers import TrainingArguments
 
@@ -123,8 +181,10 @@ def arguments(cfg: TrainConfig, work: Path, *, num_train: int, has_eval: bool, e
         save_steps=every,
         save_total_limit=2,  # the best and the latest
         load_best_model_at_end=has_eval,
-        metric_for_best_model="accuracy" if has_eval else None,
-        greater_is_better=True,
+        metric_for_best_model=metric.select_by if has_eval else None,
+        greater_is_better=metric.greater_is_better,
+        # A causal LM's eval logits are [windows, tokens, vocab]: keep only the loss when no metric reads them.
+        prediction_loss_only=metric.compute is None,
         logging_steps=max(1, total // 20),
         report_to="none",
         disable_tqdm=True,
@@ -160,6 +220,7 @@ def save_trained(
     config: TrainConfig,
     metrics: dict[str, Any],
     started: float,
+    task: str = "sequence-classification",
 ) -> None:
     """Write the trained model, tokenizer and manifest into the staging dir (main process only)."""
     if not is_main_process():
@@ -177,11 +238,11 @@ def save_trained(
         metrics=metrics,
         seed=config.seed,
         started=started,
-        extra={"task": "sequence-classification"},
+        extra={"task": task},
     )
 
 
-def summarise(trainer: Any, callback: Any, has_eval: bool) -> dict[str, Any]:
+def summarise(trainer: Any, callback: Any, has_eval: bool, metric: Metric = ACCURACY) -> dict[str, Any]:
     metrics: dict[str, Any] = {"steps": int(trainer.state.global_step)}
     if callback.step_times:
         # Median optimizer-step time: robust to the evaluation and checkpoint pauses inside train().
@@ -190,10 +251,11 @@ def summarise(trainer: Any, callback: Any, has_eval: bool) -> dict[str, Any]:
     if losses:
         metrics["final_train_loss"] = float(losses[-1])
     if has_eval:
+        logged = f"eval_{metric.select_by}"
         metrics["eval_history"] = [
-            {"step": h["step"], "accuracy": h["eval_accuracy"]} for h in callback.history if "eval_accuracy" in h
+            {"step": h["step"], metric.name: metric.value(h)} for h in callback.history if logged in h
         ]
         result = trainer.evaluate()  # the best checkpoint, reloaded by Trainer at the end of training
-        metrics["eval_accuracy"] = float(result["eval_accuracy"])
+        metrics[f"eval_{metric.name}"] = metric.value(result)
         metrics["eval_loss"] = float(result["eval_loss"])
     return metrics

@@ -4,12 +4,13 @@ stage function and prints a summary. Importing this package must stay light: `ll
 
 from __future__ import annotations
 
-from llmzip.cli import model, report, train
+from llmzip.cli import lm, model, report, train
 from llmzip.cli.common import app
 
 __all__ = ["app", "main"]
 
 # Registered here, in pipeline order, so `llmzip --help` reads as the chain it runs.
+app.command("import")(lm.import_model)
 for _command in (
     train.finetune,
     train.distill,
@@ -18,6 +19,7 @@ for _command in (
     model.export,
     report.bench,
     report.run,
+    lm.generate,
 ):
     app.command()(_command)
 

@@ -79,6 +79,10 @@ MaxLength = Annotated[Optional[int], typer.Option(help="Tokens per example (trun
 MaxTrain = Annotated[
     Optional[int], typer.Option(help="Use a seeded random subset of this many training rows.", rich_help_panel="Data")
 ]
+SkipTokens = Annotated[
+    Optional[int],
+    typer.Option(help="Raw text: drop its first N tokens (keep off a benchmark's windows).", rich_help_panel="Data"),
+]
 MaxEval = Annotated[Optional[int], typer.Option(help="Use the first N evaluation rows.", rich_help_panel="Data")]
 Epochs = Annotated[Optional[float], typer.Option(help="Training epochs.", rich_help_panel="Training")]
 MaxSteps = Annotated[
@@ -115,6 +119,7 @@ DATA_FLAGS = {
     "max_length": "max_length",
     "max_train_samples": "max_train_samples",
     "max_eval_samples": "max_eval_samples",
+    "skip_tokens": "skip_tokens",
 }
 TRAIN_FLAGS = {
     "bf16": "bf16",

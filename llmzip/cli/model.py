@@ -22,6 +22,7 @@ from llmzip.cli.common import (
     Overwrite,
     Recipe,
     Seed,
+    SkipTokens,
     Subset,
     TextColumn,
     TextPairColumn,
@@ -49,6 +50,7 @@ def calibrate(
     label_column: LabelColumn = None,
     train_split: TrainSplit = None,
     max_length: MaxLength = None,
+    skip_tokens: SkipTokens = None,
     seed: Seed = None,
     recipe: Recipe = None,
     overwrite: Overwrite = False,
@@ -59,6 +61,8 @@ def calibrate(
     Examples:
 
         llmzip calibrate runs/student --data ../shared/data/sst2 --num-samples 256 -o runs/calib
+
+        llmzip calibrate runs/smollm2 --data wiki.test.raw --max-length 512 --skip-tokens 10240 -o runs/lm-calib
     """
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in ("num_samples", "batch_size", "bins", "seed")}
 
@@ -78,7 +82,21 @@ def quantize(
         Optional[int], typer.Option(help="8 (int8 weights and activations) or 4 (int4 weight-only, MatMulNBits).")
     ] = None,
     weight_block_size: Annotated[
-        Optional[int], typer.Option(help="4-bit: input features per weight scale (power of 2 >= 16).")
+        Optional[int], typer.Option(help="Weight-only: input features per weight scale (power of 2 >= 16).")
+    ] = None,
+    weight_only: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--weight-only", help="int8 weights, float activations (MatMulNBits); implied by 4 bits and causal LMs."
+        ),
+    ] = None,
+    algorithm: Annotated[
+        Optional[cfg.WeightAlgorithm],
+        typer.Option(help="Weight-only codes: rtn (nearest) or gptq (Hessian error feedback on the calibration)."),
+    ] = None,
+    gptq_damp: Annotated[Optional[float], typer.Option(help="GPTQ: damping, share of mean(diag H).")] = None,
+    head_bits: Annotated[
+        Optional[int], typer.Option(help="Weight-only: 4 or 8 bits for the output head (lm_head); default as weights.")
     ] = None,
     weight_granularity: Annotated[
         Optional[cfg.Granularity], typer.Option(help="One weight scale per output channel, or per tensor.")
@@ -190,6 +208,8 @@ def quantize(
 
         llmzip quantize runs/student runs/calib --weight-bits 4 --weight-block-size 32 -o runs/q-int4
 
+        llmzip quantize runs/smollm2 runs/calib --weight-bits 4 --algorithm gptq --head-bits 8 -o runs/lm-int4
+
         llmzip quantize runs/student runs/calib --qat-steps 300 --data ../shared/data/sst2 -o runs/q-qat
 
         llmzip quantize runs/student runs/calib --target-cpu vnni -o runs/q-vnni-only
@@ -216,6 +236,10 @@ def quantize(
         "qat_alpha": qat_alpha,
         "weight_bits": weight_bits,
         "weight_block_size": weight_block_size,
+        "weight_only": weight_only,
+        "algorithm": algorithm,
+        "gptq_damp": gptq_damp,
+        "head_bits": head_bits,
         "weight_granularity": weight_granularity,
         "weight_symmetric": weight_symmetric,
         "activation_symmetric": activation_symmetric,

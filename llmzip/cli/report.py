@@ -17,9 +17,11 @@ from llmzip.cli.common import (
     Json,
     LabelColumn,
     MaxEval,
+    MaxLength,
     Out,
     Overwrite,
     Recipe,
+    SkipTokens,
     Subset,
     TextColumn,
     TextPairColumn,
@@ -32,6 +34,12 @@ from llmzip.errors import ConfigError, GateError
 
 
 def _render_bench(result: dict[str, Any]) -> None:
+    if "workload" in result:  # a causal LM's bench (llmzip/lm_bench.py)
+        from llmzip.lm_bench import render_markdown
+        from llmzip.progress import stdout_console
+
+        stdout_console().print(render_markdown(result), markup=False, highlight=False)
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -125,12 +133,21 @@ def bench(
         Optional[cfg.TorchDtype],
         typer.Option(help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."),
     ] = None,
+    prefill_lengths: Annotated[
+        Optional[str], typer.Option(help="Causal LMs: prompt lengths whose prefill is timed, e.g. 128,512.")
+    ] = None,
+    prompt_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: prompt length before decoding.")] = None,
+    new_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: greedy tokens decoded and timed.")] = None,
+    lm_repeats: Annotated[Optional[int], typer.Option(help="Causal LMs: timed runs (median, min, max).")] = None,
+    max_length: MaxLength = None,
+    skip_tokens: SkipTokens = None,
     baseline: Annotated[
         Optional[list[str]],
         typer.Option(
             "--baseline",
             help="Add a built-in baseline (repeatable): torch-bf16 (bf16 twin of each fp32 PyTorch dir), "
-            "ort-dynamic-int8 (onnxruntime quantize_dynamic, per-channel, of each fp32 ONNX export).",
+            "ort-dynamic-int8 (onnxruntime quantize_dynamic, per-channel, of each fp32 ONNX export); causal LMs: "
+            "genai-int4, genai-fp32 (onnxruntime-genai's model builder on the first fp32 PyTorch dir, own venv).",
         ),
     ] = None,
     min_speedup: Annotated[
@@ -181,7 +198,19 @@ def bench(
 
         llmzip bench runs/teacher runs/onnx-fp32 runs/onnx-int8 --baseline torch-bf16 --baseline ort-dynamic-int8
     """
-    fields = ("batch_sizes", "seq_len", "threads", "provider", "warmup", "iterations", "torch_dtype")
+    fields = (
+        "batch_sizes",
+        "seq_len",
+        "threads",
+        "provider",
+        "warmup",
+        "iterations",
+        "torch_dtype",
+        "prefill_lengths",
+        "prompt_tokens",
+        "new_tokens",
+        "lm_repeats",
+    )
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (*fields, "min_speedup", "max_accuracy_drop")}
     flags["baselines"] = baseline
     done: dict[str, Any] = {}

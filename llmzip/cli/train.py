@@ -30,6 +30,7 @@ from llmzip.cli.common import (
     Resume,
     SaveSteps,
     Seed,
+    SkipTokens,
     Subset,
     TextColumn,
     TextPairColumn,
@@ -55,6 +56,7 @@ def finetune(
     max_length: MaxLength = None,
     max_train_samples: MaxTrain = None,
     max_eval_samples: MaxEval = None,
+    skip_tokens: SkipTokens = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
@@ -69,11 +71,15 @@ def finetune(
     overwrite: Overwrite = False,
     json_out: Json = False,
 ) -> None:
-    """Fine-tune a pretrained encoder into a sequence classifier (cross-entropy, transformers Trainer).
+    """Fine-tune a pretrained model for its task (transformers Trainer): an encoder into a sequence classifier
+    (cross-entropy on labels, accuracy), or a causal LM on raw text cut into --max-length token windows
+    (next-token cross-entropy, perplexity; --max-train-samples counts windows).
 
     Examples:
 
         llmzip finetune ./bert-base --data ../shared/data/sst2 -o runs/teacher
+
+        llmzip finetune ./smollm2 --data ./wikitext-2-raw --eval-split valid --max-length 512 -o runs/lm
 
         llmzip finetune nyu-mll/glue --subset sst2 --epochs 1 -o runs/teacher --json
     """
@@ -90,7 +96,9 @@ def finetune(
 
 
 def distill(
-    teacher: Annotated[str, typer.Argument(help="Teacher: a finetune/distill directory or a classifier folder.")],
+    teacher: Annotated[
+        str, typer.Argument(help="Teacher: a finetune/distill/import directory, or a classifier or causal-LM folder.")
+    ],
     out: Out,
     num_layers: Annotated[
         Optional[int], typer.Option(help="Student depth: evenly spaced teacher layers.", rich_help_panel="Student")
@@ -158,6 +166,7 @@ def distill(
     max_length: MaxLength = None,
     max_train_samples: MaxTrain = None,
     max_eval_samples: MaxEval = None,
+    skip_tokens: SkipTokens = None,
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
@@ -177,6 +186,8 @@ def distill(
     Prediction loss: alpha·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−alpha)·CE(z_S, y); optional hidden-state
     MSE/cosine, attention-map and embedding losses, learned projections for a narrower student, and TinyBERT's
     two stages with --intermediate-epochs. Works under `torchrun --nproc_per_node=N -m llmzip distill …`.
+    A causal-LM teacher is distilled per token on raw-text windows (the teacher runs online, no logit cache);
+    --alpha 0 trains the same student on next-token CE alone, for a KD-vs-CE comparison at the same budget.
 
     Examples:
 
@@ -186,6 +197,9 @@ def distill(
 
         llmzip distill runs/teacher --num-layers 4 --hidden-size 312 --intermediate-size 1200 \
             --hidden-mse 1 --attention 1 --embedding 1 --intermediate-epochs 1 -o runs/tinybert
+
+        llmzip distill runs/smollm2 --layers 0,2,4,6,8,10,12,14,16,18,20,22,24,26,28 --temperature 1 \
+            --data ./wikitext-2-raw --eval-split valid --max-length 128 -o runs/lm-student
     """
     student_flags = (
         "num_layers",

@@ -1,10 +1,12 @@
-"""4-bit weight-only Linear: block-wise scales along the input dimension, exported as onnxruntime's MatMulNBits.
+"""4- and 8-bit weight-only Linear: block-wise scales along the input dimension, exported as onnxruntime's
+MatMulNBits.
 
 Why this layout: MatMulNBits (com.microsoft) is the kernel onnxruntime runs for low-bit weights on CPU and GPU. Its
-weight is uint4 codes packed two per byte along K in blocks of `block_size`, one scale (and optionally one packed
-zero point) per block, for each output feature N. Storing the buffers in exactly that layout keeps PyTorch's
-forward and the exported graph the same numbers with no conversion step at export time. Activations stay float
-(weight-only): the win is size and memory bandwidth, not integer arithmetic.
+weight is unsigned codes (uint4 packed two per byte, or uint8) along K in blocks of `block_size`, one scale (and
+optionally one zero point, packed the same way) per block, for each output feature N. Storing the buffers in
+exactly that layout keeps PyTorch's forward and the exported graph the same numbers with no conversion step at
+export time. Activations stay float (weight-only): the win is size and memory bandwidth, not integer arithmetic.
+The codes can come from plain rounding (`block_codes`) or from GPTQ's error feedback (llmzip/quant/gptq.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ from torch import nn
 from llmzip.quant import qmath
 
 BITS = 4
-SYMMETRIC_ZERO_POINT = 8  # what MatMulNBits assumes when the zero_points input is absent
+SUPPORTED_BITS = (4, 8)
+
+
+def default_zero_point(bits: int) -> int:
+    """What MatMulNBits assumes when the zero_points input is absent: the middle of the unsigned grid."""
+    return 2 ** (bits - 1)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes → MatMulNBits bytes along the last dimension (two nibbles per byte for 4 bits)."""
+    return pack_nibbles(codes) if bits == 4 else codes.to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    return unpack_nibbles(packed) if bits == 4 else packed
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -31,10 +47,23 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).flatten(-2)
 
 
+def block_qparams(w: torch.Tensor, *, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, qmath.QRange]:
+    """Scale and zero point of each block of `w` [..., block] (reduced over the last dimension), and the grid."""
+    if symmetric:
+        grid = qmath.qrange(bits, signed=True, symmetric=True)  # [-7, 7] / [-127, 127] so that ±x → ±q
+        scale, _ = qmath.symmetric_qparams(w.abs().amax(-1), grid)
+        zero_point = torch.full_like(scale, default_zero_point(bits), dtype=torch.int32)
+    else:
+        scale, zero_point = qmath.asymmetric_qparams(
+            w.amin(-1), w.amax(-1), qmath.qrange(bits, signed=False, symmetric=False)
+        )
+    return scale, zero_point, qmath.QRange(0, 2**bits - 1, torch.uint8)
+
+
 def block_codes(
-    weight: torch.Tensor, block_size: int, *, symmetric: bool
+    weight: torch.Tensor, block_size: int, *, symmetric: bool, bits: int = BITS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N, K] float weight → (codes [N, k_blocks, block] in [0, 15], scales [N, k_blocks], zero points [N, k_blocks]).
+    """[N, K] float weight → (codes [N, k_blocks, block] in [0, 2^bits), scales and zero points [N, k_blocks]).
 
     K is zero-padded up to a whole number of blocks (MatMulNBits does the same); padding quantizes to the zero point.
     """
@@ -43,15 +72,7 @@ def block_codes(
     w = torch.zeros(n, blocks * block_size)
     w[:, :k] = weight.detach().float()
     w = w.reshape(n, blocks, block_size)
-    if symmetric:
-        grid = qmath.qrange(BITS, signed=True, symmetric=True)  # [-7, 7] so that ±x → ±q
-        scale, _ = qmath.symmetric_qparams(w.abs().amax(-1), grid)
-        zero_point = torch.full_like(scale, SYMMETRIC_ZERO_POINT, dtype=torch.int32)
-    else:
-        scale, zero_point = qmath.asymmetric_qparams(
-            w.amin(-1), w.amax(-1), qmath.qrange(BITS, signed=False, symmetric=False)
-        )
-    unsigned = qmath.QRange(0, 2**BITS - 1, torch.uint8)
+    scale, zero_point, unsigned = block_qparams(w, bits=bits, symmetric=symmetric)
     codes = qmath.quantize(w, scale[..., None], zero_point[..., None], unsigned)
     return codes, scale, zero_point
 
@@ -67,65 +88,107 @@ class _MatMulNBits(torch.autograd.Function):
         k: int,
         n: int,
         block_size: int,
+        bits: int,
+        accuracy_level: int,
     ) -> torch.Tensor:
-        return torch.matmul(x, dequantize_packed(packed, scales, zero_points, k).t())
+        return torch.matmul(x, dequantize_packed(packed, scales, zero_points, k, bits).t())
 
     @staticmethod
-    def symbolic(g: Any, x: Any, packed: Any, scales: Any, zero_points: Any, k: int, n: int, block_size: int) -> Any:
+    def symbolic(
+        g: Any,
+        x: Any,
+        packed: Any,
+        scales: Any,
+        zero_points: Any,
+        k: int,
+        n: int,
+        block_size: int,
+        bits: int,
+        accuracy_level: int,
+    ) -> Any:
         inputs = [x, packed, scales] + ([zero_points] if zero_points is not None else [])
-        return g.op("com.microsoft::MatMulNBits", *inputs, K_i=k, N_i=n, bits_i=BITS, block_size_i=block_size).setType(
-            x.type()
-        )
+        attrs = {"K_i": k, "N_i": n, "bits_i": bits, "block_size_i": block_size}
+        if accuracy_level:
+            attrs["accuracy_level_i"] = accuracy_level
+        out = g.op("com.microsoft::MatMulNBits", *inputs, **attrs)
+        # Output shape = x's with the last dimension N (x's own type would tell onnxruntime's shape inference K).
+        sizes = x.type().varyingSizes()
+        return out.setType(x.type().with_sizes([*sizes[:-1], n]) if sizes else x.type())
 
 
 def dequantize_packed(
-    packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, k: int
+    packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, k: int, bits: int = BITS
 ) -> torch.Tensor:
     """The float [N, K] weight the packed codes stand for."""
-    codes = unpack_nibbles(packed).float()  # [N, k_blocks, block]
+    codes = unpack_codes(packed, bits).float()  # [N, k_blocks, block]
     if zero_points is None:
-        zp = torch.full_like(scales, float(SYMMETRIC_ZERO_POINT))
+        zp = torch.full_like(scales, float(default_zero_point(bits)))
     else:
-        zp = unpack_nibbles(zero_points)[:, : scales.shape[1]].float()
+        zp = unpack_codes(zero_points, bits)[:, : scales.shape[1]].float()
     w = (codes - zp[..., None]) * scales[..., None]
     return w.reshape(w.shape[0], -1)[:, :k]
 
 
 class WeightOnlyLinear(nn.Module):
-    """y = x @ dq(W4)ᵀ + b, float activations, 4-bit weights with one scale per block of `block_size` inputs."""
+    """y = x @ dq(W)ᵀ + b, float activations, 4- or 8-bit weights with one scale per block of `block_size` inputs."""
 
     weight_packed: torch.Tensor
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor | None
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, block_size: int, symmetric: bool) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, bias: bool, block_size: int, symmetric: bool, bits: int = BITS
+    ) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.block_size = in_features, out_features, block_size
+        assert bits in SUPPORTED_BITS, bits
+        self.in_features, self.out_features, self.block_size, self.bits = in_features, out_features, block_size, bits
+        # MatMulNBits' accuracy_level (4: activations quantized to int8 per block inside the kernel, the fast CPU
+        # path); set by export, not stored: PyTorch's forward is the exact float product either way.
+        self.accuracy_level = 0
         blocks = -(-in_features // block_size)
-        self.register_buffer("weight_packed", torch.zeros(out_features, blocks, block_size // 2, dtype=torch.uint8))
+        per_byte = 8 // bits
+        self.register_buffer(
+            "weight_packed", torch.zeros(out_features, blocks, block_size // per_byte, dtype=torch.uint8)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features, blocks))
-        zp = None if symmetric else torch.zeros(out_features, -(-blocks // 2), dtype=torch.uint8)
+        zp = None if symmetric else torch.zeros(out_features, -(-blocks // per_byte), dtype=torch.uint8)
         self.register_buffer("weight_zero_point", zp)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, *, block_size: int, symmetric: bool) -> WeightOnlyLinear:
+    def from_float(cls, linear: nn.Linear, *, block_size: int, symmetric: bool, bits: int = BITS) -> WeightOnlyLinear:
+        codes, scale, zero_point = block_codes(linear.weight, block_size, symmetric=symmetric, bits=bits)
+        return cls.from_codes(linear, codes, scale, zero_point, block_size=block_size, symmetric=symmetric, bits=bits)
+
+    @classmethod
+    def from_codes(
+        cls,
+        linear: nn.Linear,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        *,
+        block_size: int,
+        symmetric: bool,
+        bits: int,
+    ) -> WeightOnlyLinear:
+        """The layer holding given codes [N, k_blocks, block], scales and zero points [N, k_blocks]."""
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
             block_size=block_size,
             symmetric=symmetric,
+            bits=bits,
         )
-        codes, scale, zero_point = block_codes(linear.weight, block_size, symmetric=symmetric)
         with torch.no_grad():
-            layer.weight_packed.copy_(pack_nibbles(codes))
+            layer.weight_packed.copy_(pack_codes(codes, bits))
             layer.weight_scale.copy_(scale)
             if layer.weight_zero_point is not None:
                 blocks = scale.shape[1]
-                padded = torch.zeros(scale.shape[0], blocks + blocks % 2, dtype=torch.uint8)
+                padded = torch.zeros(scale.shape[0], layer.weight_zero_point.shape[1] * (8 // bits), dtype=torch.uint8)
                 padded[:, :blocks] = zero_point.to(torch.uint8)
-                layer.weight_zero_point.copy_(pack_nibbles(padded))
+                layer.weight_zero_point.copy_(pack_codes(padded, bits))
             if linear.bias is not None and layer.bias is not None:
                 layer.bias.copy_(linear.bias)
         return layer
@@ -139,15 +202,19 @@ class WeightOnlyLinear(nn.Module):
             self.in_features,
             self.out_features,
             self.block_size,
+            self.bits,
+            self.accuracy_level,
         )
         return y + self.bias if self.bias is not None else y
 
     def dequantized_weight(self) -> torch.Tensor:
-        return dequantize_packed(self.weight_packed, self.weight_scale, self.weight_zero_point, self.in_features)
+        return dequantize_packed(
+            self.weight_packed, self.weight_scale, self.weight_zero_point, self.in_features, self.bits
+        )
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.weight_zero_point is None else "asymmetric"
         return (
-            f"in={self.in_features}, out={self.out_features}, weight=int4 {kind} blocks of {self.block_size}, "
-            "input=float"
+            f"in={self.in_features}, out={self.out_features}, weight=int{self.bits} {kind} blocks of "
+            f"{self.block_size}, input=float"
         )

@@ -27,8 +27,10 @@ from llmzip.config import BenchConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ConfigError, ModelError
 from llmzip.machine import CpuLoad, machine_info
+from llmzip.modeling import source_config
 from llmzip.outputs import check_output, staging
 from llmzip.progress import progress, quiet_libraries, step
+from llmzip.tasks import TaskKind, task_of
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
 RESULTS_FILE = "results.json"
@@ -237,6 +239,58 @@ def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Pat
     return out
 
 
+def _bench_lm(
+    artifacts: list[Any], names: list[str], config: BenchConfig, out_dir: Path | None, overwrite: bool, started: float
+) -> dict[str, Any]:
+    """Causal LMs: perplexity, prefill, decode tokens/s, peak RSS and size per variant (llmzip/lm_bench.py),
+    plus onnxruntime-genai's builds of the first fp32 PyTorch directory when --baseline genai-* asks for them."""
+    from llmzip.lm_bench import bench_causal_lm, render_markdown
+
+    dirs, labels = [a.path for a in artifacts], list(names)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="llmzip-bench-lm-") as scratch:
+        for precision in ("int4", "fp32"):
+            if f"genai-{precision}" not in config.baselines:
+                continue
+            built, why = genai_baseline(artifacts, precision, Path(scratch))
+            if built is None:
+                notes.append(f"genai-{precision} left out: {why}")
+                continue
+            dirs.insert(-1, built)  # before the candidate (the last directory), as the other baselines
+            labels.insert(-1, f"genai-{precision}")
+        result = bench_causal_lm(dirs, labels, config, Path(scratch))
+        result["notes"] = notes
+        if out_dir is not None:
+            with staging(Path(out_dir), overwrite=overwrite, inputs=[a.path for a in artifacts]) as tmp:
+                (tmp / report.REPORT_FILE).write_text(render_markdown(result) + "\n")
+                (tmp / RESULTS_FILE).write_text(strict_json(result, where=RESULTS_FILE))
+                write_manifest(
+                    tmp,
+                    stage="bench",
+                    parents=artifacts,
+                    inputs={"eval": result["data"]},
+                    config=to_dict(config),
+                    metrics={"variants": len(result["variants"]), "task": TaskKind.CAUSAL_LM.value},
+                    seed=config.seed,
+                    started=started,
+                    extra={"report_files": [RESULTS_FILE, report.REPORT_FILE]},
+                )
+    return result
+
+
+def genai_baseline(artifacts: list[Any], precision: str, scratch: Path) -> tuple[Path | None, str]:
+    """onnxruntime-genai's model builder run on the first fp32 PyTorch directory, in its own venv."""
+    from llmzip.benchmarks import genai
+
+    source = next((a.path for a in artifacts if a.stage not in ("export", "quantize")), None)
+    if source is None:
+        return None, "no fp32 PyTorch model directory to build it from"
+    venv, why = genai.ensure_venv()
+    if venv is None:
+        return None, why
+    return genai.build(source, scratch / f"genai-{precision}", precision)
+
+
 def bench(
     model_dirs: list[Path],
     *,
@@ -259,6 +313,8 @@ def bench(
         check_output(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)])
     labels_for = variant_names([Path(d) for d in model_dirs], names)
     quiet_libraries()
+    if task_of(source_config(artifacts[0].path)).kind is TaskKind.CAUSAL_LM:
+        return _bench_lm(artifacts, labels_for, config, out_dir, overwrite, started)
     eval_ds, source = load_eval_data(config)
     variants, eval_feeds, eval_labels = [], [], []
     for artifact, name in zip(artifacts, labels_for):

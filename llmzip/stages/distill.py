@@ -1,7 +1,9 @@
-"""distill: teacher + labelled data → a smaller student trained on the teacher's outputs (DistilBERT / TinyBERT).
+"""distill: teacher + data → a smaller student trained on the teacher's outputs (DistilBERT / TinyBERT).
 
 The loop, DDP, mixed precision and checkpoints are transformers' Trainer; llmzip adds the losses, the student
-construction, the learned width projections and the on-disk teacher-logit cache.
+construction, the learned width projections and the on-disk teacher-logit cache. What differs between a classifier
+and a causal LM (data, metric, sequence- or token-level losses, whether logits are cached) is the task's answer to
+`task.training(...)` (llmzip/tasks).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from llmzip.data import data_paths
 from llmzip.kd import StudentWithProjections, distill_trainer_class
 from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import quiet_libraries, step, trainer_callback
+from llmzip.tasks import task_of
 
-ACCEPTS = ("finetune", "distill", EXTERNAL)
+ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
 STUDENT_STATE = "student.safetensors"  # a finished intermediate stage, for --resume
 
 
@@ -28,7 +31,7 @@ def distill(
     """Train a student cut from `teacher`; returns the stage directory."""
     from accelerate import PartialState
     from safetensors.torch import load_file, save_file
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     started = time.time()
     source = open_model_source(teacher, verb="distill", accepts=ACCEPTS)
@@ -52,11 +55,12 @@ def distill(
         student.config.llmzip_teacher_layers = plan.layers
         for p in teacher_model.parameters():
             p.requires_grad_(False)
+        task = task_of(teacher_model.config)
         label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
-        prepared = training.prepare(config, tokenizer, label2id)
+        job = task.training(config, tokenizer, label2id=label2id)
+        prepared, collator, metric = job.prepared, job.collator, job.metric
         train_ds = prepared.train.add_column("example_id", list(range(len(prepared.train))))
         has_eval = prepared.eval is not None
-        collator = DataCollatorWithPadding(tokenizer)
         work = training.work_dir(out_dir)
         needs_projection = plan.narrower and any(
             config.losses(stage=s).keys() & {"hidden_mse", "hidden_cos", "embedding"}
@@ -79,7 +83,7 @@ def distill(
                 step("intermediate stage already finished: resuming at the prediction stage")
                 continue
             cached, cache_info = None, None
-            if config.teacher_cache and weights.keys() <= {"kd", "ce"} and "kd" in weights:
+            if config.teacher_cache and job.cache_teacher and weights.keys() <= {"kd", "ce"} and "kd" in weights:
                 with PartialState().main_process_first():
                     cached, cache_info = teacher_cache.teacher_logits(
                         teacher_model,
@@ -98,16 +102,19 @@ def distill(
                 distill_trainer_class(),
                 callback=callback,
                 model=model,
-                args=training.arguments(config, stage_work, num_train=len(train_ds), has_eval=with_eval, epochs=epochs),
+                args=training.arguments(
+                    config, stage_work, num_train=len(train_ds), has_eval=with_eval, epochs=epochs, metric=metric
+                ),
                 train_dataset=train_ds,
                 eval_dataset=prepared.eval if with_eval else None,
                 data_collator=collator,
-                compute_metrics=training.accuracy,
+                compute_metrics=metric.compute,
                 teacher=teacher_model,
                 weights=weights,
                 temperature=config.temperature,
                 layer_map=plan.layer_map,
                 cached_logits=cached,
+                losses=job.losses,
             )
             stage_started = time.time()
             trainer.train(resume_from_checkpoint=training.checkpoint_to_resume(stage_work, resume))
@@ -115,14 +122,15 @@ def distill(
                 "losses": weights,
                 "wall_s": round(time.time() - stage_started, 1),
                 "teacher_cache": cache_info,
-                **training.summarise(trainer, callback, with_eval),
+                "teacher_logits": "cached" if cached is not None else "online" if "kd" in weights else "unused",
+                **training.summarise(trainer, callback, with_eval, metric),
             }
             if name == "intermediate" and training.is_main_process():
                 state = {k: v.contiguous() for k, v in student.state_dict().items()}
                 save_file(state, str(stage_work / STUDENT_STATE))
         final = metrics["stages"]["prediction"]
         metrics.update(
-            eval_accuracy=final.get("eval_accuracy"),
+            **{f"eval_{metric.name}": final.get(f"eval_{metric.name}")},
             steps=final["steps"],
             losses=sorted({k for s in metrics["stages"].values() for k in s["losses"]}),
             teacher_params=count_parameters(teacher_model),
@@ -140,9 +148,9 @@ def distill(
                 args=trainer.args,
                 eval_dataset=prepared.eval,
                 data_collator=collator,
-                compute_metrics=training.accuracy,
+                compute_metrics=metric.compute,
             )
-            metrics["teacher_eval_accuracy"] = float(judge.evaluate()["eval_accuracy"])
+            metrics[f"teacher_eval_{metric.name}"] = metric.value(judge.evaluate())
         if needs_attention:
             student.set_attn_implementation("sdpa")  # the saved student should run with the fast default
         training.save_trained(
@@ -155,5 +163,6 @@ def distill(
             config=config,
             metrics=metrics,
             started=started,
+            task=task.kind.value,
         )
     return out_dir

@@ -17,7 +17,8 @@ from llmzip.calibration import SAMPLES_FILE, read_samples
 from llmzip.config import ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
-from llmzip.modeling import check_length, load_model, load_tokenizer, max_tokens
+from llmzip.lm_export import export_causal_lm
+from llmzip.modeling import check_length, load_model, load_tokenizer, max_tokens, source_config
 from llmzip.onnx_export import (
     INT8_OPS,
     float_weight_matmuls,
@@ -30,6 +31,7 @@ from llmzip.onnx_graph import fold_int8_matmul_bias
 from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
 from llmzip.quant.saturation import target_report
+from llmzip.tasks import TaskKind, task_of
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
 ONNX_FILE = "model.onnx"
@@ -122,6 +124,45 @@ def task_accuracy(
     }
 
 
+def _export_lm(
+    model: Any, tokenizer: Any, source: Any, tmp: Path, config: ExportConfig, started: float, attention: str
+) -> None:
+    """A causal LM: one graph with a KV cache (llmzip/lm_export.py), checked on prefill and decode steps."""
+    quantized = source.stage == "quantize"
+    weight_bits = int(source.manifest["metrics"].get("weight_bits", 8)) if quantized else 32
+    path = tmp / ONNX_FILE
+    precision = f"int{weight_bits}-weight-only" if quantized else "fp32"
+    step(f"exporting {precision} ONNX with a KV cache")
+    metrics = export_causal_lm(
+        model,
+        path,
+        source=source.path,
+        tokenizer=tokenizer,
+        config=config,
+        quantized=quantized,
+        weight_bits=weight_bits,
+    )
+    tokenizer.save_pretrained(str(tmp))
+    carry_forward(source.path, tmp)
+    files = [p for p in tmp.iterdir() if p.name.startswith(ONNX_FILE)]
+    metrics.update(
+        precision=precision,
+        attention_implementation=attention,
+        size_mb=dir_size_mb(files),
+    )
+    write_manifest(
+        tmp,
+        stage="export",
+        parents=[source],
+        inputs={},
+        config=to_dict(config),
+        metrics=metrics,
+        seed=config.seed,
+        started=started,
+        extra={"task": TaskKind.CAUSAL_LM.value, "model_file": ONNX_FILE, "inputs": metrics["signature"]["inputs"]},
+    )
+
+
 def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
     """Write `model.onnx` (dynamic batch and sequence axes) and record parity with the PyTorch model."""
     import onnx
@@ -130,11 +171,15 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
     source = open_artifact(Path(model_dir), verb="export", accepts=ACCEPTS, role="model directory")
     quantized = source.stage == "quantize"
     quiet_libraries()
+    task = task_of(source_config(source.path))
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
         attention = for_export(model)
         tokenizer = load_tokenizer(source.path)
+        if task.kind is TaskKind.CAUSAL_LM:
+            _export_lm(model, tokenizer, source, tmp, config, started, attention)
+            return out_dir
         names = input_names(tokenizer)
         texts = probe_texts(source.path, config.parity_samples)
         probe_length = min(128, max_tokens(model.config) or 128)

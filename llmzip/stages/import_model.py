@@ -61,7 +61,8 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.architectures = [type(loaded).__name__]
-    fresh = type(loaded)(config).to(dtype=dtype)
+    fresh: Any = type(loaded)(config)
+    fresh = fresh.to(dtype)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:

@@ -14,7 +14,15 @@ from torch import nn
 from llmzip import hardware
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.calibration import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
-from llmzip.config import Activations, CalibrationMethod, Granularity, QuantizeConfig, SaturationFix, to_dict
+from llmzip.config import (
+    Activations,
+    CalibrationMethod,
+    Granularity,
+    QuantizeConfig,
+    SaturationFix,
+    WeightAlgorithm,
+    to_dict,
+)
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
@@ -22,10 +30,12 @@ from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.fallback import accuracy_aware
+from llmzip.quant.gptq import weight_only_maker
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
+from llmzip.quant.report import error_report
 from llmzip.quant.saturation import SCORES, fix_saturation
-from llmzip.quant.weight_only import WeightOnlyLinear
+from llmzip.tasks import task_of
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -131,59 +141,6 @@ def attention_quants(
     return quants
 
 
-def _outputs(
-    model: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]
-) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
-    """Each named layer's output and the logits, over all batches (padding positions dropped)."""
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    mask: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def keep(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            m = mask["m"]
-            seen[name].append(out[m] if out.dim() == 3 and out.shape[:2] == m.shape else out)
-
-        return keep
-
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    logits = []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                mask["m"] = batch["attention_mask"].bool()
-                logits.append(model(**batch).logits)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, logits
-
-
-def error_report(
-    fp32: nn.Module, quantized: nn.Module, names: list[str], batches: list[dict[str, torch.Tensor]]
-) -> dict[str, Any]:
-    """Per-layer weight and output SQNR (output error is cumulative: everything quantized upstream counts)."""
-    ref, ref_logits = _outputs(fp32, names, batches)
-    got, got_logits = _outputs(quantized, names, batches)
-    layers = {}
-    for name in names:
-        q_layer, fp_layer = quantized.get_submodule(name), fp32.get_submodule(name)
-        assert isinstance(q_layer, (QuantLinear, WeightOnlyLinear)) and isinstance(fp_layer, nn.Linear)
-        layers[name] = {
-            "weight_sqnr_db": round(qmath.sqnr_db(fp_layer.weight, q_layer.dequantized_weight()), 2),
-            "output_sqnr_db": round(qmath.sqnr_db(torch.cat(ref[name]), torch.cat(got[name])), 2),
-        }
-        if isinstance(q_layer, QuantLinear):
-            layers[name].update(input_scale=float(q_layer.input_scale), input_zero_point=int(q_layer.input_zero_point))
-    a, b = torch.cat(ref_logits), torch.cat(got_logits)
-    return {
-        "layers": layers,
-        "logits_sqnr_db": round(qmath.sqnr_db(a, b), 2),
-        "logits_max_abs_diff": float((a - b).abs().max()),
-        "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
-        "samples": int(a.shape[0]),
-    }
-
-
 def quantize(
     model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
 ) -> Path:
@@ -208,9 +165,22 @@ def quantize(
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, calib.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         fp32 = load_model(source)
-        names = select(fp32, linear_names(fp32), config.exclude)
+        task = task_of(fp32.config)
+        exclude = config.exclude if config.exclude is not None else task.default_exclude
+        names = select(fp32, linear_names(fp32), exclude)
         if not names:
-            raise ConfigError(f"exclude: the patterns {config.exclude} leave no Linear layer to quantize")
+            raise ConfigError(f"exclude: the patterns {exclude} leave no Linear layer to quantize")
+        weight_only = config.weight_only or task.weight_only
+        if weight_only and (config.smoothquant is not None or config.attention or config.qat_steps > 0):
+            raise ConfigError(
+                "weight-only quantization (int4, --weight-only, or any causal LM) keeps activations float: "
+                "drop --smoothquant, --attention and --qat-steps"
+            )
+        if not task.supports_accuracy_fallback and (config.sensitivity or config.max_accuracy_drop is not None):
+            raise ConfigError(
+                f"--sensitivity / --max-accuracy-drop measure classification accuracy; for a {task.kind.value} "
+                "model they are not built yet: keep layers fp32 with --exclude"
+            )
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
@@ -219,7 +189,7 @@ def quantize(
             tokenizer,
             read_samples(calib.path),
             max_length=calib.manifest["config"]["data"]["max_length"],
-            batch_size=32,
+            batch_size=task.eval_batch_size,
         )
         smooth: dict[str, torch.Tensor] = {}
         if config.smoothquant is not None:
@@ -234,13 +204,28 @@ def quantize(
                 ),
             }
         act_ranges = {n: activation_range(observers[n], config) for n in names}
+        head = task.output_head(fp32)
 
-        def make(name: str, lin: nn.Linear) -> nn.Module:
-            if config.weight_bits == 4:
-                return WeightOnlyLinear.from_float(
-                    lin, block_size=config.weight_block_size, symmetric=config.weight_symmetric
-                )
-            return quantize_linear(lin, act_ranges[name], config, smooth.get(name))
+        def bits_of(name: str) -> int:
+            return config.head_bits if name == head and config.head_bits is not None else config.weight_bits
+
+        gptq_stats: dict[str, dict[str, float]] = {}
+        if weight_only:
+            make, gptq_stats = weight_only_maker(
+                fp32,
+                names,
+                batches,
+                bits_of=bits_of,
+                block_size=config.weight_block_size,
+                symmetric=config.weight_symmetric,
+                gptq=config.algorithm is WeightAlgorithm.GPTQ,
+                damp=config.gptq_damp,
+            )
+            step(f"weight-only int{config.weight_bits} ({config.algorithm.value}) on {len(names)} layers")
+        else:
+
+            def make(name: str, lin: nn.Linear) -> nn.Module:
+                return quantize_linear(lin, act_ranges[name], config, smooth.get(name))
 
         extra: dict[str, Any] = {}
         if config.sensitivity or config.max_accuracy_drop is not None:
@@ -256,7 +241,7 @@ def quantize(
             quantized = sensitivity.with_quantized(fp32, names, make)
         attention_names: list[str] = []
         if config.attention:
-            attention_names = select(fp32, attention.attention_module_names(fp32), config.exclude)
+            attention_names = select(fp32, attention.attention_module_names(fp32), exclude)
             if not attention_names:
                 raise ConfigError(
                     f"attention: {type(fp32).__name__} has no attention module llmzip can quantize (its attention "
@@ -276,7 +261,7 @@ def quantize(
         target = hardware.resolve(config.target_cpu)
         extra["target_cpu"] = target.value
         saturation: dict[str, Any] = {"layers": {}}
-        if config.weight_bits == 8 and hardware.saturates(target):
+        if not weight_only and hardware.saturates(target):
             float_weights = {} if config.qat_steps > 0 else {n: _smoothed(fp32, n, smooth.get(n)) for n in names}
             saturation = extra["saturation"] = fix_saturation(
                 quantized,
@@ -290,7 +275,9 @@ def quantize(
         step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
         report = error_report(fp32, quantized, names, batches)
         for name in names:
-            if config.weight_bits == 8:
+            if gptq_stats.get(name):
+                report["layers"][name]["gptq"] = gptq_stats[name]
+            if not weight_only:
                 lo, hi = act_ranges[name]
                 report["layers"][name].update(
                     range=[round(lo, 6), round(hi, 6)], observed=[observers[name].min, observers[name].max]
@@ -308,7 +295,8 @@ def quantize(
                 n: {
                     "op": "Linear",
                     "smooth": n in smooth,
-                    "weight_bits": config.weight_bits,
+                    "weight_bits": bits_of(n),
+                    "weight_only": weight_only,
                     # weight rows stored on a 7-bit grid so that the target CPU's int16 pair sums cannot saturate
                     "rows_7bit": saturation["layers"].get(n, {}).get("fixed_rows", 0),
                 }
@@ -330,8 +318,13 @@ def quantize(
             "quantized_layers": len(names),
             "fp32_linear_layers": len(linear_names(fp32)) - len(names),
             "quantized_attention_matmuls": 2 * len(attention_names),
-            "method": config.method.value if config.weight_bits == 8 else "weight-only",
+            "method": "weight-only" if weight_only else config.method.value,
             "weight_bits": config.weight_bits,
+            "weight_only": weight_only,
+            "algorithm": config.algorithm.value if weight_only else None,
+            "head_bits": bits_of(head) if head in names else None,
+            "exclude": exclude,
+            "task": task.kind.value,
             **report,
             **extra,
         }

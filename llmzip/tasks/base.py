@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmzip.config import DataConfig
+from llmzip.config import DataConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from llmzip.training import Head, TaskTraining
 
 Batch = dict[str, torch.Tensor]
 Row = dict[str, Any]
@@ -22,6 +25,19 @@ class TaskKind(str, enum.Enum):
 
 class Task(ABC):
     kind: TaskKind
+    # Linear layers quantize keeps fp32 unless --exclude says otherwise (regexes on module names).
+    default_exclude: list[str] = []
+    # Weights-only quantization (float activations) whatever --weight-bits says.
+    weight_only: bool = False
+    # --sensitivity / --max-accuracy-drop (they measure classification accuracy today).
+    supports_accuracy_fallback: bool = False
+    # Sequences per forward when a stage re-runs calibration samples (a causal LM's logits are [T × vocabulary]).
+    eval_batch_size: int = 32
+
+    def output_head(self, model: Any) -> str | None:
+        """The module name of the output projection (whose --head-bits may differ), if the model has one."""
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
 
     @abstractmethod
     def auto_class(self) -> Any:
@@ -36,3 +52,13 @@ class Task(ABC):
     @abstractmethod
     def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
         """Model inputs (with an attention_mask: padding is never calibrated) for the rows."""
+
+    @abstractmethod
+    def finetune_head(self, cfg: TrainConfig) -> Head:
+        """What finetune must read before loading the model (a classifier's labels) and pass to from_pretrained."""
+
+    @abstractmethod
+    def training(
+        self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
+    ) -> TaskTraining:
+        """Tokenized train/eval data, collator, metric and prediction losses for finetune and distill."""

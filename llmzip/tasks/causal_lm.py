@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from llmzip import data as data_mod
-from llmzip.config import DataConfig
+from llmzip.config import DataConfig, TrainConfig
 from llmzip.errors import DataError
 from llmzip.tasks.base import Batch, Row, Task, TaskKind
 
+if TYPE_CHECKING:
+    from llmzip.training import Head, TaskTraining
 
-def windows(tokenizer: Any, text: str, length: int) -> list[list[int]]:
-    """The text's token ids cut into non-overlapping windows of `length` (a shorter tail is dropped)."""
-    ids = tokenizer(text, add_special_tokens=True).input_ids
+
+def windows(tokenizer: Any, text: str, length: int, skip: int = 0) -> list[list[int]]:
+    """The text's token ids (after the first `skip`) cut into non-overlapping windows of `length` (a shorter tail
+    is dropped)."""
+    ids = tokenizer(text, add_special_tokens=True).input_ids[skip:]
     return [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
 
 
 class CausalLM(Task):
     kind = TaskKind.CAUSAL_LM
+    weight_only = True
+    eval_batch_size = 1
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
@@ -31,7 +37,7 @@ class CausalLM(Task):
         self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
     ) -> tuple[list[Row], dict[str, Any]]:
         text, source = data_mod.load_text(cfg, cfg.train_split)
-        chunks = windows(tokenizer, text, cfg.max_length)
+        chunks = windows(tokenizer, text, cfg.max_length, cfg.skip_tokens)
         if not chunks:
             raise DataError(
                 f"{data_mod.dataset_location(cfg)} ({cfg.train_split}): fewer than {cfg.max_length} tokens of text; "
@@ -39,7 +45,13 @@ class CausalLM(Task):
             )
         picked = sorted(random.Random(seed).sample(range(len(chunks)), min(num, len(chunks))))
         rows: list[Row] = [{"input_ids": chunks[i]} for i in picked]
-        return rows, {**source, "split": cfg.train_split, "windows": len(rows), "window_tokens": cfg.max_length}
+        return rows, {
+            **source,
+            "split": cfg.train_split,
+            "windows": len(rows),
+            "window_tokens": cfg.max_length,
+            "skip_tokens": cfg.skip_tokens,
+        }
 
     def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
         out = []
@@ -47,3 +59,16 @@ class CausalLM(Task):
             ids = torch.tensor([r["input_ids"][:max_length] for r in rows[i : i + batch_size]], dtype=torch.long)
             out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
         return out
+
+    # Training (finetune, distill) lives in llmzip/tasks/lm_training.py.
+    def finetune_head(self, cfg: TrainConfig) -> Head:
+        from llmzip.training import Head
+
+        return Head()  # the LM head is the model's own: nothing to size from the data
+
+    def training(
+        self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
+    ) -> TaskTraining:
+        from llmzip.tasks.lm_training import lm_training
+
+        return lm_training(cfg, tokenizer)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmzip import data as data_mod
-from llmzip.config import DataConfig
+from llmzip.config import DEFAULT_EXCLUDE, DataConfig, TrainConfig
 from llmzip.tasks.base import Batch, Row, Task, TaskKind
+
+if TYPE_CHECKING:
+    from llmzip.training import Head, TaskTraining
 
 
 class SequenceClassification(Task):
     kind = TaskKind.SEQUENCE_CLASSIFICATION
+    default_exclude = list(DEFAULT_EXCLUDE)  # the task head (classifier, pooler) stays fp32
+    supports_accuracy_fallback = True
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -39,3 +44,26 @@ class SequenceClassification(Task):
             enc = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             out.append(dict(enc))
         return out
+
+    def finetune_head(self, cfg: TrainConfig) -> Head:
+        from llmzip.training import Head
+
+        d = cfg.data
+        loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True)
+        assert loaded is not None  # a required split: load_split raised otherwise
+        names = data_mod.label_names(loaded[0], d)
+        label2id = {name: i for i, name in enumerate(names)}
+        kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": label2id,
+            "ignore_mismatched_sizes": True,
+        }
+        return Head(model_kwargs=kwargs, label2id=label2id, train_loaded=loaded)
+
+    def training(
+        self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
+    ) -> TaskTraining:
+        from llmzip.training import classification_training
+
+        return classification_training(cfg, tokenizer, label2id, train_loaded=train_loaded)

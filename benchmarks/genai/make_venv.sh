@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or reuse) the onnxruntime-genai baseline venv: make_venv.sh VENV_DIR
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 VENV_DIR" >&2
+    exit 2
+fi
+venv=$1
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+req="$here/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
+    echo "$venv is up to date with $req"
+    exit 0
+fi
+
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install -r "$req"
+# The stamp is written last: an interrupted install is retried on the next run.
+echo "$want" > "$stamp"
+echo "installed $req into $venv"

@@ -1,0 +1,204 @@
+"""Running a causal LM the way a user does, in PyTorch or from an llmzip ONNX export: prefill, greedy decode with
+the KV cache, perplexity. `llmzip generate` and the causal-LM bench both stand on it.
+
+One NLL scorer for every runner (numpy, float64 log-sum-exp over the runner's logits), so perplexities of
+PyTorch, onnxruntime and other runtimes differ only by what the models compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+CACHE_INPUT = "past_key_values.{}.{}"
+CACHE_OUTPUT = "present.{}.{}"
+
+
+def cache_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, kv heads, head dim) of a decoder config (a transformers config or config.json as a namespace)."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+def empty_cache(config: Any, batch: int, length: int = 0, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    layers, kv_heads, head_dim = cache_shape(config)
+    return {
+        CACHE_INPUT.format(i, kv): np.zeros((batch, kv_heads, length, head_dim), dtype=dtype)
+        for i in range(layers)
+        for kv in ("key", "value")
+    }
+
+
+def read_config(directory: Path) -> Any:
+    """config.json as an attribute namespace: enough for the cache shape, without importing transformers."""
+    import json
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**json.loads((directory / "config.json").read_text()))
+
+
+class Runner(Protocol):
+    name: str
+
+    def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Logits [batch, length, vocabulary] of a prompt [batch, length] and the cache after it."""
+
+    def step(self, tokens: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """Logits [batch, 1, vocabulary] of one more token per row [batch, 1] and the grown cache."""
+
+
+@dataclass
+class _OrtState:
+    cache: dict[str, np.ndarray]
+    length: int
+
+
+class OrtRunner:
+    """An llmzip causal-LM export (see llmzip/lm_export.py) in an onnxruntime session."""
+
+    def __init__(self, path: Path, config: Any, *, threads: int = 1, name: str = "onnxruntime") -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.config, self.name = config, name
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, ids: np.ndarray, cache: dict[str, np.ndarray], past: int) -> tuple[np.ndarray, _OrtState]:
+        batch, length = ids.shape
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": np.ones((batch, past + length), dtype=np.int64),
+            **cache,
+        }
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.tile(np.arange(past, past + length, dtype=np.int64), (batch, 1))
+        out = dict(zip(self.outputs, self.session.run(None, feeds)))
+        grown = {CACHE_INPUT.format(*n.split(".")[1:]): v for n, v in out.items() if n.startswith("present.")}
+        return out["logits"], _OrtState(grown, past + length)
+
+    def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, _OrtState]:
+        return self._run(ids, empty_cache(self.config, ids.shape[0]), 0)
+
+    def step(self, tokens: np.ndarray, state: _OrtState) -> tuple[np.ndarray, _OrtState]:
+        return self._run(tokens, state.cache, state.length)
+
+
+class TorchRunner:
+    """A transformers causal LM (fp32, or llmzip's weight-only layers) with its DynamicCache."""
+
+    def __init__(self, model: Any, *, threads: int = 1, name: str = "pytorch") -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model, self.name = model.eval(), name
+
+    def _run(self, ids: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(input_ids=torch.from_numpy(ids.astype(np.int64)), past_key_values=cache, use_cache=True)
+        return out.logits.float().numpy(), out.past_key_values
+
+    def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
+        from transformers import DynamicCache
+
+        return self._run(ids, DynamicCache(config=self.model.config))
+
+    def step(self, tokens: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        return self._run(tokens, state)
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Σ −log softmax(logits)[target] over positions (logits [T, V] predict targets [T]), in float64."""
+    z = logits.astype(np.float64)
+    top = z.max(-1, keepdims=True)
+    log_norm = np.log(np.exp(z - top).sum(-1)) + top[:, 0]
+    return float((log_norm - z[np.arange(len(targets)), targets]).sum())
+
+
+def perplexity(runner: Runner, windows: np.ndarray) -> dict[str, Any]:
+    """exp(mean NLL) of each window's tokens 1..T−1 given the ones before, windows scored independently."""
+    total, count = 0.0, 0
+    for window in windows:
+        logits, _ = runner.prefill(window[None, :])
+        total += token_nll(logits[0, :-1], window[1:])
+        count += len(window) - 1
+    return {"perplexity": float(np.exp(total / count)), "scored_tokens": count, "windows": len(windows)}
+
+
+def greedy(runner: Runner, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], dict[str, float]]:
+    """`new_tokens` greedy tokens after `prompt` [length] (no early stop), and the prefill/decode wall times.
+
+    The first new token comes from the prefill's logits; each of the other new_tokens − 1 costs one decode step.
+    """
+    started = time.perf_counter()
+    logits, state = runner.prefill(prompt[None, :])
+    prefill_s = time.perf_counter() - started
+    tokens = [int(logits[0, -1].argmax())]
+    started = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        logits, state = runner.step(np.array([[tokens[-1]]], dtype=np.int64), state)
+        tokens.append(int(logits[0, -1].argmax()))
+    decode_s = time.perf_counter() - started
+    return tokens, {"prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": new_tokens - 1}
+
+
+def timed(fn: Any, repeats: int) -> dict[str, float]:
+    """Median, min and max wall time (ms) of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return {"median": float(np.median(times)), "min": float(min(times)), "max": float(max(times))}
+
+
+def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads: int) -> dict[str, Any]:
+    """`llmzip generate`: greedy continuation of `prompt` (stops at EOS) with its timings."""
+    from llmzip.errors import ConfigError
+    from llmzip.lm_bench import load_runner
+    from llmzip.modeling import load_tokenizer, source_config
+    from llmzip.tasks import TaskKind, task_of
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if task_of(source_config(directory)).kind is not TaskKind.CAUSAL_LM:
+        raise ConfigError(f"{directory}: not a causal LM (its config names no *ForCausalLM); generate needs one")
+    tokenizer = load_tokenizer(directory)
+    ids = np.array(tokenizer(prompt, add_special_tokens=True).input_ids, dtype=np.int64)
+    if len(ids) == 0:
+        raise ConfigError("the prompt is empty after tokenization; give some text")
+    runner = load_runner(directory, threads=threads, name=directory.name)
+    eos = tokenizer.eos_token_id
+    started = time.perf_counter()
+    logits, state = runner.prefill(ids[None, :])
+    prefill_s = time.perf_counter() - started
+    tokens = [int(logits[0, -1].argmax())]
+    started = time.perf_counter()
+    while len(tokens) < max_new_tokens and tokens[-1] != eos:
+        logits, state = runner.step(np.array([[tokens[-1]]], dtype=np.int64), state)
+        tokens.append(int(logits[0, -1].argmax()))
+    decode_s = time.perf_counter() - started
+    steps = len(tokens) - 1
+    return {
+        "prompt": prompt,
+        "text": tokenizer.decode(tokens, skip_special_tokens=True),
+        "token_ids": tokens,
+        "new_tokens": len(tokens),
+        "prefill_ms": prefill_s * 1e3,
+        "decode_tokens_per_s": steps / decode_s if steps and decode_s > 0 else 0.0,
+        "runtime": "onnxruntime" if isinstance(runner, OrtRunner) else "pytorch",
+        "threads": threads,
+    }

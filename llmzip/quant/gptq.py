@@ -1,0 +1,185 @@
+"""GPTQ (Frantar et al. 2023): block-wise weight-only codes with second-order error feedback.
+
+Rounding each weight to its nearest code (RTN) ignores that the layer's inputs are correlated: the error one
+rounded column leaves can be cancelled by adjusting the columns not yet rounded. GPTQ does that with the inverse
+Hessian of the layer's squared output error, H = 2·XᵀX over calibration inputs X: column by column, round, then
+spread the rounding error over the remaining columns in proportion to H⁻¹. With one scale per block of inputs
+(MatMulNBits' layout) the block's scale is fitted when the walk reaches its first column, on the already
+error-corrected weights, as the reference implementation's `groupsize` does.
+
+Why by hand: onnxruntime's own GPTQ lives in its quantization tool as a graph pass that needs the whole model
+exported first and re-runs it per layer; the algorithm itself is ~40 lines of linear algebra, and owning it
+lets llmzip feed it from the same kept calibration samples and keep the codes in the PyTorch checkpoint that
+export then writes unchanged.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmzip.quant import qmath
+from llmzip.quant.weight_only import block_qparams
+
+COLUMN_BATCH = 128  # columns updated together before the lazy update of the rest (the paper's B)
+
+
+class HessianRecorder:
+    """Accumulates H = 2/n·Σ xxᵀ of each named Linear's input (padding excluded) with forward pre-hooks.
+
+    Layers fed the very same tensor (a decoder's q/k/v projections, gate/up) share one matrix: the hook sees the
+    same object, so memory is one K×K float32 per distinct input (float32 sums, as the reference code keeps).
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.model, self.names = model, names
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.alias: dict[str, str] = {}
+        self.mask: torch.Tensor | None = None
+        self._seen: dict[int, tuple[Any, str]] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> HessianRecorder:
+        for name in self.names:
+            self._handles.append(self.model.get_submodule(name).register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def new_batch(self, mask: torch.Tensor) -> None:
+        self.mask, self._seen = mask.bool(), {}
+
+    def _hook(self, name: str) -> Any:
+        def observe(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]
+            # The very tensor an earlier layer of this batch read (a weak reference, because a freed tensor's id
+            # can be reused by a new one of another shape).
+            seen = self._seen.get(id(x))
+            if seen is not None and seen[0]() is x:
+                self.alias[name] = self.alias.get(seen[1], seen[1])
+                return
+            self._seen[id(x)] = (weakref.ref(x), name)
+            if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
+                x = x[self.mask]
+            x = x.detach().reshape(-1, x.shape[-1]).float()
+            self.sums[name] = self.sums.get(name, 0) + 2.0 * x.t() @ x
+            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+        return observe
+
+    def hessian(self, name: str) -> torch.Tensor:
+        key = self.alias.get(name, name)
+        return (self.sums[key] / max(1, self.counts[key])).float()
+
+
+def gptq_codes(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    bits: int,
+    block_size: int,
+    symmetric: bool,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """[N, K] weight → (codes [N, k_blocks, block], scales, zero points [N, k_blocks], stats) by GPTQ.
+
+    K must be a whole number of blocks. `damp` adds that fraction of mean(diag H) to the diagonal (the paper's
+    percdamp), which keeps the Cholesky factorisation stable when some inputs are (nearly) constant.
+    """
+    n, k = weight.shape
+    assert k % block_size == 0, (k, block_size)
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone()
+    dead = torch.diag(h) == 0  # an input that is always 0: its weights cannot matter; zero them
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(k)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError:  # torch.linalg.LinAlgError: not positive definite even damped: fall back to plain rounding
+        hinv = None
+    blocks = k // block_size
+    scales = torch.zeros(n, blocks)
+    zero_points = torch.zeros(n, blocks, dtype=torch.int32)
+    codes = torch.zeros(n, k, dtype=torch.uint8)
+    grid: qmath.QRange | None = None
+    step = max(block_size, COLUMN_BATCH // block_size * block_size)
+    for i1 in range(0, k, step):
+        i2 = min(i1 + step, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % block_size == 0:
+                b = col // block_size
+                scale, zp, grid = block_qparams(w1[:, i : i + block_size], bits=bits, symmetric=symmetric)
+                scales[:, b], zero_points[:, b] = scale, zp
+            assert grid is not None
+            b = col // block_size
+            q = qmath.quantize(w1[:, i], scales[:, b], zero_points[:, b], grid)
+            codes[:, col] = q
+            if hinv is None:
+                continue
+            dq = (q.float() - zero_points[:, b].float()) * scales[:, b]
+            e = (w1[:, i] - dq) / hinv[col, col]
+            w1[:, i:] -= e[:, None] * hinv[col, col:i2][None, :]
+            err1[:, i] = e
+        if hinv is not None:
+            w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    deq = (codes.float().reshape(n, blocks, block_size) - zero_points[..., None]) * scales[..., None]
+    deq = deq.reshape(n, k)
+    diff = deq - weight.detach().float()
+    stats = {
+        # the objective GPTQ minimises, tr(ΔW H ΔWᵀ), relative to that of the weight itself
+        "proxy_error": float(torch.einsum("nk,kl,nl->", diff, hessian.float(), diff))
+        / max(1e-12, float(torch.einsum("nk,kl,nl->", weight.float(), hessian.float(), weight.float()))),
+        "cholesky": float(hinv is not None),
+    }
+    return codes.reshape(n, blocks, block_size), scales, zero_points, stats
+
+
+def weight_only_maker(
+    fp32: nn.Module,
+    names: list[str],
+    batches: list[dict[str, torch.Tensor]],
+    *,
+    bits_of: Any,
+    block_size: int,
+    symmetric: bool,
+    gptq: bool,
+    damp: float,
+) -> tuple[Any, dict[str, dict[str, float]]]:
+    """`make(name, linear)` building each WeightOnlyLinear (GPTQ codes when `gptq`, else rounding), and the per-layer
+    GPTQ statistics it fills in. The Hessians come from one pass of the fp32 model over the calibration batches."""
+    from llmzip.progress import progress
+    from llmzip.quant.weight_only import WeightOnlyLinear
+
+    stats: dict[str, dict[str, float]] = {}
+    recorder = HessianRecorder(fp32, names)
+    if gptq:
+        with recorder, progress() as bar, torch.no_grad():
+            task = bar.add_task("GPTQ: collecting input Hessians", total=len(batches), info="")
+            for batch in batches:
+                recorder.new_batch(batch["attention_mask"])
+                fp32(**batch)
+                bar.advance(task)
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        bits = int(bits_of(name))
+        if not gptq or linear.in_features % block_size:
+            return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
+        codes, scale, zp, layer_stats = gptq_codes(
+            linear.weight, recorder.hessian(name), bits=bits, block_size=block_size, symmetric=symmetric, damp=damp
+        )
+        stats[name] = {k: round(v, 6) for k, v in layer_stats.items()}
+        return WeightOnlyLinear.from_codes(
+            linear, codes, scale, zp, block_size=block_size, symmetric=symmetric, bits=bits
+        )
+
+    return make, stats

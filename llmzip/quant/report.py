@@ -1,0 +1,99 @@
+"""How far a quantized model is from its fp32 original, measured on the calibration batches, one batch at a time.
+
+Streaming on purpose: a causal LM's per-layer outputs and [tokens × vocabulary] logits over all calibration
+windows would take tens of GB if kept; the sums behind SQNR and agreement take a few numbers per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmzip.quant import qmath
+from llmzip.quant.modules import QuantLinear
+from llmzip.quant.weight_only import WeightOnlyLinear
+
+Batch = dict[str, torch.Tensor]
+
+
+class _Sums:
+    """Σ ref², Σ (ref − got)² and the largest |ref − got|: SQNR and max error without keeping the tensors."""
+
+    def __init__(self) -> None:
+        self.signal, self.noise, self.max_abs = 0.0, 0.0, 0.0
+
+    def add(self, ref: torch.Tensor, got: torch.Tensor) -> None:
+        diff = (ref.double() - got.double()).abs()
+        self.signal += float(ref.double().pow(2).sum())
+        self.noise += float(diff.pow(2).sum())
+        self.max_abs = max(self.max_abs, float(diff.max()) if diff.numel() else 0.0)
+
+    def sqnr_db(self) -> float:
+        return float("inf") if self.noise == 0 else 10.0 * math.log10(max(self.signal, 1e-300) / self.noise)
+
+
+def _kept(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Non-padding positions of a [batch, sequence, …] output (anything else as it is)."""
+    return out[mask] if out.dim() == 3 and out.shape[:2] == mask.shape else out
+
+
+def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str], batches: list[Batch]) -> dict[str, Any]:
+    """Per-layer weight and output SQNR (output error is cumulative: everything quantized upstream counts), logit
+    SQNR, max |Δlogit| and argmax agreement (per sequence for a classifier, per token for a causal LM)."""
+    layer_sums = {n: _Sums() for n in names}
+    logit_sums = _Sums()
+    agree = total = 0
+    reference: dict[str, torch.Tensor] = {}
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            reference[name] = _kept(out.detach(), mask_holder["m"])
+
+        return hook
+
+    def compare(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            layer_sums[name].add(reference.pop(name), _kept(out.detach(), mask_holder["m"]))
+
+        return hook
+
+    with torch.no_grad():
+        for batch in batches:
+            mask_holder["m"] = batch["attention_mask"].bool()
+            handles = [fp32.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+            try:
+                ref_logits = _kept(fp32(**batch).logits, mask_holder["m"])
+            finally:
+                for h in handles:
+                    h.remove()
+            handles = [quantized.get_submodule(n).register_forward_hook(compare(n)) for n in names]
+            try:
+                got_logits = _kept(quantized(**batch).logits, mask_holder["m"])
+            finally:
+                for h in handles:
+                    h.remove()
+            reference.clear()
+            logit_sums.add(ref_logits, got_logits)
+            agree += int((ref_logits.argmax(-1) == got_logits.argmax(-1)).sum())
+            total += int(ref_logits.argmax(-1).numel())
+    layers: dict[str, dict[str, Any]] = {}
+    for name in names:
+        q_layer, fp_layer = quantized.get_submodule(name), fp32.get_submodule(name)
+        assert isinstance(q_layer, (QuantLinear, WeightOnlyLinear)) and isinstance(fp_layer, nn.Linear)
+        layers[name] = {
+            "weight_sqnr_db": round(qmath.sqnr_db(fp_layer.weight, q_layer.dequantized_weight()), 2),
+            "output_sqnr_db": round(layer_sums[name].sqnr_db(), 2),
+        }
+        if isinstance(q_layer, QuantLinear):
+            layers[name].update(input_scale=float(q_layer.input_scale), input_zero_point=int(q_layer.input_zero_point))
+    return {
+        "layers": layers,
+        "logits_sqnr_db": round(logit_sums.sqnr_db(), 2),
+        "logits_max_abs_diff": logit_sums.max_abs,
+        "argmax_agreement": agree / max(1, total),
+        "samples": total,
+    }

@@ -1,0 +1,126 @@
+"""Causal-LM training for finetune and distill: raw text packed into token windows, next-token losses, perplexity.
+
+Everything here is what the stages ask `CausalLM` for (see llmzip/tasks/causal_lm.py); the stages stay task-agnostic.
+
+The teacher runs online, every distillation step, instead of through llmzip's on-disk logit cache. Why:
+- full-vocabulary logits do not fit on disk: 49,152 fp16 logits × 128 tokens is 12.6 MB per window, 27 GB for
+  WikiText-2's ~2,100 training windows (and 4× that at 512 tokens);
+- a top-k cache (k=64 logits + the log-sum-exp, ~50 KB per window) fits, but its KL is an approximation that drops
+  the tail of every teacher distribution (and with it most of the T > 1 "dark knowledge"), and it only pays off when a
+  window is seen many times; an LM distillation run sees each window about once, so computing the cache costs the
+  same teacher forwards as running the teacher online, which is exact;
+- the teacher's forward needs no backward: it adds roughly a third to a half-depth student's step, on any device.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmzip import data as data_mod
+from llmzip.config import DataConfig, TrainConfig
+from llmzip.errors import DataError
+from llmzip.losses import PredictionLosses
+from llmzip.tasks.causal_lm import windows
+from llmzip.training import Metric, Prepared, TaskTraining
+
+IGNORE = -100  # label of a position that is not scored (padding), as transformers' LM losses expect
+
+
+def token_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)) per token position, averaged over real (mask = 1) tokens.
+
+    Every position predicts a next token, the last one included, so all real positions are scored. Averaging over
+    tokens (not sequences) keeps the loss on the scale of the token-level CE whatever the window length.
+    """
+    t = temperature
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    per_token = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp(min=1) * (t * t)
+
+
+def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position i predicting token i+1, over labels that are not IGNORE (i.e. padding)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+LM_LOSSES = PredictionLosses(kd=token_kl, ce=next_token_ce)
+
+
+def perplexity_of(result: dict[str, float]) -> float:
+    """exp(mean next-token loss). Exact perplexity over scored tokens: every window has the same length, so the
+    mean of per-window means that Trainer reports is the mean over tokens."""
+    return math.exp(min(float(result["eval_loss"]), 700.0))  # past e^700 a float overflows; it is "inf" anyway
+
+
+PERPLEXITY = Metric("perplexity", "loss", greater_is_better=False, value=perplexity_of)
+
+
+def split_windows(tokenizer: Any, cfg: DataConfig, split: str, skip: int = 0) -> tuple[list[list[int]], dict[str, Any]]:
+    text, source = data_mod.load_text(cfg, split)
+    chunks = windows(tokenizer, text, cfg.max_length, skip)
+    if not chunks:
+        skipped = f" after skipping {skip}" if skip else ""
+        raise DataError(
+            f"{data_mod.dataset_location(cfg)} ({split}): fewer than {cfg.max_length} tokens of text{skipped}, not "
+            "one window; give more text or a smaller --max-length"
+        )
+    return chunks, {**source, "split": split, "window_tokens": cfg.max_length, "skipped_tokens": skip}
+
+
+def _has_eval(cfg: DataConfig) -> bool:
+    """Like a classifier's: a folder's eval split if it has one; a single file is training data only."""
+    location = data_mod.dataset_location(cfg)
+    if data_mod.resolve(cfg, cfg.eval_split) is None:
+        return False
+    from pathlib import Path
+
+    return not Path(location).expanduser().is_file()
+
+
+def as_dataset(rows: list[list[int]]) -> Any:
+    """input_ids, an all-ones attention mask (windows are never padded) and labels = input_ids (the loss shifts)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": rows})
+
+
+def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
+    """Train windows (a seeded random subset of --max-train-samples) and the first --max-eval-samples eval windows.
+
+    --skip-tokens applies to the training text only: it keeps training off text that a benchmark scores.
+    """
+    d = cfg.data
+    train, train_src = split_windows(tokenizer, d, d.train_split, d.skip_tokens)
+    total = len(train)
+    if d.max_train_samples is not None and d.max_train_samples < total:
+        picked = sorted(random.Random(cfg.seed).sample(range(total), d.max_train_samples))
+        train = [train[i] for i in picked]
+    inputs: dict[str, Any] = {"train": {**train_src, "windows": len(train), "windows_available": total}}
+    evaluated = None
+    if _has_eval(d):
+        rows, eval_src = split_windows(tokenizer, d, d.eval_split)
+        rows = rows[: d.max_eval_samples] if d.max_eval_samples is not None else rows
+        inputs["eval"] = {**eval_src, "windows": len(rows)}
+        evaluated = as_dataset(rows)
+    return Prepared(train=as_dataset(train), eval=evaluated, inputs=inputs)
+
+
+def lm_training(cfg: TrainConfig, tokenizer: Any) -> TaskTraining:
+    from transformers import default_data_collator
+
+    return TaskTraining(
+        prepared=prepare(cfg, tokenizer),
+        collator=default_data_collator,  # equal-length windows: stacking is all there is to do
+        metric=PERPLEXITY,
+        losses=LM_LOSSES,
+        cache_teacher=False,  # the module docstring says why
+    )

@@ -1,0 +1,140 @@
+"""The causal-LM chain on a tiny random Llama (4 layers, GQA 4/2 heads, tied embeddings), all offline:
+import → calibrate → quantize (int8 / int4, RTN / GPTQ) → export with a KV cache → generate → bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmzip.testing import build_tiny_llama, demo_text
+from tests.conftest import invoke, invoke_json
+
+
+LM_WORKLOAD = ["--threads", 1, "--prefill-lengths", "16,32", "--prompt-tokens", 16, "--new-tokens", 6, "--lm-repeats", 2]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lm")
+    base = build_tiny_llama(root / "base")
+    text = root / "corpus.raw"
+    text.write_text(demo_text())
+    paths = {"base": base, "text": text, "imported": root / "imported", "calib": root / "calib"}
+    invoke_json("import", base, "-o", paths["imported"])
+    invoke_json(
+        "calibrate", paths["imported"], "--data", text, "--max-length", 32, "--num-samples", 8, "-o", paths["calib"]
+    )
+    return paths
+
+
+def quantized(lm: dict[str, Path], name: str, *flags: object) -> Path:
+    out = lm["calib"].parent / name
+    if not out.exists():
+        invoke_json("quantize", lm["imported"], lm["calib"], "-o", out, *flags)
+    return out
+
+
+def test_import_writes_a_safetensors_folder_with_a_manifest(lm: dict[str, Path]) -> None:
+    manifest = json.loads((lm["imported"] / "manifest.json").read_text())
+    assert manifest["stage"] == "import" and manifest["metrics"]["task"] == "causal-lm"
+    assert manifest["metrics"]["tied_embeddings"] is True
+    assert (lm["imported"] / "model.safetensors").is_file() and not list(lm["imported"].glob("*.bin"))
+
+
+def test_calibration_samples_are_token_windows(lm: dict[str, Path]) -> None:
+    rows = [json.loads(line) for line in (lm["calib"] / "calibration_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["input_ids"]) == 32 for r in rows)
+    assert json.loads((lm["calib"] / "manifest.json").read_text())["metrics"]["task"] == "causal-lm"
+
+
+def test_gptq_beats_rounding_on_the_calibration_windows(lm: dict[str, Path]) -> None:
+    rtn = quantized(lm, "int4-rtn", "--weight-bits", 4, "--weight-block-size", 16)
+    gptq = quantized(lm, "int4-gptq", "--weight-bits", 4, "--weight-block-size", 16, "--algorithm", "gptq")
+    m_rtn = json.loads((rtn / "manifest.json").read_text())["metrics"]
+    m_gptq = json.loads((gptq / "manifest.json").read_text())["metrics"]
+    assert m_gptq["algorithm"] == "gptq" and m_gptq["weight_only"] is True
+    assert "lm_head" in m_gptq["layers"]  # a causal LM quantizes its head by default
+    assert m_gptq["logits_sqnr_db"] > m_rtn["logits_sqnr_db"]
+
+
+def test_int8_weight_only_is_implied_for_a_causal_lm(lm: dict[str, Path]) -> None:
+    out = quantized(lm, "int8", "--head-bits", 8)
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert metrics["weight_only"] is True and metrics["weight_bits"] == 8 and metrics["method"] == "weight-only"
+    assert metrics["logits_sqnr_db"] > 25
+
+
+@pytest.mark.parametrize("source", ["imported", "int4-gptq"])
+def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source: str) -> None:
+    model_dir = lm["imported"] if source == "imported" else quantized(
+        lm, "int4-gptq", "--weight-bits", 4, "--weight-block-size", 16, "--algorithm", "gptq"
+    )
+    out = lm["calib"].parent / f"onnx-{source}"
+    result = invoke_json("export", model_dir, "-o", out)
+    parity = result["metrics"]["parity"]
+    assert parity["decode_steps"] == 4 and parity["next_token_agreement"] == 1.0
+    assert parity["max_abs_diff"] <= parity["tolerance"]
+    if source != "imported":
+        assert result["metrics"]["weight_only_kernels"] == json.loads((model_dir / "manifest.json").read_text())[
+            "metrics"
+        ]["quantized_layers"]
+    # the cache really carries the past: decoding token by token gives the logits of one full prefill
+    from llmzip.lm_runtime import OrtRunner, read_config
+
+    runner = OrtRunner(out / "model.onnx", read_config(out))
+    ids = np.arange(3, 15, dtype=np.int64)[None, :]
+    full, _ = runner.prefill(ids)
+    logits, state = runner.prefill(ids[:, :5])
+    steps = [logits[:, -1]]
+    for i in range(5, ids.shape[1]):
+        logits, state = runner.step(ids[:, i : i + 1], state)
+        steps.append(logits[:, -1])
+    np.testing.assert_allclose(np.stack(steps[:-1], 1), full[:, 4:-1], atol=1e-4)
+
+
+def test_generate_prints_text_from_the_export(lm: dict[str, Path]) -> None:
+    out = lm["calib"].parent / "onnx-imported"
+    if not out.exists():
+        invoke_json("export", lm["imported"], "-o", out)
+    result = invoke_json("generate", out, "the movie was", "--max-new-tokens", 5)
+    torch_result = invoke_json("generate", lm["imported"], "the movie was", "--max-new-tokens", 5)
+    assert result["runtime"] == "onnxruntime" and torch_result["runtime"] == "pytorch"
+    assert result["token_ids"] == torch_result["token_ids"] and 1 <= result["new_tokens"] <= 5
+
+
+def test_bench_reports_perplexity_and_tokens_per_second(lm: dict[str, Path], tmp_path: Path) -> None:
+    onnx_dir = lm["calib"].parent / "onnx-imported"
+    if not onnx_dir.exists():
+        invoke_json("export", lm["imported"], "-o", onnx_dir)
+    flags = ["--data", lm["text"], "--eval-split", "test", "--max-length", 32, "--max-eval-samples", 4]
+    out = tmp_path / "bench"
+    result = invoke(
+        "bench", lm["imported"], onnx_dir, *flags, *LM_WORKLOAD, "-o", out, "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((out / "results.json").read_text())
+    torch_row, ort_row = data["variants"]
+    assert ort_row["runtime"] == "onnxruntime" and torch_row["runtime"] == "pytorch"
+    assert ort_row["perplexity"] == pytest.approx(torch_row["perplexity"], rel=1e-3)
+    assert ort_row["scored_tokens"] == 4 * 31 and ort_row["decode_tokens_per_s"] > 0 and ort_row["peak_rss_mb"] > 0
+    assert set(ort_row["prefill_ms"]) == {"16", "32"} and ort_row["size_mb"] > 0
+    assert ort_row["generated_ids"] == torch_row["generated_ids"]
+
+
+def test_gptq_codes_reduce_the_output_error_of_one_layer() -> None:
+    from llmzip.quant.gptq import gptq_codes
+    from llmzip.quant.weight_only import WeightOnlyLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(1024, 64) @ torch.randn(64, 64) / 8  # correlated inputs: where GPTQ pays
+    linear = torch.nn.Linear(64, 16)
+    codes, scale, zp, stats = gptq_codes(linear.weight, 2 * x.T @ x / len(x), bits=4, block_size=16, symmetric=True)
+    gptq = WeightOnlyLinear.from_codes(linear, codes, scale, zp, block_size=16, symmetric=True, bits=4)
+    rtn = WeightOnlyLinear.from_float(linear, block_size=16, symmetric=True, bits=4)
+    with torch.no_grad():
+        err_gptq, err_rtn = ((gptq(x) - linear(x)) ** 2).mean(), ((rtn(x) - linear(x)) ** 2).mean()
+    assert err_gptq < 0.8 * err_rtn and stats["cholesky"] == 1.0
