@@ -63,6 +63,15 @@ class SaturationFix(str, enum.Enum):
     ALL = "all"
 
 
+class LmGraph(str, enum.Enum):
+    """A causal LM's ONNX form: onnxruntime's fused decoder ops where the architecture allows (auto), always
+    (fused: an error otherwise), or the traced PyTorch graph (portable to any ONNX runtime)."""
+
+    AUTO = "auto"
+    FUSED = "fused"
+    TRACED = "traced"
+
+
 class WeightAlgorithm(str, enum.Enum):
     """How weight-only codes are chosen: nearest code (RTN) or GPTQ's Hessian-weighted error feedback."""
 

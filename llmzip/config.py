@@ -15,6 +15,7 @@ from llmzip.choices import Activations as Activations
 from llmzip.choices import CalibrationMethod as CalibrationMethod
 from llmzip.choices import CpuTarget as CpuTarget
 from llmzip.choices import Granularity as Granularity
+from llmzip.choices import LmGraph as LmGraph
 from llmzip.choices import Provider as Provider
 from llmzip.choices import SaturationFix as SaturationFix
 from llmzip.choices import TorchDtype as TorchDtype
@@ -305,6 +306,7 @@ class ExportConfig:
     # MatMulNBits' accuracy_level for weight-only layers: 4 = int8 activations inside the kernel (onnxruntime's
     # fast CPU path, what onnxruntime-genai uses), 0 = float; None = 4 for 4-bit weights, 0 for 8-bit.
     accuracy_level: int | None = None
+    lm_graph: LmGraph = LmGraph.AUTO  # causal LMs: fused onnxruntime decoder ops or the traced graph
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
 
@@ -312,6 +314,7 @@ class ExportConfig:
         _check(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
         _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
         _check(self.accuracy_level in (None, 0, 1, 2, 3, 4), "accuracy_level", "must be 0-4")
+        self.lm_graph = as_enum(LmGraph, self.lm_graph, "lm_graph")
 
 
 BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8", "genai-int4", "genai-fp32")

@@ -148,7 +148,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from transformers import AutoConfig
 
     from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
-    from llmzip.quant.weight_only import WeightOnlyLinear
+    from llmzip.quant.weight_only import SharedEmbedding, WeightOnlyLinear
     from llmzip.tasks import task_of
 
     quiet_libraries()
@@ -192,7 +192,16 @@ def load_quantized(path: Path) -> PreTrainedModel:
         )
 
     replace_linears(model, list(spec["layers"]), make)
-    replace_linears(model, spec.get("embeddings", []), lambda n, e: QuantEmbedding(e.num_embeddings, e.embedding_dim))
+    shared = spec.get("embeddings_shared_with")
+    replace_linears(
+        model,
+        spec.get("embeddings", []),
+        lambda n, e: (
+            SharedEmbedding(model.get_submodule(shared))
+            if shared
+            else QuantEmbedding(e.num_embeddings, e.embedding_dim)
+        ),
+    )
     if spec.get("attention"):
         from llmzip.quant.attention import AttentionQuant, attach
 

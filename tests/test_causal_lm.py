@@ -14,13 +14,24 @@ from llmzip.testing import build_tiny_llama, demo_text
 from tests.conftest import invoke, invoke_json
 
 
-LM_WORKLOAD = ["--threads", 1, "--prefill-lengths", "16,32", "--prompt-tokens", 16, "--new-tokens", 6, "--lm-repeats", 2]
+LM_WORKLOAD = [
+    "--threads",
+    1,
+    "--prefill-lengths",
+    "16,32",
+    "--prompt-tokens",
+    16,
+    "--new-tokens",
+    6,
+    "--lm-repeats",
+    2,
+]
 
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lm")
-    base = build_tiny_llama(root / "base")
+    base = build_tiny_llama(root / "base", hidden=64)  # head size 16: the smallest GroupQueryAttention takes
     text = root / "corpus.raw"
     text.write_text(demo_text())
     paths = {"base": base, "text": text, "imported": root / "imported", "calib": root / "calib"}
@@ -68,20 +79,26 @@ def test_int8_weight_only_is_implied_for_a_causal_lm(lm: dict[str, Path]) -> Non
     assert metrics["logits_sqnr_db"] > 25
 
 
-@pytest.mark.parametrize("source", ["imported", "int4-gptq"])
-def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source: str) -> None:
-    model_dir = lm["imported"] if source == "imported" else quantized(
-        lm, "int4-gptq", "--weight-bits", 4, "--weight-block-size", 16, "--algorithm", "gptq"
+@pytest.mark.parametrize(("source", "graph"), [("imported", "auto"), ("int4-gptq", "auto"), ("int4-gptq", "traced")])
+def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source: str, graph: str) -> None:
+    model_dir = (
+        lm["imported"]
+        if source == "imported"
+        else quantized(lm, "int4-gptq", "--weight-bits", 4, "--weight-block-size", 16, "--algorithm", "gptq")
     )
-    out = lm["calib"].parent / f"onnx-{source}"
-    result = invoke_json("export", model_dir, "-o", out)
-    parity = result["metrics"]["parity"]
+    out = lm["calib"].parent / f"onnx-{source}-{graph}"
+    result = invoke_json("export", model_dir, "-o", out, "--lm-graph", graph)
+    metrics = result["metrics"]
+    parity = metrics["parity"]
     assert parity["decode_steps"] == 4 and parity["next_token_agreement"] == 1.0
     assert parity["max_abs_diff"] <= parity["tolerance"]
+    assert metrics["graph"] == ("fused" if graph == "auto" else "traced")
     if source != "imported":
-        assert result["metrics"]["weight_only_kernels"] == json.loads((model_dir / "manifest.json").read_text())[
-            "metrics"
-        ]["quantized_layers"]
+        layers = json.loads((model_dir / "manifest.json").read_text())["metrics"]["quantized_layers"]
+        assert metrics["weight_only_layers"] == layers
+        # fused: q/k/v run as one MatMulNBits per decoder layer (4 layers: 29 layers → 21 kernels)
+        assert metrics["weight_only_kernels"] == (layers - 2 * 4 if graph == "auto" else layers)
+        assert "GroupQueryAttention" in metrics["runtime_ops"] or graph == "traced"
     # the cache really carries the past: decoding token by token gives the logits of one full prefill
     from llmzip.lm_runtime import OrtRunner, read_config
 
@@ -97,7 +114,7 @@ def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source:
 
 
 def test_generate_prints_text_from_the_export(lm: dict[str, Path]) -> None:
-    out = lm["calib"].parent / "onnx-imported"
+    out = lm["calib"].parent / "onnx-imported-auto"
     if not out.exists():
         invoke_json("export", lm["imported"], "-o", out)
     result = invoke_json("generate", out, "the movie was", "--max-new-tokens", 5)
@@ -107,14 +124,12 @@ def test_generate_prints_text_from_the_export(lm: dict[str, Path]) -> None:
 
 
 def test_bench_reports_perplexity_and_tokens_per_second(lm: dict[str, Path], tmp_path: Path) -> None:
-    onnx_dir = lm["calib"].parent / "onnx-imported"
+    onnx_dir = lm["calib"].parent / "onnx-imported-auto"
     if not onnx_dir.exists():
         invoke_json("export", lm["imported"], "-o", onnx_dir)
     flags = ["--data", lm["text"], "--eval-split", "test", "--max-length", 32, "--max-eval-samples", 4]
     out = tmp_path / "bench"
-    result = invoke(
-        "bench", lm["imported"], onnx_dir, *flags, *LM_WORKLOAD, "-o", out, "--json"
-    )
+    result = invoke("bench", lm["imported"], onnx_dir, *flags, *LM_WORKLOAD, "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
     torch_row, ort_row = data["variants"]

@@ -266,6 +266,17 @@ def export(
             help="int8: fold each Linear's bias into onnxruntime's MatMulIntegerToFloat, or keep portable QDQ.",
         ),
     ] = None,
+    lm_graph: Annotated[
+        Optional[cfg.LmGraph],
+        typer.Option(
+            help="Causal LMs: onnxruntime's fused decoder ops where the architecture allows (auto), fused, or "
+            "the traced graph (any ONNX runtime)."
+        ),
+    ] = None,
+    accuracy_level: Annotated[
+        Optional[int],
+        typer.Option(help="Weight-only: MatMulNBits accuracy_level (4 = int8 activations in the kernel; 0 = float)."),
+    ] = None,
     data: Data = None,
     eval_split: EvalSplit = None,
     max_eval_samples: MaxEval = None,
@@ -288,10 +299,14 @@ def export(
         llmzip export runs/teacher -o runs/onnx-teacher --json
 
         llmzip export runs/student-int8 -o runs/onnx-int8 --data ../shared/data/sst2 --eval-split test
+
+        llmzip export runs/lm-int4 -o runs/lm-onnx-int4   # a causal LM: KV cache, prefill + decode parity
     """
     flags = {
         "opset": opset,
         "fold_bias": fold_bias,
+        "lm_graph": lm_graph,
+        "accuracy_level": accuracy_level,
         "data": data,
         "eval_split": eval_split,
         "max_eval_samples": max_eval_samples,

@@ -134,7 +134,8 @@ def gptq_codes(
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     deq = (codes.float().reshape(n, blocks, block_size) - zero_points[..., None]) * scales[..., None]
     deq = deq.reshape(n, k)
-    diff = deq - weight.detach().float()
+    weight = weight.detach().float()
+    diff = deq - weight
     stats = {
         # the objective GPTQ minimises, tr(ΔW H ΔWᵀ), relative to that of the weight itself
         "proxy_error": float(torch.einsum("nk,kl,nl->", diff, hessian.float(), diff))

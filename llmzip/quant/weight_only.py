@@ -218,3 +218,68 @@ class WeightOnlyLinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, weight=int{self.bits} {kind} blocks of "
             f"{self.block_size}, input=float"
         )
+
+
+class SharedEmbedding(nn.Module):
+    """A tied word embedding that reads the quantized lm_head's rows (what onnxruntime's GatherBlockQuantized does),
+    so a tied model ships one table, not an int4 head plus a second embedding.
+
+    The head is kept outside the module tree: the codes are saved once, under the head's name.
+    """
+
+    def __init__(self, head: WeightOnlyLinear) -> None:
+        super().__init__()
+        object.__setattr__(self, "_head", head)
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+
+    @property
+    def head(self) -> WeightOnlyLinear:
+        head: WeightOnlyLinear = self.__dict__["_head"]
+        return head
+
+    @property
+    def weight(self) -> torch.Tensor:  # what transformers reads for shapes/dtypes
+        return self.head.dequantized_weight()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.head
+        out: torch.Tensor = _GatherBlockQuantized.apply(
+            ids, h.weight_packed, h.weight_scale, h.weight_zero_point, h.in_features, h.bits, h.block_size
+        )
+        return out
+
+
+class _GatherBlockQuantized(torch.autograd.Function):
+    """Rows of a block-quantized table, dequantized; exported as onnxruntime's GatherBlockQuantized."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        ids: torch.Tensor,
+        packed: torch.Tensor,
+        scales: torch.Tensor,
+        zero_points: torch.Tensor | None,
+        k: int,
+        bits: int,
+        block_size: int,
+    ) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        zp = zero_points[flat] if zero_points is not None else None
+        rows = dequantize_packed(packed[flat], scales[flat], zp, k, bits)
+        return rows.reshape(*ids.shape, k)
+
+    @staticmethod
+    def symbolic(
+        g: Any, ids: Any, packed: Any, scales: Any, zero_points: Any, k: int, bits: int, block_size: int
+    ) -> Any:
+        shape = g.op("Constant", value_t=torch.tensor([0, -1], dtype=torch.int64))  # [N, K·bits/8] bytes
+        data = g.op("Reshape", packed, shape)
+        inputs = [data, ids, scales] + ([zero_points] if zero_points is not None else [])
+        return g.op(
+            "com.microsoft::GatherBlockQuantized",
+            *inputs,
+            bits_i=bits,
+            block_size_i=block_size,
+            gather_axis_i=0,
+            quantize_axis_i=1,
+        )

@@ -35,6 +35,7 @@ from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.report import error_report
 from llmzip.quant.saturation import SCORES, fix_saturation
+from llmzip.quant.weight_only import SharedEmbedding
 from llmzip.tasks import task_of
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -249,13 +250,24 @@ def quantize(
                 )
             attention.attach(quantized, attention_quants(attention_names, observers, config, calibration_dir))
         embeddings: list[str] = []
+        shared = None
         if config.embeddings:
             table: Any = fp32.get_input_embeddings()
             embeddings = [n for n, m in fp32.named_modules() if m is table]
-            replace_linears(quantized, embeddings, lambda n, e: QuantEmbedding.from_float(e))
+            # A tied embedding whose head went weight-only reads the head's codes (one table, as onnxruntime's
+            # GatherBlockQuantized does); otherwise the table gets its own int8 rows.
+            tied = bool(getattr(fp32.config, "tie_word_embeddings", False)) and weight_only and head in names
+            shared = head if tied else None
+            head_module: Any = quantized.get_submodule(str(head)) if tied else None
+            replace_linears(
+                quantized,
+                embeddings,
+                lambda n, e: SharedEmbedding(head_module) if tied else QuantEmbedding.from_float(e),
+            )
             table_q: Any = quantized.get_submodule(embeddings[0])
             extra["embedding"] = {
                 "module": embeddings[0],
+                "shares": shared,
                 "weight_sqnr_db": round(qmath.sqnr_db(table.weight, table_q.weight), 2),
             }
         target = hardware.resolve(config.target_cpu)
@@ -272,8 +284,8 @@ def quantize(
                 symmetric=config.weight_symmetric,
                 on_step=step,
             )
-        step(f"measuring quantization error on {len(read_samples(calib.path))} calibration samples")
-        report = error_report(fp32, quantized, names, batches)
+        step(f"measuring quantization error on {len(batches[: task.report_batches])} batches of calibration samples")
+        report = error_report(fp32, quantized, names, batches[: task.report_batches])
         for name in names:
             if gptq_stats.get(name):
                 report["layers"][name]["gptq"] = gptq_stats[name]
@@ -303,6 +315,7 @@ def quantize(
                 for n in names
             },
             "embeddings": embeddings,
+            "embeddings_shared_with": shared,
             "attention": attention_names,
             "attention_key_bits": {
                 n.removesuffix(SCORES): layer["key_bits"]

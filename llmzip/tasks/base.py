@@ -33,6 +33,9 @@ class Task(ABC):
     supports_accuracy_fallback: bool = False
     # Sequences per forward when a stage re-runs calibration samples (a causal LM's logits are [T × vocabulary]).
     eval_batch_size: int = 32
+    # Batches of the calibration samples quantize's error report re-runs (None: all); a causal LM's report runs
+    # fp32 and quantized side by side over [tokens × vocabulary] logits, so a few windows say enough.
+    report_batches: int | None = None
 
     def output_head(self, model: Any) -> str | None:
         """The module name of the output projection (whose --head-bits may differ), if the model has one."""

@@ -27,6 +27,7 @@ class CausalLM(Task):
     kind = TaskKind.CAUSAL_LM
     weight_only = True
     eval_batch_size = 1
+    report_batches = 8
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
