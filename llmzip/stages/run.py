@@ -81,19 +81,27 @@ def _chain(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     dirs: dict[str, Path] = {}
 
     teacher: str | Path = recipe.model
+    if str(recipe.model).endswith(".gguf"):  # a llama.cpp file: converted once into a safetensors folder
+        from llmzip.stages.import_model import import_model
+
+        _banner("import", out_dir / "imported")
+        teacher = dirs["imported"] = import_model(str(recipe.model), out_dir / "imported")
     if "finetune" in s:
         _banner("finetune", out_dir / "teacher")
-        teacher = dirs["teacher"] = finetune(recipe.model, out_dir / "teacher", config=s["finetune"])
+        teacher = dirs["teacher"] = finetune(str(teacher), out_dir / "teacher", config=s["finetune"])
     student: str | Path = teacher
     if "distill" in s:
         _banner("distill", out_dir / "student")
         student = dirs["student"] = distill(str(teacher), out_dir / "student", config=s["distill"])
     _banner("calibrate", out_dir / "calibration")
     dirs["calibration"] = calibrate(Path(student), out_dir / "calibration", config=s["calibrate"])
-    _banner("quantize", out_dir / "student-int8")
-    dirs["quantized"] = quantize(Path(student), dirs["calibration"], out_dir / "student-int8", config=s["quantize"])
+    precision = f"int{s['quantize'].weight_bits}"
+    _banner("quantize", out_dir / f"student-{precision}")
+    dirs["quantized"] = quantize(
+        Path(student), dirs["calibration"], out_dir / f"student-{precision}", config=s["quantize"]
+    )
     _banner("export", out_dir / "onnx")
-    dirs["onnx_int8"] = export(dirs["quantized"], out_dir / "onnx" / "student-int8", config=s["export"])
+    dirs["onnx_int8"] = export(dirs["quantized"], out_dir / "onnx" / f"student-{precision}", config=s["export"])
     result: dict[str, Any] = {"recipe": recipe.raw, "resolved": {k: to_dict(v) for k, v in s.items()}}
     if "bench" in s:
         # The fp32 baselines are measured in the same run, on the same machine, beside the int8 model.
@@ -105,7 +113,7 @@ def _chain(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             bench_dirs.append(dirs["onnx_student"])
             names.append(BENCH_NAMES["student_onnx"])
         bench_dirs.append(dirs["onnx_int8"])
-        names.append(BENCH_NAMES["student_int8"])
+        names.append(BENCH_NAMES["student_int8"].replace("int8", precision))
         _banner("bench", out_dir / "bench")
         result["bench"] = bench(bench_dirs, config=s["bench"], names=names, out_dir=out_dir / "bench")
         dirs["bench"] = out_dir / "bench"
