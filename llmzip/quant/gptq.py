@@ -155,9 +155,12 @@ def weight_only_maker(
     symmetric: bool,
     gptq: bool,
     damp: float,
+    rounded: frozenset[str] = frozenset(),
 ) -> tuple[Any, dict[str, dict[str, float]]]:
     """`make(name, linear)` building each WeightOnlyLinear (GPTQ codes when `gptq`, else rounding), and the per-layer
-    GPTQ statistics it fills in. The Hessians come from one pass of the fp32 model over the calibration batches."""
+    GPTQ statistics it fills in. The Hessians come from one pass of the fp32 model over the calibration batches.
+    Layers in `rounded` get plain rounding even with GPTQ (a tied head whose codes are also the embedding table:
+    GPTQ's compensation is for its output, and as embedding rows those codes are further from the weights)."""
     from llmzip.progress import progress
     from llmzip.quant.weight_only import WeightOnlyLinear
 
@@ -173,7 +176,7 @@ def weight_only_maker(
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
         bits = int(bits_of(name))
-        if not gptq or linear.in_features % block_size:
+        if not gptq or linear.in_features % block_size or name in rounded:
             return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
         codes, scale, zp, layer_stats = gptq_codes(
             linear.weight, recorder.hessian(name), bits=bits, block_size=block_size, symmetric=symmetric, damp=damp

@@ -211,6 +211,10 @@ def quantize(
             return config.head_bits if name == head and config.head_bits is not None else config.weight_bits
 
         gptq_stats: dict[str, dict[str, float]] = {}
+        # A tied embedding whose head goes weight-only reads the head's codes (one table, as onnxruntime's
+        # GatherBlockQuantized does); otherwise the table gets its own int8 rows.
+        tied = bool(getattr(fp32.config, "tie_word_embeddings", False)) and weight_only and head in names
+        tied = tied and config.embeddings
         if weight_only:
             make, gptq_stats = weight_only_maker(
                 fp32,
@@ -221,6 +225,7 @@ def quantize(
                 symmetric=config.weight_symmetric,
                 gptq=config.algorithm is WeightAlgorithm.GPTQ,
                 damp=config.gptq_damp,
+                rounded=frozenset([str(head)]) if tied else frozenset(),
             )
             step(f"weight-only int{config.weight_bits} ({config.algorithm.value}) on {len(names)} layers")
         else:
@@ -254,9 +259,6 @@ def quantize(
         if config.embeddings:
             table: Any = fp32.get_input_embeddings()
             embeddings = [n for n, m in fp32.named_modules() if m is table]
-            # A tied embedding whose head went weight-only reads the head's codes (one table, as onnxruntime's
-            # GatherBlockQuantized does); otherwise the table gets its own int8 rows.
-            tied = bool(getattr(fp32.config, "tie_word_embeddings", False)) and weight_only and head in names
             shared = head if tied else None
             head_module: Any = quantized.get_submodule(str(head)) if tied else None
             replace_linears(
@@ -335,6 +337,7 @@ def quantize(
             "weight_bits": config.weight_bits,
             "weight_only": weight_only,
             "algorithm": config.algorithm.value if weight_only else None,
+            "rounded_layers": [str(head)] if tied and config.algorithm is WeightAlgorithm.GPTQ else [],
             "head_bits": bits_of(head) if head in names else None,
             "exclude": exclude,
             "task": task.kind.value,

@@ -16,12 +16,14 @@ def test_nibbles_pack_low_first_and_round_trip() -> None:
 
 
 def test_symmetric_block_codes_match_hand_formula() -> None:
-    # one output row, two blocks of 16: absmax 7 then 14 → scales 1 and 2, codes q + 8
+    # one row, two blocks of 16: the largest-magnitude weight lands exactly on code 0 (−8 steps), so the scale is
+    # w*/−8 (negative for a positive w*) and all 16 codes are in use
     w = torch.zeros(1, 32)
-    w[0, 0], w[0, 1], w[0, 16], w[0, 17] = 7.0, -3.0, 14.0, -5.0
+    w[0, 0], w[0, 1], w[0, 16], w[0, 17] = 8.0, -3.0, -16.0, 6.0
     codes, scale, zp = block_codes(w, 16, symmetric=True)
-    assert scale.tolist() == [[1.0, 2.0]] and zp.tolist() == [[8, 8]]
-    assert codes[0, 0, :2].tolist() == [15, 5] and codes[0, 1, :2].tolist() == [15, 6]  # -5/2 = -2.5 → -2 (half-even)
+    assert scale.tolist() == [[-1.0, 2.0]] and zp.tolist() == [[8, 8]]
+    assert codes[0, 0, :2].tolist() == [0, 11] and codes[0, 1, :2].tolist() == [0, 11]  # 6/2 = 3 → 8 + 3
+    assert codes[0, 0, 2].item() == 8  # 0 stays exactly 0
 
 
 def test_asymmetric_and_padded_k_dequantize_within_half_a_step() -> None:
