@@ -3,8 +3,8 @@
 A user who wants a small causal LM compressed for CPU would reach for onnxruntime-genai's model builder
 (`python -m onnxruntime_genai.models.builder -i HF_FOLDER -o OUT -p int4 -e cpu`) and its og.Generator runtime.
 That is the baseline llmzip's LLM path is compared against. It lives in its own venv (.venv-genai, built from
-benchmarks/genai/requirements.txt by make_venv.sh) so the main venv never gets onnxruntime-genai; this module only
-runs benchmarks/genai/genai_run.py there through subprocess and imports nothing from onnxruntime_genai.
+benchmarks/genai/requirements.txt by benchmarks/make_venv.sh) so the main venv never gets onnxruntime-genai;
+this module only runs benchmarks/genai/genai_run.py there through subprocess and imports nothing from it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def ensure_venv() -> tuple[Path | None, str]:
     """Build or reuse .venv-genai; (its python, note) or (None, one-line reason). Never raises."""
     try:
         subprocess.run(
-            ["bash", str(GENAI_DIR / "make_venv.sh"), str(GENAI_VENV)],
+            ["bash", str(REPO / "benchmarks/make_venv.sh"), str(GENAI_VENV), str(GENAI_DIR / "requirements.txt")],
             check=True,
             capture_output=True,
             text=True,

@@ -69,7 +69,12 @@ def build_optimum(out: Path) -> tuple[Path | None, str]:
     target = out / "optimum-dynamic-int8"
     try:
         subprocess.run(
-            ["bash", str(REPO / "benchmarks/optimum/make_venv.sh"), str(OPTIMUM_VENV)],
+            [
+                "bash",
+                str(REPO / "benchmarks/make_venv.sh"),
+                str(OPTIMUM_VENV),
+                str(REPO / "benchmarks/optimum/requirements.txt"),
+            ],
             check=True,
             capture_output=True,
             text=True,

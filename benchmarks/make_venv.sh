@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Create (or reuse) the onnxruntime-genai baseline venv: make_venv.sh VENV_DIR
+# Create (or reuse) a baseline's own venv from its pinned requirements: make_venv.sh VENV_DIR REQUIREMENTS_TXT
+# (optimum and onnxruntime-genai pin libraries the main venv must not get). Quick when already up to date.
 set -euo pipefail
 
-if [[ $# -ne 1 ]]; then
-    echo "usage: $0 VENV_DIR" >&2
+if [[ $# -ne 2 ]]; then
+    echo "usage: $0 VENV_DIR REQUIREMENTS_TXT" >&2
     exit 2
 fi
 venv=$1
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-req="$here/requirements.txt"
+req=$2
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$req" | cut -d' ' -f1)
 
