@@ -124,6 +124,33 @@ def task_accuracy(
     }
 
 
+def _finish(
+    tmp: Path,
+    source: Any,
+    tokenizer: Any,
+    config: ExportConfig,
+    metrics: dict[str, Any],
+    started: float,
+    task: TaskKind,
+    inputs: list[str],
+) -> None:
+    """Tokenizer and config beside the graph, its size, then the manifest (last: its file table covers all)."""
+    tokenizer.save_pretrained(str(tmp))
+    carry_forward(source.path, tmp)
+    metrics["size_mb"] = dir_size_mb([p for p in tmp.iterdir() if p.name.startswith(ONNX_FILE)])
+    write_manifest(
+        tmp,
+        stage="export",
+        parents=[source],
+        inputs={},
+        config=to_dict(config),
+        metrics=metrics,
+        seed=config.seed,
+        started=started,
+        extra={"task": task.value, "model_file": ONNX_FILE, "inputs": inputs},
+    )
+
+
 def _export_lm(
     model: Any, tokenizer: Any, source: Any, tmp: Path, config: ExportConfig, started: float, attention: str
 ) -> None:
@@ -142,25 +169,8 @@ def _export_lm(
         quantized=quantized,
         weight_bits=weight_bits,
     )
-    tokenizer.save_pretrained(str(tmp))
-    carry_forward(source.path, tmp)
-    files = [p for p in tmp.iterdir() if p.name.startswith(ONNX_FILE)]
-    metrics.update(
-        precision=precision,
-        attention_implementation=attention,
-        size_mb=dir_size_mb(files),
-    )
-    write_manifest(
-        tmp,
-        stage="export",
-        parents=[source],
-        inputs={},
-        config=to_dict(config),
-        metrics=metrics,
-        seed=config.seed,
-        started=started,
-        extra={"task": TaskKind.CAUSAL_LM.value, "model_file": ONNX_FILE, "inputs": metrics["signature"]["inputs"]},
-    )
+    metrics.update(precision=precision, attention_implementation=attention)
+    _finish(tmp, source, tokenizer, config, metrics, started, TaskKind.CAUSAL_LM, metrics["signature"]["inputs"])
 
 
 def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
@@ -257,18 +267,5 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                     f"onnxruntime runs {len(float_linears)} fp32 MatMuls with constant weights where quantize kept "
                     f"{kept} layers fp32 (e.g. {float_linears[0]}): int8 was asked for; report it with the manifest"
                 )
-        tokenizer.save_pretrained(str(tmp))
-        carry_forward(source.path, tmp)
-        metrics["size_mb"] = dir_size_mb([path])
-        write_manifest(
-            tmp,
-            stage="export",
-            parents=[source],
-            inputs={},
-            config=to_dict(config),
-            metrics=metrics,
-            seed=config.seed,
-            started=started,
-            extra={"task": "sequence-classification", "model_file": ONNX_FILE, "inputs": names},
-        )
+        _finish(tmp, source, tokenizer, config, metrics, started, TaskKind.SEQUENCE_CLASSIFICATION, names)
     return out_dir
