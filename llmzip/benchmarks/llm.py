@@ -2,8 +2,11 @@
 
 Variants (names fixed by the issue): torch-fp32 (the imported teacher in PyTorch), ort-fp32 (llmzip's fused
 export), llmzip-int8 (weight-only int8, RTN), llmzip-int4 (GPTQ int4, lm_head and tied embedding int4 too),
+llmzip-int4-traced (the same int4 model exported as the traced graph: what the fused decoder ops are worth),
+llmzip-int4-rtn (the same layers rounded to nearest instead of GPTQ),
 genai-int4 / genai-fp32 (onnxruntime-genai's model builder, built and run in .venv-genai), and for each distilled
-student given with --student NAME=DIR: NAME-llmzip-int4 (the same GPTQ int4 recipe) and NAME-torch-fp32.
+student given with --student NAME=DIR: student-NAME-llmzip-int4 (the same GPTQ int4 recipe) and
+student-NAME-torch-fp32 (--student-fp32 NAME=DIR: that row only, e.g. the KD-vs-CE pair at one budget).
 Data: WikiText-2 raw test (../shared/data/wikitext-2-raw/wiki.test.raw). Perplexity on its first 20
 non-overlapping 512-token windows; calibration windows come from the text after them (--skip-tokens), so the
 scored tokens are never calibrated or trained on. 1 thread, decode = 64 greedy tokens after a 128-token prompt.
@@ -105,7 +108,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-llm"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--student", action="append", default=[], metavar="NAME=DIR", help="a distilled student")
+    parser.add_argument(
+        "--student-fp32", action="append", default=[], metavar="NAME=DIR", help="a student measured in fp32 only"
+    )
     parser.add_argument("--skip-genai", action="store_true", help="leave the onnxruntime-genai baselines out")
+    parser.add_argument("--build-only", action="store_true", help="build (or reuse) every variant, measure nothing")
     args = parser.parse_args()
     from llmzip.stages.bench import bench
     from llmzip.stages.export import export
@@ -120,13 +127,27 @@ def main() -> None:
     ort_fp32 = _stage(out / "ort-fp32", lambda: export(teacher, out / "ort-fp32", config=ExportConfig()))
     dirs = {"torch-fp32": teacher, "ort-fp32": ort_fp32}
     dirs["llmzip-int8"] = quantized_export(teacher, out, "llmzip-int8", {"weight_bits": 8}, calib_windows)
+    for spec in args.student_fp32:
+        name, _, path = spec.partition("=")
+        dirs[f"student-{name}-torch-fp32"] = Path(path)
     for spec in args.student:
         name, _, path = spec.partition("=")
         dirs[f"student-{name}-torch-fp32"] = Path(path)
         dirs[f"student-{name}-llmzip-int4"] = quantized_export(
             Path(path), out, f"student-{name}-llmzip-int4", INT4, calib_windows
         )
-    dirs["llmzip-int4"] = quantized_export(teacher, out, "llmzip-int4", INT4, calib_windows)
+    # the same int4 model as a traced graph: what onnxruntime's fused decoder ops are worth
+    int4 = quantized_export(teacher, out, "llmzip-int4", INT4, calib_windows)
+    traced = ExportConfig(lm_graph="traced")  # type: ignore[arg-type]
+    dirs["llmzip-int4-traced"] = _stage(
+        out / "llmzip-int4-traced-onnx",
+        lambda: export(out / "llmzip-int4", out / "llmzip-int4-traced-onnx", config=traced),
+    )
+    # plain rounding of the same layers (RTN, onnxruntime-genai's recipe): what GPTQ's error feedback is worth
+    dirs["llmzip-int4-rtn"] = quantized_export(teacher, out, "llmzip-int4-rtn", {"weight_bits": 4}, calib_windows)
+    dirs["llmzip-int4"] = int4
+    if args.build_only:
+        return
     config = BenchConfig(
         data=DataConfig(
             dataset=str(WIKITEXT), eval_split="test", max_length=WINDOW, max_eval_samples=4 if args.quick else WINDOWS
