@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmzip.errors import ExportError
-from llmzip.lm_runtime import CACHE_INPUT, CACHE_OUTPUT, cache_shape, empty_cache
+from llmzip.lm_runtime import CACHE_INPUT, CACHE_OUTPUT, cache_shape, empty_cache, returned_cache, with_cache
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -51,11 +51,11 @@ class WithCache(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **with_cache(self.model, cache),
         )
         present: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
+        for layer in returned_cache(out).layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 
@@ -109,8 +109,10 @@ def _torch_step(
     model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
 ) -> tuple[np.ndarray, Any]:
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-    return out.logits.float().numpy(), out.past_key_values
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(model, cache)
+        )
+    return out.logits.float().numpy(), returned_cache(out)
 
 
 def parity(session: Any, model: nn.Module, prompts: np.ndarray, decode_steps: int) -> dict[str, Any]:

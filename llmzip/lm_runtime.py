@@ -35,6 +35,18 @@ def empty_cache(config: Any, batch: int, length: int = 0, dtype: Any = np.float3
     }
 
 
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword a transformers model takes its KV cache by: `cache` (transformers ≥ 5.2x) or `past_key_values`."""
+    import inspect
+
+    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
+
+
+def returned_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def read_config(directory: Path) -> Any:
     """config.json as an attribute namespace: enough for the cache shape, without importing transformers."""
     import json
@@ -107,8 +119,9 @@ class TorchRunner:
         import torch
 
         with torch.no_grad():
-            out = self.model(input_ids=torch.from_numpy(ids.astype(np.int64)), past_key_values=cache, use_cache=True)
-        return out.logits.float().numpy(), out.past_key_values
+            ids_t = torch.from_numpy(ids.astype(np.int64))
+            out = self.model(input_ids=ids_t, use_cache=True, **with_cache(self.model, cache))
+        return out.logits.float().numpy(), returned_cache(out)
 
     def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
         from transformers import DynamicCache

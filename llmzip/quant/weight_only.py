@@ -280,7 +280,7 @@ class _GatherBlockQuantized(torch.autograd.Function):
         shape = g.op("Constant", value_t=torch.tensor([0, -1], dtype=torch.int64))  # [N, K·bits/8] bytes
         data = g.op("Reshape", packed, shape)
         inputs = [data, ids, scales] + ([zero_points] if zero_points is not None else [])
-        return g.op(
+        out = g.op(
             "com.microsoft::GatherBlockQuantized",
             *inputs,
             bits_i=bits,
@@ -288,3 +288,5 @@ class _GatherBlockQuantized(torch.autograd.Function):
             gather_axis_i=0,
             quantize_axis_i=1,
         )
+        sizes = ids.type().varyingSizes()  # [*ids, K] in the scales' float type
+        return out.setType(scales.type().with_sizes([*sizes, k]) if sizes else scales.type())
