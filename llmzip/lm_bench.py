@@ -30,6 +30,18 @@ def size_mb(directory: Path) -> float:
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a child started by
+    fork+exec inherits from its parent: every worker would report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def load_runner(directory: Path, *, threads: int, name: str) -> Runner:
     from llmzip.artifact import read_manifest
 
@@ -83,7 +95,7 @@ def measure_variant(
         "prefill_ms": {k: round(v["median"], 1) for k, v in prefill.items()},
         "prefill_ms_range": {k: [round(v["min"], 1), round(v["max"], 1)] for k, v in prefill.items()},
         "size_mb": size_mb(directory),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "load_s": round(load_s, 2),
         "generated_ids": runs[0][0],
         "threads": threads,
@@ -195,7 +207,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         [
             f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, load during the run "
             f"{(m.get('cpu_load') or {}).get('mean_pct', '?')}% busy; {result['workload']['threads']} thread(s).",
-            f"Data: {result['data'].get('path') or result['data'].get('dataset')} ({result['data']['split']}), "
+            f"Data: {', '.join(result['data'].get('files') or [str(result['data'].get('dataset'))])} "
+            f"({result['data']['split']}), "
             f"{result['workload']['perplexity']}.",
             "",
             *rows,

@@ -173,6 +173,14 @@ def ort_logits(session: Any, window: np.ndarray) -> np.ndarray:
 
 
 def rss_mb() -> float:
+    # VmHWM, not ru_maxrss: a process started by fork+exec inherits its parent's ru_maxrss (llmzip's bench runs
+    # this script from a process that may already hold hundreds of MB); VmHWM starts fresh at exec.
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
