@@ -173,3 +173,30 @@ bench: {{threads: 1, prefill_lengths: [16], prompt_tokens: 16, new_tokens: 4, lm
     assert names == ["teacher-torch-fp32", "teacher-ort-fp32", "student-ort-fp32", "student-llmzip-int4"]
     assert all(v["perplexity"] > 1 for v in result["bench"]["variants"])
     assert result["stages"]["quantized"]["metrics"]["algorithm"] == "gptq"
+
+
+def test_sensitivity_and_fallback_per_decoder_layer_by_perplexity(lm: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "int4-safe"
+    flags = ["--data", lm["text"], "--eval-split", "test", "--max-length", 32, "--max-eval-samples", 3]
+    result = invoke_json(
+        "quantize",
+        lm["imported"],
+        lm["calib"],
+        "-o",
+        out,
+        "--weight-bits",
+        4,
+        "--weight-block-size",
+        16,
+        "--max-perplexity-increase",
+        0,
+        *flags,
+    )
+    sensitivity = json.loads((out / "sensitivity.json").read_text())
+    assert [u["unit"] for u in sensitivity["units"]] == [f"model.layers.{i}" for i in range(4)] + ["lm_head"]
+    tried = json.loads((out / "fallback.json").read_text())["tried"]
+    assert tried[0]["fp32_units"] == [] and tried[-1]["meets_target"]  # 0%: met at the latest with all units fp32
+    kept = result["metrics"]["fallback"]["fp32_units"]
+    assert result["metrics"]["quantized_layers"] == 29 - sum(1 if u == "lm_head" else 7 for u in kept)
+    refused = invoke("quantize", lm["imported"], lm["calib"], "-o", tmp_path / "x", "--max-accuracy-drop", 1, *flags)
+    assert refused.exit_code != 0 and "--max-perplexity-increase" in refused.stderr

@@ -170,6 +170,13 @@ def quantize(
         Optional[float],
         typer.Option(help="Keep the most sensitive layers fp32 until the accuracy drop (points) fits; needs --data."),
     ] = None,
+    max_perplexity_increase: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Causal LMs: keep the most sensitive decoder layers fp32 until the perplexity increase (%) on "
+            "--data's eval windows fits."
+        ),
+    ] = None,
     fallback_latency: Annotated[
         Optional[bool],
         typer.Option(
@@ -181,6 +188,7 @@ def quantize(
     eval_split: EvalSplit = None,
     max_eval_samples: MaxEval = None,
     max_length: MaxLength = None,
+    skip_tokens: SkipTokens = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -219,8 +227,10 @@ def quantize(
         "eval_split": eval_split,
         "max_eval_samples": max_eval_samples,
         "max_length": max_length,
+        "skip_tokens": skip_tokens,
         "sensitivity": sensitivity,
         "max_accuracy_drop": max_accuracy_drop,
+        "max_perplexity_increase": max_perplexity_increase,
         "fallback_latency": fallback_latency,
         "activations": activations,
         "embeddings": embeddings,

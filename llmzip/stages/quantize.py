@@ -31,6 +31,7 @@ from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
+from llmzip.quant.lm_fallback import perplexity_aware
 from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.report import error_report
@@ -177,11 +178,11 @@ def quantize(
                 "weight-only quantization (int4, --weight-only, or any causal LM) keeps activations float: "
                 "drop --smoothquant, --attention and --qat-steps"
             )
-        if not task.supports_accuracy_fallback and (config.sensitivity or config.max_accuracy_drop is not None):
-            raise ConfigError(
-                f"--sensitivity / --max-accuracy-drop measure classification accuracy; for a {task.kind.value} "
-                "model they are not built yet: keep layers fp32 with --exclude"
-            )
+        perplexity_metric = task.kind.value == "causal-lm"
+        if perplexity_metric and config.max_accuracy_drop is not None:
+            raise ConfigError("--max-accuracy-drop is for classifiers; a causal LM takes --max-perplexity-increase")
+        if not perplexity_metric and config.max_perplexity_increase is not None:
+            raise ConfigError("--max-perplexity-increase is for causal LMs; a classifier takes --max-accuracy-drop")
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
@@ -234,7 +235,10 @@ def quantize(
                 return quantize_linear(lin, act_ranges[name], config, smooth.get(name))
 
         extra: dict[str, Any] = {}
-        if config.sensitivity or config.max_accuracy_drop is not None:
+        if perplexity_metric and (config.sensitivity or config.max_perplexity_increase is not None):
+            names, extra = perplexity_aware(fp32, names, make, tokenizer, config, tmp)
+            tied = tied and head in names  # a head kept fp32 leaves the embedding its own table
+        elif config.sensitivity or config.max_accuracy_drop is not None:
             names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
         if config.qat_steps > 0:
             from llmzip.quant.qat import train

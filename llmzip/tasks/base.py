@@ -29,8 +29,6 @@ class Task(ABC):
     default_exclude: list[str] = []
     # Weights-only quantization (float activations) whatever --weight-bits says.
     weight_only: bool = False
-    # --sensitivity / --max-accuracy-drop (they measure classification accuracy today).
-    supports_accuracy_fallback: bool = False
     # Sequences per forward when a stage re-runs calibration samples (a causal LM's logits are [T × vocabulary]).
     eval_batch_size: int = 32
     # Batches of the calibration samples quantize's error report re-runs (None: all); a causal LM's report runs

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 class SequenceClassification(Task):
     kind = TaskKind.SEQUENCE_CLASSIFICATION
     default_exclude = list(DEFAULT_EXCLUDE)  # the task head (classifier, pooler) stays fp32
-    supports_accuracy_fallback = True
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification

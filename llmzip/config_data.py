@@ -1,0 +1,46 @@
+"""Where a stage's data comes from (shared by every stage config; see llmzip/config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmzip.errors import ConfigError
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where labelled text comes from: a hub id, a local folder of split files, or one local file."""
+
+    dataset: str | None = None  # None = the demo sample shipped in llmzip/resources
+    subset: str | None = None  # hub configuration name, e.g. "sst2" for "nyu-mll/glue"
+    text_column: str = "sentence"
+    delimiter: str | None = None  # local .csv/.tsv/.txt: the field separator (None: tab for .tsv, comma for .csv)
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    # Raw text (causal LMs): drop the first N tokens before cutting windows, e.g. to keep calibration and training
+    # off the windows a benchmark scores when one file is all the text there is (WikiText-2's test file here).
+    skip_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.skip_tokens >= 0, "skip_tokens", f"must be >= 0, got {self.skip_tokens}")
+        if self.delimiter == "\\t":  # typed in a shell as \t
+            self.delimiter = "\t"
+        _check(8 <= self.max_length <= 8192, "max_length", f"must be in [8, 8192], got {self.max_length}")
+        _check(
+            self.delimiter is None or len(self.delimiter) == 1,
+            "delimiter",
+            f"must be one character (e.g. ';' or '\\t'), got {self.delimiter!r}",
+        )
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, f"must be positive, got {value}")
