@@ -132,12 +132,16 @@ class TorchRunner:
         return self._run(tokens, state)
 
 
-def token_nll(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Σ −log softmax(logits)[target] over positions (logits [T, V] predict targets [T]), in float64."""
-    z = logits.astype(np.float64)
-    top = z.max(-1, keepdims=True)
-    log_norm = np.log(np.exp(z - top).sum(-1)) + top[:, 0]
-    return float((log_norm - z[np.arange(len(targets)), targets]).sum())
+def token_nll(logits: np.ndarray, targets: np.ndarray, chunk: int = 64) -> float:
+    """Σ −log softmax(logits)[target] over positions (logits [T, V] predict targets [T]), in float64, `chunk`
+    positions at a time (a whole 512 × 49k window in float64 would hold ~400 MB of temporaries)."""
+    total = 0.0
+    for i in range(0, len(targets), chunk):
+        z = logits[i : i + chunk].astype(np.float64)
+        top = z.max(-1, keepdims=True)
+        log_norm = np.log(np.exp(z - top).sum(-1)) + top[:, 0]
+        total += float((log_norm - z[np.arange(len(z)), targets[i : i + chunk]]).sum())
+    return total
 
 
 def perplexity(runner: Runner, windows: np.ndarray) -> dict[str, Any]:
