@@ -207,7 +207,7 @@ def export_causal_lm(
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
-    level = config.accuracy_level if config.accuracy_level is not None else (4 if weight_bits == 4 else 0)
+    level = config.accuracy_level if config.accuracy_level is not None else 4
     for layer in layers:  # parity is checked on the exact kernels first (accuracy_level 0), see below
         layer.accuracy_level = 0
     why_not = supports(model)
