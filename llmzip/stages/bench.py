@@ -261,21 +261,36 @@ def _bench_lm(
         result = bench_causal_lm(dirs, labels, config, Path(scratch))
         result["notes"] = notes
         if out_dir is not None:
-            with staging(Path(out_dir), overwrite=overwrite, inputs=[a.path for a in artifacts]) as tmp:
+            inputs = [*(a.path for a in artifacts), *data_paths(config.data)]
+            with staging(Path(out_dir), overwrite=overwrite, inputs=inputs) as tmp:
                 (tmp / report.REPORT_FILE).write_text(render_markdown(result) + "\n")
-                (tmp / RESULTS_FILE).write_text(strict_json(result, where=RESULTS_FILE))
-                write_manifest(
-                    tmp,
-                    stage="bench",
-                    parents=artifacts,
-                    inputs={"eval": result["data"]},
-                    config=to_dict(config),
-                    metrics={"variants": len(result["variants"]), "task": TaskKind.CAUSAL_LM.value},
-                    seed=config.seed,
-                    started=started,
-                    extra={"report_files": [RESULTS_FILE, report.REPORT_FILE]},
-                )
+                metrics = {"variants": len(result["variants"]), "task": TaskKind.CAUSAL_LM.value}
+                _write_results(tmp, result, artifacts, config, metrics, [report.REPORT_FILE], started)
     return result
+
+
+def _write_results(
+    tmp: Path,
+    result: dict[str, Any],
+    artifacts: list[Any],
+    config: BenchConfig,
+    metrics: dict[str, Any],
+    files: list[str],
+    started: float,
+) -> None:
+    """results.json, then the manifest (last: its file table covers the report files written before it)."""
+    (tmp / RESULTS_FILE).write_text(strict_json(result, where=RESULTS_FILE))
+    write_manifest(
+        tmp,
+        stage="bench",
+        parents=artifacts,
+        inputs={"eval": result["data"]},
+        config=to_dict(config),
+        metrics=metrics,
+        seed=config.seed,
+        started=started,
+        extra={"report_files": [RESULTS_FILE, *files]},
+    )
 
 
 def genai_baseline(artifacts: list[Any], precision: str, scratch: Path) -> tuple[Path | None, str]:
@@ -345,20 +360,10 @@ def bench(
     if out_dir is not None:
         with staging(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)]) as tmp:
             files, result["notes"] = report.write_report(result, tmp)
-            (tmp / RESULTS_FILE).write_text(strict_json(result, where=RESULTS_FILE))
-            write_manifest(
-                tmp,
-                stage="bench",
-                parents=artifacts,
-                inputs={"eval": result["data"]},
-                config=to_dict(config),
-                metrics={
-                    "variants": len(result["variants"]),
-                    "warnings": len(result["warnings"]),
-                    **({"gates_passed": result["gates"]["passed"]} if "gates" in result else {}),
-                },
-                seed=config.seed,
-                started=started,
-                extra={"report_files": [RESULTS_FILE, *files]},
-            )
+            metrics = {
+                "variants": len(result["variants"]),
+                "warnings": len(result["warnings"]),
+                **({"gates_passed": result["gates"]["passed"]} if "gates" in result else {}),
+            }
+            _write_results(tmp, result, artifacts, config, metrics, files, started)
     return result
