@@ -25,7 +25,8 @@ WINDOWS_FILE, PROMPT_FILE = "windows.npy", "prompt.npy"
 
 
 def size_mb(directory: Path) -> float:
-    """Bytes of the model weights a variant ships: its .onnx (+ external data) or .safetensors files."""
+    """Bytes of the model weights a variant ships: its .onnx (+ external data, e.g. a genai build's model.onnx.data)
+    or .safetensors files."""
     files = [p for p in directory.iterdir() if p.is_file() and (".onnx" in p.name or p.suffix == ".safetensors")]
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
 
@@ -245,7 +246,7 @@ def genai_row(directory: Path, work: Path, *, name: str, params: dict[str, Any])
         "prefill_ms_range": {
             k: [round(float(v["min"]), 1), round(float(v["max"]), 1)] for k, v in got["prefill_ms"].items()
         },
-        "size_mb": genai.size_mb(directory),
+        "size_mb": size_mb(directory),
         "peak_rss_mb": got["peak_rss_mb"],
         "generated_ids": [int(t) for t in got.get("generated_ids", [])],
         "threads": params["threads"],

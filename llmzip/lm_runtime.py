@@ -154,21 +154,22 @@ def perplexity(runner: Runner, windows: np.ndarray) -> dict[str, Any]:
     return {"perplexity": float(np.exp(total / count)), "scored_tokens": count, "windows": len(windows)}
 
 
-def greedy(runner: Runner, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], dict[str, float]]:
-    """`new_tokens` greedy tokens after `prompt` [length] (no early stop), and the prefill/decode wall times.
-
-    The first new token comes from the prefill's logits; each of the other new_tokens − 1 costs one decode step.
-    """
+def greedy(
+    runner: Runner, prompt: np.ndarray, new_tokens: int, eos: int | None = None
+) -> tuple[list[int], dict[str, float]]:
+    """Up to `new_tokens` greedy tokens after `prompt` [length] (stopping after `eos` when given), and the
+    prefill/decode wall times. The first new token comes from the prefill's logits; each other costs one decode
+    step."""
     started = time.perf_counter()
     logits, state = runner.prefill(prompt[None, :])
     prefill_s = time.perf_counter() - started
     tokens = [int(logits[0, -1].argmax())]
     started = time.perf_counter()
-    for _ in range(new_tokens - 1):
+    while len(tokens) < new_tokens and (eos is None or tokens[-1] != eos):
         logits, state = runner.step(np.array([[tokens[-1]]], dtype=np.int64), state)
         tokens.append(int(logits[0, -1].argmax()))
     decode_s = time.perf_counter() - started
-    return tokens, {"prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": new_tokens - 1}
+    return tokens, {"prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": len(tokens) - 1}
 
 
 def timed(fn: Any, repeats: int) -> dict[str, float]:
@@ -198,23 +199,14 @@ def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads:
     if len(ids) == 0:
         raise ConfigError("the prompt is empty after tokenization; give some text")
     runner = load_runner(directory, threads=threads, name=directory.name)
-    eos = tokenizer.eos_token_id
-    started = time.perf_counter()
-    logits, state = runner.prefill(ids[None, :])
-    prefill_s = time.perf_counter() - started
-    tokens = [int(logits[0, -1].argmax())]
-    started = time.perf_counter()
-    while len(tokens) < max_new_tokens and tokens[-1] != eos:
-        logits, state = runner.step(np.array([[tokens[-1]]], dtype=np.int64), state)
-        tokens.append(int(logits[0, -1].argmax()))
-    decode_s = time.perf_counter() - started
-    steps = len(tokens) - 1
+    tokens, times = greedy(runner, ids, max_new_tokens, eos=tokenizer.eos_token_id)
+    steps, decode_s = times["decode_steps"], times["decode_s"]
     return {
         "prompt": prompt,
         "text": tokenizer.decode(tokens, skip_special_tokens=True),
         "token_ids": tokens,
         "new_tokens": len(tokens),
-        "prefill_ms": prefill_s * 1e3,
+        "prefill_ms": times["prefill_s"] * 1e3,
         "decode_tokens_per_s": steps / decode_s if steps and decode_s > 0 else 0.0,
         "runtime": "onnxruntime" if isinstance(runner, OrtRunner) else "pytorch",
         "threads": threads,

@@ -141,10 +141,3 @@ def measure(
     if done.returncode != 0 or not out.is_file():
         raise RuntimeError(f"genai measure failed ({done.returncode}): {_last_line(done.stderr or done.stdout)}")
     return dict(json.loads(out.read_text()))
-
-
-def size_mb(genai_dir: Path) -> float:
-    """On-disk size of the model graphs and their external weights (.onnx, .onnx.data, .data, .bin)."""
-    suffixes = (".onnx", ".onnx.data", ".onnx_data", ".data", ".bin")
-    total = sum(p.stat().st_size for p in genai_dir.iterdir() if p.is_file() and p.name.endswith(suffixes))
-    return round(total / 1e6, 3)

@@ -215,7 +215,7 @@ def quantize(
         # A tied embedding whose head goes weight-only reads the head's codes (one table, as onnxruntime's
         # GatherBlockQuantized does); otherwise the table gets its own int8 rows.
         tied = bool(getattr(fp32.config, "tie_word_embeddings", False)) and weight_only and head in names
-        tied = tied and config.embeddings
+        tied = tied and config.embeddings  # --fp32-embeddings keeps a table of its own
         if weight_only:
             make, gptq_stats = weight_only_maker(
                 fp32,
