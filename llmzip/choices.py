@@ -79,6 +79,21 @@ class WeightAlgorithm(str, enum.Enum):
     GPTQ = "gptq"
 
 
+class Vocabulary(str, enum.Enum):
+    """A student's word-embedding rows: all of the teacher's (full), or only the token ids its training data uses
+    (task; the others map to the unknown token inside the graph, so the tokenizer stays the same)."""
+
+    FULL = "full"
+    TASK = "task"
+
+
+class Objective(str, enum.Enum):
+    """What `llmzip compress` minimises among the candidates within the accuracy budget."""
+
+    SIZE = "size"
+    LATENCY = "latency"
+
+
 class Granularity(str, enum.Enum):
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"

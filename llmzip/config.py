@@ -19,6 +19,7 @@ from llmzip.choices import LmGraph as LmGraph
 from llmzip.choices import Provider as Provider
 from llmzip.choices import SaturationFix as SaturationFix
 from llmzip.choices import TorchDtype as TorchDtype
+from llmzip.choices import Vocabulary as Vocabulary
 from llmzip.choices import WeightAlgorithm as WeightAlgorithm
 from llmzip.choices import as_enum as as_enum
 from llmzip.config_data import DataConfig as DataConfig
@@ -93,6 +94,14 @@ class DistillConfig(TrainConfig):
     embedding: float = 0.0
     layer_map: list[int] | None = None  # teacher layer (1-based output) for each student layer; default uniform
     intermediate_epochs: float = 0.0
+    # Structured pruning and embedding compression of the student, before its training (which recovers the
+    # accuracy by KD): llmzip/pruning.py, llmzip/embeddings.py.
+    keep_heads: int | None = None  # attention heads kept per layer, by first-order Taylor importance
+    keep_ffn: int | None = None  # FFN neurons kept per layer, same ranking
+    prune_batches: int = 32  # training batches the importance is measured on
+    vocabulary: Vocabulary = Vocabulary.FULL  # task: only the token ids the training data uses keep a row
+    embedding_rank: int | None = None  # word embeddings factorized E ≈ A·B (ALBERT) at this rank
+    max_positions: int | None = None  # keep this many position embeddings (the rest is never used)
     # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
     teacher_cache: bool = True
@@ -104,8 +113,23 @@ class DistillConfig(TrainConfig):
         _check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
         for key in ("hidden_mse", "hidden_cos", "attention", "embedding", "intermediate_epochs"):
             _check(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "keep_heads",
+            "keep_ffn",
+            "embedding_rank",
+            "max_positions",
+        ):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
+        self.vocabulary = as_enum(Vocabulary, self.vocabulary, "vocabulary")
+        _check(
+            self.keep_heads is None or self.attention == 0,
+            "attention",
+            "the attention-map loss compares all of the teacher's heads; set attention: 0 with keep_heads",
+        )
         _check(
             self.intermediate_epochs == 0 or self.intermediate_weight > 0,
             "intermediate_epochs",

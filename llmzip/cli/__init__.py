@@ -4,7 +4,7 @@ stage function and prints a summary. Importing this package must stay light: `ll
 
 from __future__ import annotations
 
-from llmzip.cli import lm, model, report, train
+from llmzip.cli import lm, model, report, search, train
 from llmzip.cli.common import app
 
 __all__ = ["app", "main"]
@@ -19,6 +19,7 @@ for _command in (
     model.export,
     report.bench,
     report.run,
+    search.compress,
     lm.generate,
 ):
     app.command()(_command)

@@ -1,0 +1,101 @@
+"""`llmzip compress`: the measured search for the smallest or fastest model within an accuracy budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmzip import recipe as recipes
+from llmzip.choices import Objective
+from llmzip.cli.common import Data, Json, Out, Overwrite, _execute
+from llmzip.errors import ConfigError
+
+
+def compress(
+    out: Out,
+    teacher: Annotated[
+        Optional[str], typer.Argument(help="The fine-tuned teacher (folder or hub id); default: the recipe's model.")
+    ] = None,
+    data: Data = None,
+    recipe_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--recipe", help="YAML: `model`, `data`, base stage sections, and `compress:` (budget, candidates)."
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float], typer.Option(help="Points below the teacher allowed, on data's eval split.")
+    ] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="What to minimise within the budget.")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every stage on a few rows and steps (also BENCH_QUICK=1): minutes.")
+    ] = False,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override one field: section.key=value (YAML value), repeatable."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the search in OUT: stages and measurements already done are reused."),
+    ] = False,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+) -> None:
+    """Search for the smallest (or fastest) model within an accuracy budget: every candidate is made by the stages
+    (distill with pruning / embedding compression → calibrate → quantize → export) and measured beside the teacher.
+
+    Examples:
+
+        llmzip compress runs/sst2/teacher --data ../shared/data/sst2 --max-accuracy-drop 1.5 --objective size -o runs/c
+
+        llmzip compress --recipe configs/compress-sst2.yaml -o runs/compress --resume
+    """
+
+    def work() -> dict[str, Any]:
+        import yaml
+
+        from llmzip.compress_plan import build_plan
+        from llmzip.modeling import source_config
+        from llmzip.stages.compress import compress as stage
+
+        values: dict[str, Any] = recipes.read_yaml(recipe_file) if recipe_file is not None else {}
+        if teacher is not None:
+            values["model"] = teacher
+        if data is not None:
+            recipes.set_dotted(values, "data.dataset", data)
+        if max_accuracy_drop is not None:
+            recipes.set_dotted(values, "compress.max_accuracy_drop", max_accuracy_drop)
+        if objective is not None:
+            recipes.set_dotted(values, "compress.objective", objective.value)
+        for item in set_ or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--set {item!r}: expected section.key=value")
+            recipes.set_dotted(values, key.strip(), yaml.safe_load(raw))
+        shape = None
+        if isinstance(values.get("model"), str) and not (values.get("compress") or {}).get("candidates"):
+            c = source_config(values["model"])
+            shape = (int(c.num_hidden_layers), int(c.num_attention_heads), int(c.intermediate_size))
+        plan = build_plan(values, teacher_shape=shape, quick=quick or os.environ.get("BENCH_QUICK") == "1")
+        return stage(
+            plan.teacher,
+            out,
+            config=plan.config,
+            candidates=plan.candidates,
+            export_config=plan.export,
+            bench_config=plan.bench,
+            resume=resume,
+            overwrite=overwrite,
+        )
+
+    _execute(work, render, json_out)
+
+
+def render(result: dict[str, Any]) -> None:
+    from llmzip.compress_report import markdown
+    from llmzip.progress import stdout_console
+
+    stdout_console().print(markdown(result), markup=False, highlight=False)

@@ -1,0 +1,221 @@
+"""What `llmzip compress` searches: its config, the candidates (planned or from a recipe) and their cache keys.
+
+Pure Python (no torch): the CLI builds and validates the whole plan before any stage runs, so a typo in the
+tenth candidate fails in the first second, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmzip.choices import Objective, as_enum
+from llmzip.config import (
+    BenchConfig,
+    CalibrateConfig,
+    DataConfig,
+    DistillConfig,
+    ExportConfig,
+    QuantizeConfig,
+    to_dict,
+)
+from llmzip.config_data import _check
+from llmzip.errors import ConfigError
+from llmzip.recipe import from_dict, merge
+
+# The stages a candidate is made by, in order; `distill: null` in a candidate means "the teacher itself".
+BUILD_STAGES = {"distill": DistillConfig, "calibrate": CalibrateConfig, "quantize": QuantizeConfig}
+SECTIONS = {**BUILD_STAGES, "export": ExportConfig, "bench": BenchConfig}
+
+
+@dataclass
+class CompressConfig:
+    """The search: candidates are built by the stages, measured by bench's code, and the best one within the
+    accuracy budget (on data's eval split, never the bench's reported split) is written out."""
+
+    max_accuracy_drop: float = 1.0  # points below the teacher on the selection split
+    objective: Objective = Objective.SIZE
+    candidates: list[dict[str, Any]] | None = None  # None: the planned set (default_plan)
+    kd_ablation: bool = True  # also train the pruned students on labels only, to measure what KD adds
+    data: DataConfig = field(default_factory=DataConfig)  # training data; eval_split selects
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop", "must be in [0, 100] points")
+        self.objective = as_enum(Objective, self.objective, "objective")
+        _check(
+            self.candidates is None or (isinstance(self.candidates, list) and len(self.candidates) > 0),
+            "candidates",
+            "must be a non-empty list of {name, distill, calibrate, quantize} mappings",
+        )
+
+
+@dataclass
+class Candidate:
+    name: str
+    configs: dict[str, Any]  # stage name → resolved config; "distill" is None for the teacher itself
+    overrides: dict[str, Any]  # what the plan or recipe set, for the report
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "overrides": self.overrides}
+
+
+def default_plan(layers: int, heads: int, ffn: int, *, kd_ablation: bool) -> list[dict[str, Any]]:
+    """The planned candidates for a teacher of `layers` × `heads` heads × `ffn` FFN neurons.
+
+    From the reference student (half depth, int8) down: a task vocabulary with int8 rows, then a factorized
+    embedding, then pruned heads/FFN, then a third of the depth, and 4-bit weights; each step attacks what
+    dominates what is left (the embedding table first: it is half of a MiniLM's weights).
+    """
+    half = max(1, layers // 2)
+    third = max(1, layers // 3)
+    vocab = {"vocabulary": "task", "max_positions": 128}
+    small_embed = {**vocab, "embedding_rank": 64}
+    pruned = {"keep_heads": max(1, heads * 2 // 3), "keep_ffn": max(1, ffn // 2)}
+    pruned_hard = {"keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}
+    head_int8 = {"exclude": [r"(^|\.)classifier(\.|$)"]}  # the pooler is a 384² matrix: int8 too
+    int4 = {"weight_bits": 4, "weight_only": True, **head_int8}
+    plan: list[dict[str, Any]] = [
+        {"name": "teacher-int8", "distill": None},
+        {"name": f"{half}L-int8", "distill": {"num_layers": half}},
+        {"name": f"{half}L-vocab-int8", "distill": {"num_layers": half, **vocab}, "quantize": head_int8},
+        {"name": f"{half}L-vocab-r64-int8", "distill": {"num_layers": half, **small_embed}, "quantize": head_int8},
+        {
+            "name": f"{half}L-pruned-r64-int8",
+            "distill": {"num_layers": half, **small_embed, **pruned},
+            "quantize": head_int8,
+        },
+        {
+            "name": f"{half}L-pruned-r64-int4",
+            "distill": {"num_layers": half, **small_embed, **pruned},
+            "quantize": int4,
+        },
+        {
+            "name": f"{half}L-pruned2-r64-int8",
+            "distill": {"num_layers": half, **small_embed, **pruned_hard},
+            "quantize": head_int8,
+        },
+        {
+            "name": f"{third}L-pruned-r64-int8",
+            "distill": {"num_layers": third, **small_embed, **pruned},
+            "quantize": head_int8,
+        },
+    ]
+    if kd_ablation:
+        plan.append(
+            {
+                "name": f"{half}L-pruned-r64-int8-labels-only",
+                "distill": {"num_layers": half, **small_embed, **pruned, "alpha": 0.0, "hidden_mse": 0.0},
+                "quantize": head_int8,
+            }
+        )
+    return plan
+
+
+def resolve(
+    entries: list[dict[str, Any]], base: dict[str, dict[str, Any]], shared_data: dict[str, Any]
+) -> list[Candidate]:
+    """Each entry's stage overrides merged onto the recipe's stage sections, validated into configs."""
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"compress.candidates[{i}]: needs a `name:` and stage sections")
+        name = entry["name"]
+        unknown = sorted(set(entry) - {"name", *BUILD_STAGES})
+        if unknown:
+            raise ConfigError(
+                f"compress.candidates[{i}] ({name}): unknown key {unknown[0]!r}; use {list(BUILD_STAGES)}"
+            )
+        if name in seen:
+            raise ConfigError(f"compress.candidates: {name!r} appears twice; candidate names must be unique")
+        seen.add(name)
+        configs: dict[str, Any] = {}
+        for stage, cls in BUILD_STAGES.items():
+            override = entry.get(stage, {})
+            if stage == "distill" and override is None:
+                configs[stage] = None
+                continue
+            if not isinstance(override, dict):
+                raise ConfigError(f"compress.candidates[{i}].{stage}: expected a mapping")
+            section = merge(base.get(stage) or {}, override)
+            section["data"] = merge(shared_data, section.get("data") or {})
+            configs[stage] = from_dict(cls, section, prefix=f"compress.candidates[{i}].{stage}.")
+        out.append(Candidate(name=name, configs=configs, overrides={k: v for k, v in entry.items() if k != "name"}))
+    return out
+
+
+def key(*parts: Any) -> str:
+    """A short, stable hash of configs and parent keys: the name of a stage directory in the search's cache."""
+    blob = json.dumps([to_dict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Defaults of the search's stage sections (a recipe's sections override them, key by key). The distill budget
+# is the one bench-compress measured; the int8 recipe is sst2-minilm.yaml's (percentile ranges, int8 attention).
+DEFAULT_SECTIONS: dict[str, dict[str, Any]] = {
+    "distill": {"alpha": 0.5, "temperature": 2.0, "learning_rate": 1e-4, "batch_size": 32, "max_steps": 2000},
+    "calibrate": {"num_samples": 256},
+    "quantize": {"method": "percentile", "percentile": 99.99, "attention": True},
+    "export": {},
+    "bench": {"batch_sizes": [1, 8], "seq_len": 128, "threads": 1, "iterations": 30},
+}
+# BENCH_QUICK / --quick: every stage runs, on a few rows and steps (minutes on the reference teacher).
+QUICK_SECTIONS: dict[str, dict[str, Any]] = {
+    "distill": {"max_steps": 20, "prune_batches": 2, "epochs": 1.0},
+    "calibrate": {"num_samples": 32},
+    "bench": {"iterations": 3, "warmup": 1},
+}
+QUICK_DATA = {"max_train_samples": 640, "max_eval_samples": 64}
+RECIPE_KEYS = {"model", "data", "compress", *SECTIONS}
+
+
+@dataclass
+class Plan:
+    teacher: str
+    config: CompressConfig
+    candidates: list[Candidate]
+    export: ExportConfig
+    bench: BenchConfig
+
+
+def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, int, int] | None, quick: bool) -> Plan:
+    """A validated search from a recipe mapping (`model`, `data`, stage sections as bases, `compress`).
+
+    `teacher_shape` (layers, heads, FFN neurons) sizes the planned candidates when the recipe lists none.
+    """
+    unknown = sorted(set(values) - RECIPE_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown compress recipe section; known: {', '.join(sorted(RECIPE_KEYS))}")
+    model = values.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError("model: the search needs a teacher (`model:` in the recipe, or TEACHER on the command line)")
+    shared = dict(values.get("data") or {})
+    if quick:
+        shared = {**shared, **QUICK_DATA}
+    sections: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        given = values.get(name) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{name}: expected a mapping")
+        sections[name] = merge(DEFAULT_SECTIONS[name], given)
+        if quick:
+            sections[name] = merge(sections[name], QUICK_SECTIONS.get(name, {}))
+            if "data" in sections[name]:
+                sections[name]["data"] = {**sections[name]["data"], **QUICK_DATA}
+    search = dict(values.get("compress") or {})
+    search["data"] = merge(shared, search.get("data") or {})
+    config = from_dict(CompressConfig, search, prefix="compress.")
+    entries = config.candidates
+    if entries is None:
+        if teacher_shape is None:
+            raise ConfigError("compress.candidates: none listed and the teacher's shape is unknown; list candidates")
+        entries = default_plan(*teacher_shape, kd_ablation=config.kd_ablation)
+    candidates = resolve(entries, sections, shared)
+    export = from_dict(
+        ExportConfig, {**sections["export"], "data": merge(shared, sections["export"].get("data") or {})}
+    )
+    bench_section = {**sections["bench"], "data": merge(shared, sections["bench"].get("data") or {})}
+    bench = from_dict(BenchConfig, bench_section, prefix="bench.")
+    return Plan(teacher=model, config=config, candidates=candidates, export=export, bench=bench)

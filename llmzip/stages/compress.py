@@ -1,0 +1,308 @@
+"""compress: teacher + data → the smallest (or fastest) model within an accuracy budget, by a measured search.
+
+Every candidate is made by the ordinary stages (distill → calibrate → quantize → export) into
+`OUT/stages/<stage>-<key>`, where the key hashes the teacher, the data files, the stage config and the parent's
+key: a second run (`--resume`, or a wider plan) reuses every stage and measurement whose inputs did not change,
+and candidates that share a student share its directory. Each candidate is measured by bench's code beside the
+PyTorch teacher (llmzip/compress_measure.py); the Pareto list goes to results.json + pareto.png, and the winner
+is copied to `OUT/model`, an ordinary export directory whose manifest carries its whole lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from llmzip import pareto
+from llmzip.artifact import (
+    EXTERNAL,
+    MANIFEST,
+    atomic_write_text,
+    open_model_source,
+    read_manifest,
+    sha256_paths,
+    strict_json,
+)
+from llmzip.compress_plan import Candidate, CompressConfig, key
+from llmzip.config import BenchConfig, ExportConfig, to_dict
+from llmzip.data import data_paths
+from llmzip.errors import ArtifactError, LlmzipError
+from llmzip.outputs import check_output, locked, make_parents, staging
+from llmzip.progress import console, step
+
+ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
+MARKER = "compress.json"  # written first: OUT is a search directory (what --resume continues)
+RESULTS = "results.json"
+
+
+def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path]) -> None:
+    check_output(out_dir, overwrite=True, inputs=inputs)
+    if not out_dir.exists():
+        return
+    if overwrite:
+        shutil.rmtree(out_dir)
+        return
+    if not (out_dir / MARKER).is_file():
+        raise ArtifactError(f"{out_dir} exists and is not a compress search; choose another --out or pass --overwrite")
+    if not resume:
+        raise ArtifactError(
+            f"{out_dir} holds a compress search; pass --resume to continue it (measured candidates are reused) "
+            "or --overwrite to start over"
+        )
+
+
+def compress(
+    teacher: str,
+    out_dir: Path,
+    *,
+    config: CompressConfig,
+    candidates: list[Candidate],
+    export_config: ExportConfig,
+    bench_config: BenchConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build, measure and rank `candidates`; returns the search result (also written to OUT/results.json)."""
+    started = time.time()
+    out_dir = Path(out_dir)
+    source = open_model_source(teacher, verb="compress", accepts=ACCEPTS)
+    data_files = sorted({p for c in candidates for s in c.configs.values() if s for p in data_paths(s.data)})
+    data_files += [p for p in data_paths(bench_config.data) if p not in data_files]
+    inputs = [source.path, *data_files]
+    make_parents(out_dir.parent)
+    with locked(out_dir):
+        _open_out(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "stages").mkdir(exist_ok=True)
+        (out_dir / "candidates").mkdir(exist_ok=True)
+        root = key(source.hash, sha256_paths([Path(p) for p in data_files if Path(p).is_file()]))
+        atomic_write_text(
+            out_dir / MARKER,
+            strict_json(
+                {
+                    "teacher": source.ref(),
+                    "root_key": root,
+                    "config": to_dict(config),
+                    "candidates": [c.describe() for c in candidates],
+                },
+                where=MARKER,
+            ),
+        )
+        search = _Search(out_dir, source.path, root, config, export_config, bench_config)
+        teacher_row = search.teacher()
+        rows: list[dict[str, Any]] = []
+        for i, candidate in enumerate(candidates, 1):
+            console.rule(f"[bold]candidate {i}/{len(candidates)}: {candidate.name}")
+            try:
+                rows.append(search.candidate(candidate))
+            except LlmzipError as err:  # one bad candidate (e.g. a parity failure) must not end the search
+                step(f"{candidate.name} failed: {err}")
+                rows.append({"name": candidate.name, "error": str(err), "overrides": candidate.overrides})
+        result = _rank(config, teacher_row, rows)
+        result["wall_s"] = round(time.time() - started, 1)
+        if result["best"] is not None:
+            best = next(r for r in rows if r["name"] == result["best"])
+            _write_model(Path(best["path"]), out_dir / "model", best, result, search.lineage(Path(best["path"])))
+            result["model"] = str(out_dir / "model")
+        atomic_write_text(out_dir / RESULTS, strict_json(result, where=RESULTS))
+        _plot(out_dir / "pareto.png", result)
+    return result
+
+
+class _Search:
+    """The stage cache of one search directory and the measurer (loaded on first use)."""
+
+    def __init__(
+        self,
+        out: Path,
+        teacher: Path,
+        root: str,
+        config: CompressConfig,
+        export_config: ExportConfig,
+        bench: BenchConfig,
+    ) -> None:
+        self.out, self.teacher_path, self.root, self.config = out, teacher, root, config
+        self.export_config, self.bench = export_config, bench
+        self._measurer: Any = None
+
+    def measurer(self) -> Any:
+        if self._measurer is None:  # loading the teacher and both eval sets: only when something is measured
+            from llmzip.compress_measure import Measurer
+
+            self._measurer = Measurer(self.teacher_path, self.bench, self.config.data)
+        return self._measurer
+
+    def _stage(self, name: str, parent_key: str, stage_config: Any, build: Any) -> tuple[Path, str]:
+        k = key(parent_key, name, stage_config)
+        target = self.out / "stages" / f"{name}-{k}"
+        if (target / MANIFEST).is_file():
+            step(f"{name}: reusing {target}")
+        else:
+            build(target)
+        return target, k
+
+    def teacher(self) -> dict[str, Any]:
+        from llmzip.stages.export import export
+
+        cached = self.out / "candidates" / "_teacher.json"
+        k = key(self.root, "teacher", self.bench, self.config.data, self.export_config)
+        if cached.is_file():
+            row = json.loads(cached.read_text())
+            if row.get("key") == k:
+                return dict(row)
+        onnx_dir, _ = self._stage(
+            "export", self.root, self.export_config, lambda t: export(self.teacher_path, t, config=self.export_config)
+        )
+        onnx = read_manifest(onnx_dir) or {}
+        step("teacher accuracy (PyTorch fp32)")
+        row = {
+            "key": k,
+            "path": str(self.teacher_path),
+            **self.measurer().teacher_row(),
+            "onnx_size_mb": round(
+                sum((onnx_dir / f).stat().st_size for f in onnx.get("files", {}) if "onnx" in f) / 1e6, 3
+            ),
+            "onnx_path": str(onnx_dir),
+        }
+        atomic_write_text(cached, strict_json(row, where=str(cached)))
+        return row
+
+    def candidate(self, c: Candidate) -> dict[str, Any]:
+        from llmzip.stages.calibrate import calibrate
+        from llmzip.stages.distill import distill
+        from llmzip.stages.export import export
+        from llmzip.stages.quantize import quantize
+
+        model, k = self.teacher_path, self.root
+        if c.configs["distill"] is not None:
+            model, k = self._stage(
+                "distill",
+                k,
+                c.configs["distill"],
+                lambda t: distill(str(self.teacher_path), t, config=c.configs["distill"]),
+            )
+        student = model
+        calib, k = self._stage(
+            "calibrate", k, c.configs["calibrate"], lambda t: calibrate(student, t, config=c.configs["calibrate"])
+        )
+        quant, k = self._stage(
+            "quantize", k, c.configs["quantize"], lambda t: quantize(student, calib, t, config=c.configs["quantize"])
+        )
+        onnx, k = self._stage("export", k, self.export_config, lambda t: export(quant, t, config=self.export_config))
+        measured = self.out / "candidates" / f"{c.name}.json"
+        mk = key(k, self.bench, self.config.data)
+        if measured.is_file():
+            row = json.loads(measured.read_text())
+            if row.get("key") == mk:
+                step(f"{c.name}: reusing its measurement")
+                return dict(row)
+        step(f"measuring {c.name} beside the teacher")
+        row = {"key": mk, **self.measurer().candidate(onnx, c.name), "overrides": c.overrides}
+        row["student"] = _student_info(model) if c.configs["distill"] is not None else None
+        atomic_write_text(measured, strict_json(row, where=str(measured)))
+        return row
+
+    def lineage(self, export_dir: Path) -> list[dict[str, Any]]:
+        """The export and every directory it descends from, back to the teacher: stage, path, sha256, config."""
+        chain: list[dict[str, Any]] = []
+        current: Path | None = export_dir
+        while current is not None and (current / MANIFEST).is_file():
+            m = read_manifest(current) or {}
+            chain.append(
+                {
+                    "stage": m.get("stage"),
+                    "path": str(current),
+                    "parents": m.get("parents"),
+                    "config": m.get("config"),
+                    "metrics": m.get("metrics"),
+                }
+            )
+            parents = m.get("parents") or []
+            current = Path(parents[0]["path"]) if parents else None
+            if current is not None and not (current / MANIFEST).is_file():
+                chain.append({"stage": "teacher", **parents[0]})
+                current = None
+        return chain
+
+
+def _student_info(model_dir: Path) -> dict[str, Any]:
+    m = read_manifest(model_dir) or {}
+    metrics = m.get("metrics", {})
+    return {
+        k: metrics.get(k) for k in ("student_params", "student_layers", "eval_accuracy", "steps", "losses", "structure")
+    }
+
+
+def _rank(config: CompressConfig, teacher: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if "error" not in r]
+    # Selection uses the selection split; the reported `accuracy` (bench's eval split) never chooses.
+    views = [{**r, "accuracy": r["selection_accuracy"]} for r in ok]
+    chosen = pareto.best_within(
+        views,
+        teacher_accuracy=teacher["selection_accuracy"],
+        max_drop_pt=config.max_accuracy_drop,
+        objective=config.objective,
+    )
+    for r in ok:
+        r["size_ratio_vs_teacher_onnx"] = round(teacher["onnx_size_mb"] / r["size_mb"], 2)
+        r["accuracy_drop_pt"] = round(100 * (teacher["accuracy"] - r["accuracy"]), 2)
+        r["selection_drop_pt"] = round(100 * (teacher["selection_accuracy"] - r["selection_accuracy"]), 2)
+        r["within_budget"] = r["selection_drop_pt"] <= config.max_accuracy_drop + 1e-9
+    return {
+        "teacher": teacher,
+        "objective": config.objective.value,
+        "max_accuracy_drop_pt": config.max_accuracy_drop,
+        "candidates": rows,
+        "pareto": pareto.pareto(ok),
+        "best": None if chosen is None else chosen["name"],
+    }
+
+
+def _write_model(
+    export_dir: Path, target: Path, row: dict[str, Any], result: dict[str, Any], lineage: list[dict[str, Any]]
+) -> None:
+    """Copy the winning export as OUT/model (atomically), its manifest extended with how it was chosen."""
+    with staging(target, overwrite=True) as tmp:
+        for item in export_dir.iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        manifest = json.loads((tmp / MANIFEST).read_text())
+        manifest["compress"] = {
+            "candidate": row["name"],
+            "objective": result["objective"],
+            "max_accuracy_drop_pt": result["max_accuracy_drop_pt"],
+            "measured": {k: row[k] for k in ("accuracy", "selection_accuracy", "size_mb", "latency_ms")},
+            "teacher": {k: result["teacher"][k] for k in ("accuracy", "selection_accuracy", "onnx_size_mb")},
+            "lineage": lineage,
+        }
+        (tmp / MANIFEST).write_text(strict_json(manifest, where="model manifest"))
+
+
+def _plot(path: Path, result: dict[str, Any]) -> None:
+    from llmzip import plots
+
+    ok = [r for r in result["candidates"] if "error" not in r]
+    if not ok or not plots.available():
+        return
+    on_front = set(result["pareto"])
+    points = [
+        {
+            "name": ("* " if r["name"] in on_front else "") + r["name"],
+            "size_mb": r["size_mb"],
+            "accuracy": r["accuracy"],
+        }
+        for r in ok
+    ]
+    plots.scatter_png(
+        path,
+        points,
+        x="size_mb",
+        y="accuracy",
+        title="compress: accuracy vs size (* = Pareto)",
+        xlabel="ONNX size (MB)",
+        ylabel="accuracy",
+        hline=result["teacher"]["accuracy"] - result["max_accuracy_drop_pt"] / 100,
+    )
