@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-llm lm lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-compress bench-llm lm lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,10 @@ bench-speed: install
 bench-sst2: install
 	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/bench-sst2 --overwrite
 	cp runs/bench-sst2/bench/results.json runs/bench-sst2/results.json
+
+## make bench-compress [BENCH_QUICK=1]: the compress search on the reference teacher + one joint bench run (~1 h)
+bench-compress: install
+	$(BIN)/python -m llmzip.benchmarks.compress $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 ## make bench-llm [BENCH_QUICK=1] [STUDENTS="kd=DIR ce=DIR"]: SmolLM2-135M int8/int4 vs onnxruntime-genai (~40 min)
 ## (builds onnxruntime-genai's baseline in .venv-genai from benchmarks/genai/requirements.txt: PyPI access needed once)

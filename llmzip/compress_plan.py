@@ -75,7 +75,7 @@ def default_plan(layers: int, heads: int, ffn: int, *, kd_ablation: bool) -> lis
     pruned = {"keep_heads": max(1, heads * 2 // 3), "keep_ffn": max(1, ffn // 2)}
     pruned_hard = {"keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}
     head_int8 = {"exclude": [r"(^|\.)classifier(\.|$)"]}  # the pooler is a 384² matrix: int8 too
-    int4 = {"weight_bits": 4, "weight_only": True, **head_int8}
+    int4 = {"weight_bits": 4, "weight_only": True, "attention": False, **head_int8}
     plan: list[dict[str, Any]] = [
         {"name": "teacher-int8", "distill": None},
         {"name": f"{half}L-int8", "distill": {"num_layers": half}},

@@ -112,17 +112,24 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
     only (pickle can run code when unpickled) unless `llmzip --allow-pickle`, and a head that the checkpoint
     lacks is initialised from `seed`, so every stage that loads the same folder gets the same model.
     """
+    from llmzip import structure
     from llmzip.tasks import task_of
 
     quiet_libraries()
     refuse_remote_code(source)
-    auto = task_of(source_config(source)).auto_class()
+    config = source_config(source)
+    auto = task_of(config).auto_class()
     local = Path(source)
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")) and not pickle_allowed():
         raise ModelError(
             f"{source}: its weights are pickle files only (*.bin), which can run code when loaded; convert them to "
             "safetensors, or pass `llmzip --allow-pickle` if you trust the folder"
         )
+    if structure.has_structure(config):
+        # Pruned layers are smaller than the config implies, which from_pretrained refuses as a size mismatch.
+        model = structure.load_structured(auto, source, seed=seed, **kwargs)
+        check_finite(model, source)
+        return model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -147,6 +154,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from llmzip import structure
     from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
     from llmzip.quant.weight_only import SharedEmbedding, WeightOnlyLinear
     from llmzip.tasks import task_of
@@ -167,6 +175,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
         )
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = task_of(config).auto_class().from_config(config)
+    structure.restore(model)  # a pruned model's smaller layers, before they are swapped for quantized ones
     scheme = spec["scheme"]
 
     def make(name: str, linear: nn.Linear) -> nn.Module:

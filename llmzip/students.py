@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from llmzip.config import DistillConfig
+from llmzip.config import DistillConfig, Vocabulary
 from llmzip.errors import ConfigError, ModelError
 from llmzip.modeling import evenly_spaced, layer_stack, select_layers
 
@@ -153,3 +153,70 @@ class Projections(nn.Module):
 
     def forward(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.maps[index](hidden)
+
+
+def shrink(
+    config: DistillConfig,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: Any,
+    train: Any,
+    collator: Any,
+) -> dict[str, Any]:
+    """Compress the student before training, as the config asks: task vocabulary → factorized embedding →
+    trimmed positions → heads/FFN neurons pruned by Taylor importance (measured with the loss the student is then
+    trained on). Returns what was done, for the manifest; the model records its new shapes in its config.
+    """
+    from llmzip import embeddings
+    from llmzip.data import load_split, texts
+
+    info: dict[str, Any] = {}
+    if config.vocabulary is Vocabulary.TASK:
+        # Every training row counts (not only the max_train_samples the student sees): a word the budget
+        # skipped is still a word of the task.
+        loaded = load_split(config.data, config.data.train_split)
+        assert loaded is not None
+        first, second = texts(loaded[0], config.data)
+        rows = list(zip(first, second)) if second is not None else first
+        kept = embeddings.task_vocabulary(tokenizer, rows)
+        if tokenizer.unk_token_id is None:
+            raise ConfigError("vocabulary: task needs a tokenizer with an unknown token to map dropped ids to")
+        info["vocabulary"] = embeddings.prune_vocabulary(student, kept, unk_id=int(tokenizer.unk_token_id))
+        eval_loaded = load_split(config.data, config.data.eval_split, optional=True)
+        if eval_loaded is not None:
+            e_first, e_second = texts(eval_loaded[0], config.data)
+            e_rows = list(zip(e_first, e_second)) if e_second is not None else e_first
+            info["vocabulary"]["eval_unknown_rate"] = round(embeddings.unknown_rate(tokenizer, e_rows, kept), 5)
+    if config.embedding_rank is not None:
+        info["embedding_rank"] = embeddings.factorize_embedding(student, config.embedding_rank)
+    if config.max_positions is not None:
+        info["positions"] = embeddings.trim_positions(student, config.max_positions)
+    if config.keep_heads is not None or config.keep_ffn is not None:
+        info["pruning"] = _prune(config, student, teacher, train, collator)
+    return info
+
+
+def _prune(config: DistillConfig, student: Any, teacher: Any, train: Any, collator: Any) -> dict[str, Any]:
+    from llmzip import pruning
+    from llmzip.losses import distillation_loss
+
+    rows = train.shuffle(seed=config.seed).select(range(min(len(train), config.prune_batches * config.batch_size)))
+    columns = [c for c in rows.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]
+    rows = rows.select_columns(columns)
+    batches = [
+        collator([rows[j] for j in range(i, min(i + config.batch_size, len(rows)))])
+        for i in range(0, len(rows), config.batch_size)
+    ]
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        feats = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            target = teacher(**feats).logits
+        return distillation_loss(
+            model(**feats).logits, target, batch["labels"], temperature=config.temperature, alpha=config.alpha
+        )
+
+    scores = pruning.importance(student, batches, loss_fn)
+    info = pruning.prune(student, scores, heads=config.keep_heads, neurons=config.keep_ffn)
+    info["importance_examples"] = len(rows)
+    return info

@@ -231,9 +231,9 @@ class _Search:
 def _student_info(model_dir: Path) -> dict[str, Any]:
     m = read_manifest(model_dir) or {}
     metrics = m.get("metrics", {})
-    return {
-        k: metrics.get(k) for k in ("student_params", "student_layers", "eval_accuracy", "steps", "losses", "structure")
-    }
+    out = {k: metrics.get(k) for k in ("student_params", "student_layers", "eval_accuracy", "steps", "losses")}
+    out["structure"] = (metrics.get("init") or {}).get("structure")
+    return out
 
 
 def _rank(config: CompressConfig, teacher: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

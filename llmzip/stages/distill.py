@@ -59,6 +59,9 @@ def distill(
         label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
         job = task.training(config, tokenizer, label2id=label2id)
         prepared, collator, metric = job.prepared, job.collator, job.metric
+        shrunk = students.shrink(config, student, teacher_model, tokenizer, prepared.train, collator)
+        if shrunk:
+            init["structure"] = shrunk
         train_ds = prepared.train.add_column("example_id", list(range(len(prepared.train))))
         has_eval = prepared.eval is not None
         work = training.work_dir(out_dir)

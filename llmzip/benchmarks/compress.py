@@ -1,0 +1,211 @@
+"""`make bench-compress`: the compress search on the reference SST-2 teacher, then every candidate and the reference
+rows (PyTorch fp32 teacher, its fp32 ONNX, onnxruntime quantize_dynamic of it) timed together in one bench run.
+
+The search (configs/compress-sst2.yaml) selects on the validation split; the targets of issue 12 are read on
+test.tsv (GLUE SST-2 dev), as the issue states them. Results: runs/bench-compress/{results.json, report.md,
+pareto_size.png, pareto_latency.png}; the search directory (resumable) is runs/bench-compress/search.
+`python -m llmzip.benchmarks.compress [--quick] [--out runs/bench-compress]` (BENCH_QUICK=1 for --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmzip import pareto, plots
+from llmzip.artifact import EXTERNAL, open_artifact
+from llmzip.bench_variants import ort_dynamic_int8
+from llmzip.benchmarks.common import SHARED, TEACHER, require_shared, write_json
+from llmzip.compress_measure import TEACHER_NAME, shape_key
+from llmzip.compress_plan import build_plan
+from llmzip.compress_report import markdown
+from llmzip.config import BenchConfig
+from llmzip.machine import machine_info
+from llmzip.modeling import source_config
+from llmzip.progress import console, stdout_console
+from llmzip.recipe import read_yaml
+from llmzip.stages.bench import eval_inputs, load_eval_data, load_variant, measure, onnx_file_variant
+from llmzip.stages.compress import compress
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "configs" / "compress-sst2.yaml"
+REFERENCE_STUDENT = "3L-int8"  # the current 3-layer int8 student (configs/sst2-minilm.yaml's recipe)
+
+
+def joint_run(search: dict[str, Any], bench: BenchConfig, out: Path) -> dict[str, Any]:
+    """Every candidate and reference row in one round-robin bench run (accuracy on bench's eval split)."""
+    teacher_onnx = Path(search["teacher"]["onnx_path"])
+    dynamic = ort_dynamic_int8(teacher_onnx / "model.onnx", out / "teacher-ort-dynamic-int8.onnx")
+    variants = [
+        load_variant(open_artifact(TEACHER, verb="bench", accepts=(EXTERNAL,)), TEACHER_NAME, bench),
+        load_variant(open_artifact(teacher_onnx, verb="bench", accepts=("export",)), "teacher-ort-fp32", bench),
+        onnx_file_variant(dynamic, tokenizer_dir=teacher_onnx, name="teacher-ort-dynamic-int8", config=bench),
+    ]
+    for row in search["candidates"]:
+        if "error" not in row:
+            artifact = open_artifact(Path(row["path"]), verb="bench", accepts=("export",))
+            variants.append(load_variant(artifact, row["name"], bench))
+    ds, _ = load_eval_data(bench)
+    inputs = [eval_inputs(v, ds, bench) for v in variants]
+    return measure(variants, [f for f, _ in inputs], bench, labels=[y for _, y in inputs])
+
+
+def rows_by_name(joint: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in joint["variants"]:
+        entry = out.setdefault(
+            r["name"],
+            {"name": r["name"], "accuracy": r["accuracy"], "size_mb": r["size_mb"], "precision": r["precision"]},
+        )
+        shape = shape_key(r["batch"], r["seq_len"])
+        entry.setdefault("latency_ms", {})[shape] = r["latency_ms"]["p50"]
+        entry.setdefault("speedup_vs_teacher_torch_fp32", {})[shape] = r["speedup_vs_baseline"]
+        entry.setdefault("speedup_ci95", {})[shape] = r["speedup_ci95"]
+    return out
+
+
+def targets(teacher: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 12's targets, on the reported split (SST-2 dev) and the joint run's latencies."""
+    acc = teacher["accuracy"]
+    size_ok = [c for c in candidates if c["accuracy"] >= acc - 0.015 - 1e-9]
+    speed_ok = [c for c in candidates if c["accuracy"] >= acc - 0.010 - 1e-9]
+    smallest = min(size_ok, key=lambda c: c["size_mb"], default=None)
+    fastest = min(speed_ok, key=pareto.latency_score, default=None)
+    limit = teacher["onnx_size_mb"] / 25
+    out: dict[str, Any] = {
+        "size_25x_within_1.5pt": {
+            "candidate": smallest and smallest["name"],
+            "size_mb": smallest and smallest["size_mb"],
+            "ratio": smallest and round(teacher["onnx_size_mb"] / smallest["size_mb"], 2),
+            "limit_mb": round(limit, 3),
+            "met": bool(smallest and smallest["size_mb"] <= limit),
+        },
+        "speed_8x_within_1.0pt": {
+            "candidate": fastest and fastest["name"],
+            "speedup": fastest and fastest["speedup_vs_teacher_torch_fp32"],
+            "met": bool(fastest and all(s >= 8.0 for s in fastest["speedup_vs_teacher_torch_fp32"].values())),
+        },
+    }
+    by = {c["name"]: c for c in candidates}
+    pairs = []
+    for c in candidates:
+        twin = by.get(c["name"] + "-labels-only")
+        if twin is not None:
+            pairs.append(
+                {
+                    "kd": c["name"],
+                    "kd_accuracy": c["accuracy"],
+                    "labels_only_accuracy": twin["accuracy"],
+                    "gain_pt": round(100 * (c["accuracy"] - twin["accuracy"]), 2),
+                }
+            )
+    out["kd_gain_over_labels_only"] = {
+        "pairs": pairs,
+        "target_pt": 1.0,
+        "met": bool(pairs) and all(p["gain_pt"] >= 1.0 for p in pairs),
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-compress"))
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    args = parser.parse_args()
+    require_shared()
+    started = time.time()
+    values = read_yaml(args.recipe)
+    values["model"] = str(TEACHER)
+    values.setdefault("data", {})["dataset"] = str(SHARED / "data" / "sst2")
+    c = source_config(TEACHER)
+    plan = build_plan(
+        values, teacher_shape=(c.num_hidden_layers, c.num_attention_heads, c.intermediate_size), quick=args.quick
+    )
+    search_dir = args.out / "search"
+    search = compress(
+        plan.teacher,
+        search_dir,
+        config=plan.config,
+        candidates=plan.candidates,
+        export_config=plan.export,
+        bench_config=plan.bench,
+        resume=search_dir.exists(),
+    )
+    console.rule("[bold]one bench run: every candidate beside the reference rows")
+    joint = joint_run(search, plan.bench, args.out)
+    measured = rows_by_name(joint)
+    teacher = {**search["teacher"], "accuracy": measured[TEACHER_NAME]["accuracy"]}
+    candidates = []
+    for row in search["candidates"]:
+        if "error" in row:
+            candidates.append(row)
+            continue
+        m = measured[row["name"]]
+        candidates.append(
+            {
+                **row,
+                **{
+                    k: m[k]
+                    for k in ("accuracy", "size_mb", "latency_ms", "speedup_vs_teacher_torch_fp32", "speedup_ci95")
+                },
+                "search_latency_ms": row["latency_ms"],
+                "size_ratio_vs_teacher_onnx": round(teacher["onnx_size_mb"] / m["size_mb"], 2),
+                "accuracy_drop_pt": round(100 * (teacher["accuracy"] - m["accuracy"]), 2),
+            }
+        )
+    ok = [r for r in candidates if "error" not in r]
+    result = {
+        "teacher": teacher,
+        "objective": search["objective"],
+        "max_accuracy_drop_pt": search["max_accuracy_drop_pt"],
+        "best": search["best"],
+        "model": search.get("model"),
+        "candidates": candidates,
+        "references": [measured[n] for n in (TEACHER_NAME, "teacher-ort-fp32", "teacher-ort-dynamic-int8")],
+        "reference_student": REFERENCE_STUDENT,
+        "pareto": pareto.pareto(ok),
+        "targets": targets(teacher, ok),
+        "machine": joint["machine"],
+        "warnings": joint["warnings"],
+        "quick": args.quick,
+        "search_wall_s": search["wall_s"],
+        "wall_s": round(time.time() - started, 1),
+    }
+    write_json(args.out / "results.json", result)
+    text = markdown(result)
+    (args.out / "report.md").write_text(text + "\n")
+    if plots.available() and ok:
+        front = set(result["pareto"])
+        for axis, label in (("size_mb", "ONNX size (MB)"), ("latency_1x128", "p50 ms at 1×128, 1 thread")):
+            points = [
+                {
+                    "name": ("* " if r["name"] in front else "") + r["name"],
+                    "size_mb": r["size_mb"],
+                    "latency_1x128": r["latency_ms"].get("1x128", 0.0),
+                    "accuracy": r["accuracy"],
+                }
+                for r in ok
+            ]
+            plots.scatter_png(
+                args.out / f"pareto_{axis.split('_')[0]}.png",
+                points,
+                x=axis,
+                y="accuracy",
+                title=f"bench-compress: SST-2 dev accuracy vs {label} (* = Pareto)",
+                xlabel=label,
+                ylabel="accuracy",
+                hline=teacher["accuracy"] - 0.015,
+            )
+    out = stdout_console()
+    out.print(text, markup=False, highlight=False)
+    for name, value in result["targets"].items():
+        out.print(f"{name}: {value}", markup=False, highlight=False)
+    out.print(f"machine: {machine_info().get('cpu')}; load during the joint run: {joint['machine'].get('cpu_load')}")
+
+
+if __name__ == "__main__":
+    main()

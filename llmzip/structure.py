@@ -1,0 +1,163 @@
+"""The structure spec a pruned model carries in its config, and the loading that rebuilds its smaller layers.
+
+A pruned model's Linear layers are smaller than its Hugging Face config implies, so `from_pretrained` cannot load
+it. The shapes travel in `config.llmzip_structure` (plain JSON, written into config.json by save_pretrained):
+
+    {"linears": {"<module name>": [out_features, in_features], ...},
+     "heads": [[kept head indices of layer 0, in the unpruned numbering], ...],   # llmzip/pruning.py
+     "embeddings": {...}}                                                          # llmzip/embeddings.py
+
+Loading builds the model from its config, resizes the recorded layers (`restore`) and then loads the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from llmzip.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+SPEC_ATTR = "llmzip_structure"
+# Buffers that models rebuild themselves and older checkpoints may lack (load_quantized tolerates the same).
+_DERIVED_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def spec_of(config: Any) -> dict[str, Any] | None:
+    """The structure spec of a config, or None for a model with the shapes its config implies."""
+    spec = getattr(config, SPEC_ATTR, None)
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("linears", {}), dict):
+        raise ModelError(f"config.{SPEC_ATTR} is not a structure spec (a dict with 'linears'); re-save the model")
+    return spec
+
+
+def has_structure(config: Any) -> bool:
+    return spec_of(config) is not None
+
+
+def _spec(model: nn.Module) -> dict[str, Any]:
+    """The model's spec, created empty when absent (the dict lives on the config, so edits persist)."""
+    config = model.config
+    spec = spec_of(config)
+    if spec is None:
+        spec = {}
+        setattr(config, SPEC_ATTR, spec)
+    return spec
+
+
+def record_linear(model: nn.Module, name: str) -> None:
+    """Store Linear `name`'s current [out_features, in_features] in the model's spec."""
+    linear = model.get_submodule(name)
+    if not isinstance(linear, nn.Linear):
+        raise ModelError(f"{name} is a {type(linear).__name__}, not a Linear layer; only Linear shapes are recorded")
+    _spec(model).setdefault("linears", {})[name] = [linear.out_features, linear.in_features]
+
+
+def set_entry(model: nn.Module, key: str, value: Any) -> None:
+    """Store a JSON-able entry (e.g. the kept heads) in the model's spec."""
+    _spec(model)[key] = value
+
+
+def restore(model: PreTrainedModel) -> PreTrainedModel:
+    """Resize the Linear layers a spec records (after `from_config`), so that the checkpoint's weights fit.
+
+    The new layers hold fresh (uninitialised-then-default) weights: the caller loads the state dict next.
+    """
+    spec = spec_of(model.config)
+    if spec is None:
+        return model
+    for name, shape in spec.get("linears", {}).items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ModelError(
+                f"config.{SPEC_ATTR} names {name}, which {type(model).__name__} does not have; re-save the model"
+            ) from None
+        if not isinstance(old, nn.Linear):
+            raise ModelError(f"config.{SPEC_ATTR} names {name}, a {type(old).__name__}, not a Linear layer")
+        out_features, in_features = (int(n) for n in shape)
+        if (old.out_features, old.in_features) == (out_features, in_features):
+            continue
+        new = nn.Linear(
+            in_features, out_features, bias=old.bias is not None, dtype=old.weight.dtype, device=old.weight.device
+        )
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    if "embeddings" in spec:
+        from llmzip.embeddings import restore_embeddings
+
+        restore_embeddings(model, spec["embeddings"])
+    return model
+
+
+def load_structured(auto: Any, source: str | Path, *, seed: int, **kwargs: Any) -> PreTrainedModel:
+    """A model whose config carries a structure spec: built from its config, restored, then its weights loaded.
+
+    Accepts load_pretrained's keyword arguments: config fields (num_labels, id2label, label2id), `dtype`,
+    `attn_implementation`, and `ignore_mismatched_sizes` (a task head the checkpoint lacks or shapes differently
+    keeps its initialisation from `seed`, as from_pretrained does; the body must always match).
+    """
+    from transformers import AutoConfig
+
+    folder = Path(source)
+    shards = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not shards:
+        raise ModelError(
+            f"{source}: a pruned model (config.{SPEC_ATTR}) loads from safetensors files in a local folder, and it "
+            "has none; re-save it with save_pretrained (safe_serialization=True)"
+        )
+    new_head = bool(kwargs.pop("ignore_mismatched_sizes", False))
+    model_kwargs = {k: kwargs.pop(k) for k in ("dtype", "torch_dtype", "attn_implementation") if k in kwargs}
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_config(config, **model_kwargs)
+        restore(model)
+    load_weights(model, shards, source=source, new_head=new_head)
+    return model
+
+
+def load_weights(model: nn.Module, shards: list[Path], *, source: str | Path, new_head: bool = False) -> None:
+    """Load safetensors shards strictly: every real weight present, nothing unexpected, every shape equal."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(str(shard)))
+    own = model.state_dict(keep_vars=True)
+    base = str(getattr(model, "base_model_prefix", "") or "")
+
+    def in_head(key: str) -> bool:
+        return bool(base) and not key.startswith(base + ".")
+
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if new_head:
+        for key in [k for k in wrong if in_head(k)]:
+            del state[key]
+        wrong = [k for k in wrong if not in_head(k)]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(
+            f"{source}: {k} is {list(state[k].shape)} in the checkpoint but {list(own[k].shape)} in the model its "
+            f"config describes ({len(wrong)} such tensors); the config.json does not belong to these weights"
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {id(own[k]) for k in state if k in own}
+    real_missing = [
+        k
+        for k in missing
+        # Tied weights are saved once and come back through the Parameter they share.
+        if not k.endswith(_DERIVED_BUFFERS) and id(own[k]) not in loaded and not (new_head and in_head(k))
+    ]
+    if real_missing or unexpected:
+        raise ModelError(
+            f"{source}: the weights do not match the pruned model's config (missing {real_missing[:3]}, "
+            f"unexpected {list(unexpected)[:3]}); re-save the model with save_pretrained"
+        )
