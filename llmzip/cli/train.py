@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from llmzip.choices import Vocabulary
 from llmzip.cli.common import (
     DATA_FLAGS,
     TRAIN_FLAGS,
@@ -123,6 +124,26 @@ def distill(
     num_attention_heads: Annotated[
         Optional[int], typer.Option(help="Student heads.", rich_help_panel="Student")
     ] = None,
+    keep_heads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Prune to this many attention heads per layer (Taylor importance).", rich_help_panel="Shrink"
+        ),
+    ] = None,
+    keep_ffn: Annotated[
+        Optional[int], typer.Option(help="Prune to this many FFN neurons per layer.", rich_help_panel="Shrink")
+    ] = None,
+    vocabulary: Annotated[
+        Optional[Vocabulary],
+        typer.Option(help="task: keep only the token ids the training data uses.", rich_help_panel="Shrink"),
+    ] = None,
+    embedding_rank: Annotated[
+        Optional[int],
+        typer.Option(help="Factorize the word embeddings at this rank (ALBERT).", rich_help_panel="Shrink"),
+    ] = None,
+    max_positions: Annotated[
+        Optional[int], typer.Option(help="Keep this many position embeddings.", rich_help_panel="Shrink")
+    ] = None,
     hidden_mse: Annotated[
         Optional[float], typer.Option(help="Weight of hidden-state MSE.", rich_help_panel="Losses")
     ] = None,
@@ -198,6 +219,9 @@ def distill(
         llmzip distill runs/teacher --num-layers 4 --hidden-size 312 --intermediate-size 1200 \
             --hidden-mse 1 --attention 1 --embedding 1 --intermediate-epochs 1 -o runs/tinybert
 
+        llmzip distill runs/teacher --num-layers 3 --keep-heads 8 --keep-ffn 768 --vocabulary task \
+            --embedding-rank 64 --max-positions 128 -o runs/pruned
+
         llmzip distill runs/smollm2 --layers 0,2,4,6,8,10,12,14,16,18,20,22,24,26,28 --temperature 1 \
             --data ./wikitext-2-raw --eval-split valid --max-length 128 -o runs/lm-student
     """
@@ -217,6 +241,11 @@ def distill(
         "intermediate_epochs",
         "teacher_cache",
         "cache_dir",
+        "keep_heads",
+        "keep_ffn",
+        "vocabulary",
+        "embedding_rank",
+        "max_positions",
     )
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS or k in student_flags}
 
