@@ -24,6 +24,7 @@ from llmzip.config import (
     to_dict,
 )
 from llmzip.data import data_paths
+from llmzip.embeddings import inner_table
 from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
 from llmzip.outputs import staging
@@ -261,7 +262,9 @@ def quantize(
         embeddings: list[str] = []
         shared = None
         if config.embeddings:
-            table: Any = fp32.get_input_embeddings()
+            # A pruned/factorized table (llmzip/embeddings.py) keeps its wrapper: only the inner id → row table
+            # becomes int8 rows, recorded by its own name so that load_quantized finds it after structure.restore.
+            table: Any = inner_table(fp32.get_input_embeddings())
             embeddings = [n for n, m in fp32.named_modules() if m is table]
             shared = head if tied else None
             head_module: Any = quantized.get_submodule(str(head)) if tied else None

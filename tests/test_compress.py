@@ -1,0 +1,140 @@
+"""`llmzip compress`: the search's pure selection logic, its plan validation, and the whole search on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmzip.choices import Objective
+from llmzip.compress_plan import build_plan, default_plan
+from llmzip.errors import ConfigError
+from llmzip.pareto import best_within, latency_score, pareto
+from tests.conftest import invoke
+
+
+def _row(name: str, acc: float, size: float, speedup: float) -> dict[str, Any]:
+    return {"name": name, "accuracy": acc, "size_mb": size, "speedup_vs_teacher_torch_fp32": {"1x8": speedup}}
+
+
+def test_pareto_and_budget_choice() -> None:
+    rows = [
+        _row("big-accurate", 0.90, 20.0, 2.0),
+        _row("small", 0.88, 3.0, 6.0),
+        _row("dominated", 0.87, 4.0, 5.0),  # worse than "small" on all three
+        _row("tiny-bad", 0.70, 1.0, 9.0),
+    ]
+    assert pareto(rows) == ["big-accurate", "small", "tiny-bad"]
+    assert latency_score(rows[1]) == pytest.approx(1 / 6)
+    chosen = best_within(rows, teacher_accuracy=0.90, max_drop_pt=2.0, objective=Objective.SIZE)
+    assert chosen is not None and chosen["name"] == "small"
+    fastest = best_within(rows, teacher_accuracy=0.90, max_drop_pt=25.0, objective=Objective.LATENCY)
+    assert fastest is not None and fastest["name"] == "tiny-bad"
+    assert best_within(rows, teacher_accuracy=0.95, max_drop_pt=1.0, objective=Objective.SIZE) is None
+
+
+def test_plan_is_validated_before_any_work() -> None:
+    base = {"model": "some/teacher"}
+    with pytest.raises(ConfigError, match="unknown key 'quantise'"):
+        build_plan(
+            {**base, "compress": {"candidates": [{"name": "a", "quantise": {}}]}}, teacher_shape=None, quick=True
+        )
+    with pytest.raises(ConfigError, match="appears twice"):
+        build_plan({**base, "compress": {"candidates": [{"name": "a"}, {"name": "a"}]}}, teacher_shape=None, quick=True)
+    with pytest.raises(ConfigError, match="keep_heads"):
+        build_plan(
+            {**base, "compress": {"candidates": [{"name": "a", "distill": {"keep_heads": 0}}]}},
+            teacher_shape=None,
+            quick=True,
+        )
+    plan = build_plan(base, teacher_shape=(6, 12, 1536), quick=False)
+    names = [c.name for c in plan.candidates]
+    assert names == [e["name"] for e in default_plan(6, 12, 1536, kd_ablation=True)]
+    pruned = next(c for c in plan.candidates if c.name == "3L-pruned-r64-int8")
+    assert (pruned.configs["distill"].keep_heads, pruned.configs["distill"].keep_ffn) == (8, 768)
+    assert next(c for c in plan.candidates if c.name == "teacher-int8").configs["distill"] is None
+
+
+def _recipe(tmp_path: Path, teacher: Path, candidates: list[dict[str, Any]], drop: float = 100.0) -> Path:
+    values = {
+        "model": str(teacher),
+        "data": {"max_length": 32},
+        "distill": {"batch_size": 16, "learning_rate": 1.0e-3},
+        "export": {"parity_samples": 8},
+        "bench": {"batch_sizes": [1, 4], "seq_len": 32},
+        "compress": {"max_accuracy_drop": drop, "candidates": candidates},
+    }
+    path = tmp_path / "compress.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+SHRUNK = {"num_layers": 1, "keep_heads": 1, "keep_ffn": 16, "vocabulary": "task", "embedding_rank": 8}
+HEAD_INT8 = {"exclude": ["(^|\\.)classifier(\\.|$)"]}
+
+
+def test_compress_search_end_to_end(tmp_path: Path, chain: dict[str, Path]) -> None:
+    candidates = [
+        {"name": "teacher-int8", "distill": None},
+        {"name": "1L-int8", "distill": {"num_layers": 1}},
+        {"name": "1L-shrunk-int8", "distill": {**SHRUNK, "max_positions": 32}, "quantize": HEAD_INT8},
+        {
+            "name": "1L-shrunk-int4",
+            "distill": {**SHRUNK, "max_positions": 32},
+            "quantize": {
+                **HEAD_INT8,
+                "weight_bits": 4,
+                "weight_only": True,
+                "weight_block_size": 16,
+                "attention": False,
+            },
+        },
+        {"name": "impossible", "distill": {"num_layers": 1, "keep_heads": 99}},
+    ]
+    recipe = _recipe(tmp_path, chain["teacher"], candidates)
+    out = tmp_path / "search"
+    result = invoke("compress", "--recipe", recipe, "-o", out, "--quick", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    rows = {r["name"]: r for r in found["candidates"]}
+    assert "heads must be between 1 and" in rows["impossible"]["error"]  # recorded; the search went on
+    ok = [r for r in found["candidates"] if "error" not in r]
+    assert len(ok) == 4
+    for r in ok:
+        assert set(r["latency_ms"]) == {"1x32", "4x32"} and r["size_mb"] > 0 and 0 <= r["accuracy"] <= 1
+    # Every shrinking step makes the ONNX file smaller: fewer heads/neurons, fewer and narrower embedding rows.
+    assert rows["1L-shrunk-int8"]["size_mb"] < 0.8 * rows["1L-int8"]["size_mb"]
+    assert rows["1L-shrunk-int4"]["size_mb"] < rows["1L-shrunk-int8"]["size_mb"]
+    assert rows["1L-shrunk-int8"]["student"]["structure"]["pruning"]["heads_per_layer"] == 1
+    # The budget is wide open, so the smallest model wins and is written as an ordinary export directory.
+    assert found["best"] == min(ok, key=lambda r: r["size_mb"])["name"]
+    assert found["best"] in found["pareto"]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["stage"] == "export"
+    lineage = [link["stage"] for link in manifest["compress"]["lineage"]]
+    assert lineage[:3] == ["export", "quantize", "distill"] and "finetune" in lineage
+    bench = invoke("bench", out / "model", "--seq-len", 32, "--iterations", 3, "--batch-sizes", "1", "--json")
+    assert bench.exit_code == 0, bench.stderr
+    assert (out / "results.json").is_file() and (out / "compress.json").is_file()
+
+    # A second run refuses to touch the search without --resume, and with it rebuilds nothing.
+    again = invoke("compress", "--recipe", recipe, "-o", out, "--quick")
+    assert again.exit_code != 0 and "--resume" in again.stderr
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    resumed = invoke("compress", "--recipe", recipe, "-o", out, "--quick", "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert sorted(p.name for p in (out / "stages").iterdir()) == stages
+    assert json.loads(resumed.stdout)["best"] == found["best"]
+
+
+def test_compress_refuses_an_existing_folder_that_is_not_a_search(tmp_path: Path, chain: dict[str, Path]) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    recipe = _recipe(tmp_path, chain["teacher"], [{"name": "teacher-int8", "distill": None}])
+    result = invoke("compress", "--recipe", recipe, "-o", out, "--quick", "--resume")
+    assert result.exit_code != 0 and "not a compress search" in result.stderr
+    assert (out / "keep.txt").read_text() == "user data"
