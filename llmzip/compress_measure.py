@@ -58,7 +58,7 @@ class Measurer:
         variant = load_variant(open_artifact(export_dir, verb="compress", accepts=("export",)), name, self.bench)
         report, selection = self.accuracies(variant)
         feeds, _ = eval_inputs(variant, self.report_ds, self.bench)
-        timed = measure([self.teacher, variant], [self.teacher_feeds, feeds], self.bench, labels=None)
+        timed = measure([self.teacher, variant], [self.teacher_feeds, feeds], self.bench, labels=None, saturation=False)
         latency: dict[str, float] = {}
         teacher_latency: dict[str, float] = {}
         speedup: dict[str, float] = {}

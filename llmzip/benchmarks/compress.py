@@ -50,7 +50,7 @@ def joint_run(search: dict[str, Any], bench: BenchConfig, out: Path) -> dict[str
             variants.append(load_variant(artifact, row["name"], bench))
     ds, _ = load_eval_data(bench)
     inputs = [eval_inputs(v, ds, bench) for v in variants]
-    return measure(variants, [f for f, _ in inputs], bench, labels=[y for _, y in inputs])
+    return measure(variants, [f for f, _ in inputs], bench, labels=[y for _, y in inputs], saturation=False)
 
 
 def rows_by_name(joint: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -139,10 +139,13 @@ def measure(
     config: BenchConfig,
     *,
     labels: list[np.ndarray | None] | None = None,
+    saturation: bool = True,
 ) -> dict[str, Any]:
     """Accuracy, then round-robin timing at each batch size: → {machine, config, baseline, variants, warnings[, gates]}.
 
-    The first variant is the speedup baseline; the last is the gates' candidate.
+    The first variant is the speedup baseline; the last is the gates' candidate. `saturation=False` skips the
+    emulated AVX2 kernel check of int8 variants (minutes for a 6-layer model on 2 cores; a caller timing many
+    exports that already recorded it, such as compress, skips it).
     """
     if not variants or len(feeds) != len(variants) or (labels is not None and len(labels) != len(variants)):
         raise ConfigError(f"measure needs one feed (and label) set per variant; got {len(variants)} variants")
@@ -152,11 +155,11 @@ def measure(
     machine["cpu_class"] = here.value if here else None
     machine["int8_kernel"] = hardware.KERNELS[here] if here else "exact (not an AVX2-class x86 kernel)"
     label_sets = labels if labels is not None else [None] * len(variants)
-    saturation = []
+    checks: list[dict[str, Any] | None] = []
     for v, f in zip(variants, feeds):
-        if v.kind == "onnx" and v.precision.startswith("int8"):
+        if saturation and v.kind == "onnx" and v.precision.startswith("int8"):
             step(f"emulating AVX2's int8 kernel on {v.name}")
-        saturation.append(int8_saturation(v, f))
+        checks.append(int8_saturation(v, f) if saturation else None)
     accuracies: list[float | None] = []
     for v, f, y in zip(variants, feeds, label_sets):
         if y is not None:
@@ -168,7 +171,7 @@ def measure(
         for batch in config.batch_sizes:
             batch_feeds = [_batch(f, batch) for f in feeds]
             latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
-            for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, saturation):
+            for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, checks):
                 rows.append(
                     {
                         "name": v.name,
