@@ -126,15 +126,7 @@ def main() -> None:
         values, teacher_shape=(c.num_hidden_layers, c.num_attention_heads, c.intermediate_size), quick=args.quick
     )
     search_dir = args.out / "search"
-    search = compress(
-        plan.teacher,
-        search_dir,
-        config=plan.config,
-        candidates=plan.candidates,
-        export_config=plan.export,
-        bench_config=plan.bench,
-        resume=search_dir.exists(),
-    )
+    search = compress(plan, search_dir, resume=search_dir.exists())
     console.rule("[bold]one bench run: every candidate beside the reference rows")
     joint = joint_run(search, plan.bench, args.out)
     measured = rows_by_name(joint)

@@ -80,16 +80,7 @@ def compress(
             c = source_config(values["model"])
             shape = (int(c.num_hidden_layers), int(c.num_attention_heads), int(c.intermediate_size))
         plan = build_plan(values, teacher_shape=shape, quick=quick or os.environ.get("BENCH_QUICK") == "1")
-        return stage(
-            plan.teacher,
-            out,
-            config=plan.config,
-            candidates=plan.candidates,
-            export_config=plan.export,
-            bench_config=plan.bench,
-            resume=resume,
-            overwrite=overwrite,
-        )
+        return stage(plan, out, resume=resume, overwrite=overwrite)
 
     _execute(work, render, json_out)
 

@@ -26,7 +26,7 @@ from llmzip.artifact import (
     sha256_paths,
     strict_json,
 )
-from llmzip.compress_plan import Candidate, CompressConfig, key
+from llmzip.compress_plan import Candidate, CompressConfig, Plan, key
 from llmzip.config import BenchConfig, ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError
@@ -54,21 +54,12 @@ def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path
         )
 
 
-def compress(
-    teacher: str,
-    out_dir: Path,
-    *,
-    config: CompressConfig,
-    candidates: list[Candidate],
-    export_config: ExportConfig,
-    bench_config: BenchConfig,
-    resume: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Build, measure and rank `candidates`; returns the search result (also written to OUT/results.json)."""
+def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Build, measure and rank the plan's candidates; returns the search result (also OUT/results.json)."""
+    config, candidates, export_config, bench_config = plan.config, plan.candidates, plan.export, plan.bench
     started = time.time()
     out_dir = Path(out_dir)
-    source = open_model_source(teacher, verb="compress", accepts=ACCEPTS)
+    source = open_model_source(plan.teacher, verb="compress", accepts=ACCEPTS)
     data_files = sorted({p for c in candidates for s in c.configs.values() if s for p in data_paths(s.data)})
     data_files += [p for p in data_paths(bench_config.data) if p not in data_files]
     inputs = [source.path, *data_files]
