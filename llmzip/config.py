@@ -102,6 +102,11 @@ class DistillConfig(TrainConfig):
     vocabulary: Vocabulary = Vocabulary.FULL  # task: only the token ids the training data uses keep a row
     embedding_rank: int | None = None  # word embeddings factorized E ≈ A·B (ALBERT) at this rank
     max_positions: int | None = None  # keep this many position embeddings (the rest is never used)
+    # LadaBERT's low-rank Linear layers: W ≈ up·down from the SVD, then KD (llmzip/lowrank.py); by default the FFN
+    # pair. Saves parameters below rank in·out/(in+out) (307 for MiniLM's FFN); the latency gain is small where
+    # int8 GEMMs are cheap (README).
+    linear_rank: int | None = None
+    linear_rank_pattern: str = r"\.layer\.\d+\.(intermediate|output)\.dense$"
     # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
     teacher_cache: bool = True
@@ -121,6 +126,7 @@ class DistillConfig(TrainConfig):
             "keep_ffn",
             "embedding_rank",
             "max_positions",
+            "linear_rank",
         ):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")

@@ -5,7 +5,8 @@ it. The shapes travel in `config.llmzip_structure` (plain JSON, written into con
 
     {"linears": {"<module name>": [out_features, in_features], ...},
      "heads": [[kept head indices of layer 0, in the unpruned numbering], ...],   # llmzip/pruning.py
-     "embeddings": {...}}                                                          # llmzip/embeddings.py
+     "embeddings": {...},                                                          # llmzip/embeddings.py
+     "lowrank": {"<module name>": rank, ...}}                                      # llmzip/lowrank.py
 
 Loading builds the model from its config, resizes the recorded layers (`restore`) and then loads the weights.
 """
@@ -66,7 +67,7 @@ def set_entry(model: nn.Module, key: str, value: Any) -> None:
 
 
 def restore(model: PreTrainedModel) -> PreTrainedModel:
-    """Resize the Linear layers a spec records (after `from_config`), so that the checkpoint's weights fit.
+    """Resize (or factorize) the layers a spec records (after `from_config`), so that the checkpoint's weights fit.
 
     The new layers hold fresh (uninitialised-then-default) weights: the caller loads the state dict next.
     """
@@ -94,6 +95,11 @@ def restore(model: PreTrainedModel) -> PreTrainedModel:
         from llmzip.embeddings import restore_embeddings
 
         restore_embeddings(model, spec["embeddings"])
+    if "lowrank" in spec:
+        from llmzip.lowrank import restore_lowrank
+
+        # After the resizes above: a pruned-then-factorized layer takes its shape from its "linears" entry.
+        restore_lowrank(model, spec["lowrank"])
     return model
 
 

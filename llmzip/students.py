@@ -165,7 +165,8 @@ def shrink(
 ) -> dict[str, Any]:
     """Compress the student before training, as the config asks: task vocabulary → factorized embedding →
     trimmed positions → heads/FFN neurons pruned by Taylor importance (measured with the loss the student is then
-    trained on). Returns what was done, for the manifest; the model records its new shapes in its config.
+    trained on) → low-rank Linear layers. Returns what was done, for the manifest; the model records its new
+    shapes in its config.
     """
     from llmzip import embeddings
     from llmzip.data import load_split, texts
@@ -193,6 +194,10 @@ def shrink(
         info["positions"] = embeddings.trim_positions(student, config.max_positions)
     if config.keep_heads is not None or config.keep_ffn is not None:
         info["pruning"] = _prune(config, student, teacher, train, collator)
+    if config.linear_rank is not None:  # after pruning: it factorizes the layers pruning already shrank
+        from llmzip.lowrank import factorize_linears
+
+        info["lowrank"] = factorize_linears(student, config.linear_rank, pattern=config.linear_rank_pattern)
     return info
 
 

@@ -92,6 +92,7 @@ def test_compress_search_end_to_end(tmp_path: Path, chain: dict[str, Path]) -> N
                 "attention": False,
             },
         },
+        {"name": "1L-lowrank-int8", "distill": {"num_layers": 1, "linear_rank": 4}, "quantize": HEAD_INT8},
         {"name": "impossible", "distill": {"num_layers": 1, "keep_heads": 99}},
     ]
     recipe = _recipe(tmp_path, chain["teacher"], candidates)
@@ -102,13 +103,14 @@ def test_compress_search_end_to_end(tmp_path: Path, chain: dict[str, Path]) -> N
     rows = {r["name"]: r for r in found["candidates"]}
     assert "heads must be between 1 and" in rows["impossible"]["error"]  # recorded; the search went on
     ok = [r for r in found["candidates"] if "error" not in r]
-    assert len(ok) == 4
+    assert len(ok) == 5
     for r in ok:
         assert set(r["latency_ms"]) == {"1x32", "4x32"} and r["size_mb"] > 0 and 0 <= r["accuracy"] <= 1
     # Every shrinking step makes the ONNX file smaller: fewer heads/neurons, fewer and narrower embedding rows.
     assert rows["1L-shrunk-int8"]["size_mb"] < 0.8 * rows["1L-int8"]["size_mb"]
     assert rows["1L-shrunk-int4"]["size_mb"] < rows["1L-shrunk-int8"]["size_mb"]
     assert rows["1L-shrunk-int8"]["student"]["structure"]["pruning"]["heads_per_layer"] == 1
+    assert rows["1L-lowrank-int8"]["size_mb"] < rows["1L-int8"]["size_mb"]  # rank 4 of a 32↔64 FFN pair
     # The budget is wide open, so the smallest model wins and is written as an ordinary export directory.
     assert found["best"] == min(ok, key=lambda r: r["size_mb"])["name"]
     assert found["best"] in found["pareto"]

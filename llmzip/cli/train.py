@@ -144,6 +144,12 @@ def distill(
     max_positions: Annotated[
         Optional[int], typer.Option(help="Keep this many position embeddings.", rich_help_panel="Shrink")
     ] = None,
+    linear_rank: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Factorize the FFN Linear layers at this rank (SVD init, LadaBERT).", rich_help_panel="Shrink"
+        ),
+    ] = None,
     hidden_mse: Annotated[
         Optional[float], typer.Option(help="Weight of hidden-state MSE.", rich_help_panel="Losses")
     ] = None,
@@ -246,6 +252,7 @@ def distill(
         "vocabulary",
         "embedding_rank",
         "max_positions",
+        "linear_rank",
     )
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS or k in student_flags}
 
