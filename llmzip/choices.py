@@ -81,10 +81,12 @@ class WeightAlgorithm(str, enum.Enum):
 
 class Vocabulary(str, enum.Enum):
     """A student's word-embedding rows: all of the teacher's (full), or only the token ids its training data uses
-    (task; the others map to the unknown token inside the graph, so the tokenizer stays the same)."""
+    (task: the others map to the unknown token inside the graph, so the tokenizer stays the same; task-nearest:
+    to the kept token whose teacher embedding is the most similar)."""
 
     FULL = "full"
     TASK = "task"
+    TASK_NEAREST = "task-nearest"  # as task, but a dropped id reads its most similar kept row instead of [UNK]
 
 
 class Objective(str, enum.Enum):

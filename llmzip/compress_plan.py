@@ -70,7 +70,7 @@ def default_plan(layers: int, heads: int, ffn: int, *, kd_ablation: bool) -> lis
     """
     half = max(1, layers // 2)
     third = max(1, layers // 3)
-    vocab = {"vocabulary": "task", "max_positions": 128}
+    vocab = {"vocabulary": "task-nearest", "max_positions": 128}
     small_embed = {**vocab, "embedding_rank": 64}
     pruned = {"keep_heads": max(1, heads * 2 // 3), "keep_ffn": max(1, ffn // 2)}
     pruned_hard = {"keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}

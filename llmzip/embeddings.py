@@ -160,8 +160,19 @@ def _parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def prune_vocabulary(model: Any, kept_ids: Iterable[int], *, unk_id: int) -> dict[str, Any]:
-    """Keep only the rows of `kept_ids` (in that order); every other id reads the row of `unk_id`.
+def nearest_rows(weight: torch.Tensor, kept: list[int], dropped: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """For each dropped id, the kept row whose embedding is the most cosine-similar to its own."""
+    unit = torch.nn.functional.normalize(weight.detach().float(), dim=-1)
+    kept_unit = unit[torch.tensor(kept, dtype=torch.int64)]
+    parts = [(unit[dropped[i : i + chunk]] @ kept_unit.T).argmax(-1) for i in range(0, len(dropped), chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+
+def prune_vocabulary(model: Any, kept_ids: Iterable[int], *, unk_id: int, nearest: bool = False) -> dict[str, Any]:
+    """Keep only the rows of `kept_ids` (in that order); every other id reads the row of `unk_id`, or with
+    `nearest` the kept row closest to its own embedding (cosine): the graph's lookup table can point an id at any
+    row, and a word the task data never used is better read as a similar word than as [UNK] (SST-2 dev, teacher
+    untrained after pruning: 0.8842 with [UNK], 0.8876 nearest, 0.8922 full; README).
 
     config.vocab_size stays the tokenizer's: the `lookup` buffer covers every original id. The caller reports
     the pruning's effect as `unknown_rate` on held-out text beside the measured accuracy.
@@ -187,6 +198,10 @@ def prune_vocabulary(model: Any, kept_ids: Iterable[int], *, unk_id: int) -> dic
     new = RemappedEmbedding(vocab, len(kept), hidden, padding_idx=padding).to(old.weight.device, old.weight.dtype)
     lookup = torch.full((vocab,), row_of[unk_id], dtype=torch.int64)
     lookup[torch.tensor(kept, dtype=torch.int64)] = torch.arange(len(kept))
+    if nearest:
+        dropped = (lookup == row_of[unk_id]).nonzero().flatten()
+        dropped = dropped[dropped != unk_id]
+        lookup[dropped] = nearest_rows(old.weight, kept, dropped)
     table: Any = new.table
     with torch.no_grad():
         table.weight.copy_(old.weight[torch.tensor(kept, dtype=torch.int64)])
@@ -201,6 +216,7 @@ def prune_vocabulary(model: Any, kept_ids: Iterable[int], *, unk_id: int) -> dic
         "vocab": vocab,
         "rows": len(kept),
         "unk_id": unk_id,
+        "unkept_read_as": "nearest kept row" if nearest else "[UNK]",
         "params_before": _parameters(old),
         "params_after": _parameters(new),
     }

@@ -172,7 +172,7 @@ def shrink(
     from llmzip.data import load_split, texts
 
     info: dict[str, Any] = {}
-    if config.vocabulary is Vocabulary.TASK:
+    if config.vocabulary in (Vocabulary.TASK, Vocabulary.TASK_NEAREST):
         # Every training row counts (not only the max_train_samples the student sees): a word the budget
         # skipped is still a word of the task.
         loaded = load_split(config.data, config.data.train_split)
@@ -182,7 +182,9 @@ def shrink(
         kept = embeddings.task_vocabulary(tokenizer, rows)
         if tokenizer.unk_token_id is None:
             raise ConfigError("vocabulary: task needs a tokenizer with an unknown token to map dropped ids to")
-        info["vocabulary"] = embeddings.prune_vocabulary(student, kept, unk_id=int(tokenizer.unk_token_id))
+        info["vocabulary"] = embeddings.prune_vocabulary(
+            student, kept, unk_id=int(tokenizer.unk_token_id), nearest=config.vocabulary is Vocabulary.TASK_NEAREST
+        )
         eval_loaded = load_split(config.data, config.data.eval_split, optional=True)
         if eval_loaded is not None:
             e_first, e_second = texts(eval_loaded[0], config.data)

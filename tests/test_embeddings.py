@@ -92,6 +92,20 @@ def test_pruning_keeps_logits_and_maps_the_rest_to_unk(tiny: tuple[Any, Any]) ->
     assert spec["vocab"] == model.config.vocab_size and spec["rows"] == len(kept) and spec["rank"] is None
 
 
+def test_nearest_maps_a_dropped_word_to_its_most_similar_kept_word(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
+    truck, film = tokenizer.convert_tokens_to_ids("truck"), tokenizer.convert_tokens_to_ids("film")
+    with torch.no_grad():  # "truck" points the same way as "film" (a longer vector): film is its nearest row
+        model.get_input_embeddings().weight[truck] = 2.0 * model.get_input_embeddings().weight[film]
+    reference = copy.deepcopy(model)
+    kept = sorted({*task_vocabulary(tokenizer, TRAIN), *range(600)})
+    assert truck not in kept and film in kept
+    info = prune_vocabulary(model, kept, unk_id=tokenizer.unk_token_id, nearest=True)
+    assert info["unkept_read_as"] == "nearest kept row"
+    assert torch.equal(_logits(model, tokenizer, [UNKEPT_TEXT]), _logits(reference, tokenizer, ["charming film film"]))
+    assert torch.equal(_logits(model, tokenizer, [UNK_TEXT]), _logits(reference, tokenizer, [UNK_TEXT]))
+
+
 def test_pruning_refuses_what_it_cannot_do(tiny: tuple[Any, Any]) -> None:
     from transformers import BertConfig, BertForMaskedLM
 
