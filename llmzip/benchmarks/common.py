@@ -29,7 +29,13 @@ def require_shared() -> None:
 def test_accuracy(model_dir: Path, *, max_length: int = 64, batch_size: int = 64) -> tuple[float, int]:
     """Accuracy on SST-2 test.tsv (GLUE dev) and the parameter count of a PyTorch model directory."""
     model = load_pretrained(model_dir)
-    tokenizer = load_tokenizer(model_dir)
+    return model_accuracy(model, load_tokenizer(model_dir), max_length=max_length, batch_size=batch_size), (
+        count_parameters(model)
+    )
+
+
+def model_accuracy(model: Any, tokenizer: Any, *, max_length: int = 64, batch_size: int = 64) -> float:
+    """Accuracy of an in-memory PyTorch classifier on SST-2 test.tsv (GLUE dev)."""
     cfg = DataConfig(dataset=str(SST2 / "test.tsv"))
     loaded = load_split(cfg, "test")
     assert loaded is not None
@@ -42,7 +48,7 @@ def test_accuracy(model_dir: Path, *, max_length: int = 64, batch_size: int = 64
             feats = tokenizer.pad({k: v for k, v in rows.items() if k != "labels"}, return_tensors="pt")
             logits = model(**feats).logits.numpy()
             correct += int((np.argmax(logits, -1) == np.asarray(rows["labels"])).sum())
-    return correct / len(enc), count_parameters(model)
+    return correct / len(enc)
 
 
 def write_json(path: Path, value: Any) -> None:

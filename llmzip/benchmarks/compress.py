@@ -18,7 +18,7 @@ from typing import Any
 from llmzip import pareto, plots
 from llmzip.artifact import EXTERNAL, open_artifact
 from llmzip.bench_variants import ort_dynamic_int8
-from llmzip.benchmarks.common import SHARED, TEACHER, require_shared, write_json
+from llmzip.benchmarks.common import SHARED, TEACHER, model_accuracy, require_shared, write_json
 from llmzip.compress_measure import TEACHER_NAME, shape_key
 from llmzip.compress_plan import build_plan
 from llmzip.compress_report import markdown
@@ -110,6 +110,35 @@ def targets(teacher: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[s
     return out
 
 
+def vocabulary_effect() -> dict[str, Any]:
+    """What dropping the token ids SST-2's training split never uses costs by itself: the teacher, untrained after
+    the change, on SST-2 dev — full vocabulary, dropped ids read as [UNK], dropped ids read as their nearest kept
+    row (PyTorch fp32, max length 64)."""
+    from llmzip import embeddings
+    from llmzip.config import DataConfig
+    from llmzip.data import load_split, texts
+    from llmzip.modeling import load_pretrained, load_tokenizer
+
+    tokenizer = load_tokenizer(TEACHER)
+    data = DataConfig(dataset=str(SHARED / "data" / "sst2"))
+    loaded = load_split(data, "train")
+    assert loaded is not None
+    kept = embeddings.task_vocabulary(tokenizer, texts(loaded[0], data)[0])
+    dev = load_split(data, "test")
+    assert dev is not None
+    out: dict[str, Any] = {
+        "rows_kept": len(kept),
+        "vocab": int(tokenizer.vocab_size),
+        "dev_unknown_rate": round(embeddings.unknown_rate(tokenizer, texts(dev[0], data)[0], kept), 5),
+        "full": round(model_accuracy(load_pretrained(TEACHER), tokenizer), 4),
+    }
+    for name, nearest in (("task_unk", False), ("task_nearest", True)):
+        model = load_pretrained(TEACHER)
+        embeddings.prune_vocabulary(model, kept, unk_id=int(tokenizer.unk_token_id), nearest=nearest)
+        out[name] = round(model_accuracy(model, tokenizer), 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
@@ -161,6 +190,7 @@ def main() -> None:
         "reference_student": REFERENCE_STUDENT,
         "pareto": pareto.pareto(ok),
         "targets": targets(teacher, ok),
+        "vocabulary_effect_on_teacher": vocabulary_effect(),
         "machine": joint["machine"],
         "warnings": joint["warnings"],
         "quick": args.quick,
