@@ -6,6 +6,8 @@ tenth candidate fails in the first second, not after an hour of training.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ from llmzip.config import (
     DistillConfig,
     ExportConfig,
     QuantizeConfig,
-    to_dict,
 )
 from llmzip.config_data import _check
 from llmzip.errors import ConfigError
@@ -146,9 +147,37 @@ def resolve(
     return out
 
 
+def identity(value: Any) -> Any:
+    """What a config contributes to a key: only the fields that differ from their defaults (recursively).
+
+    So a new llmzip option, added with a default that keeps the old behaviour, does not change the key of any
+    stage directory an earlier search built: those are reused, not retrained.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            current = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if current != default:
+                out[f.name] = identity(current)
+        return out
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [identity(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): identity(v) for k, v in value.items()}
+    return value
+
+
 def key(*parts: Any) -> str:
     """A short, stable hash of configs and parent keys: the name of a stage directory in the search's cache."""
-    blob = json.dumps([to_dict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
+    blob = json.dumps([identity(p) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -44,6 +44,22 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append("—" if ms is None else f"{ms:.2f} ({sp:.2f}×)")
         cells += ["yes" if r["name"] in front else "", "yes" if r.get("within_budget") else "no"]
         lines.append("| " + " | ".join(cells) + " |")
+    for r in result.get("references", []):  # bench-compress: the reference rows of the same bench run
+        acc = r.get("accuracy")
+        cells = [
+            f"{r['name']} (reference)",
+            "—" if acc is None else f"{acc:.4f}",
+            "—" if acc is None else f"{100 * (acc - t['accuracy']):+.2f}",
+            "—",
+            f"{r['size_mb']:.2f}",
+            f"{t['onnx_size_mb'] / r['size_mb']:.1f}×" if r["size_mb"] else "—",
+        ]
+        for s in shapes:
+            ms = r["latency_ms"].get(s)
+            sp = r["speedup_vs_teacher_torch_fp32"].get(s)
+            cells.append("—" if ms is None else f"{ms:.2f} ({sp:.2f}×)")
+        cells += ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     for r in result["candidates"]:
         if "error" in r:
             lines.append(f"\n{r['name']}: failed — {r['error']}")
