@@ -140,3 +140,15 @@ def test_compress_refuses_an_existing_folder_that_is_not_a_search(tmp_path: Path
     result = invoke("compress", "--recipe", recipe, "-o", out, "--quick", "--resume")
     assert result.exit_code != 0 and "not a compress search" in result.stderr
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_keys_hash_only_what_differs_from_the_defaults() -> None:
+    from llmzip.compress_plan import identity, key
+    from llmzip.config import DataConfig, DistillConfig
+
+    config = DistillConfig(num_layers=3, data=DataConfig(max_length=64), vocabulary="task-nearest")
+    # A field added later with a neutral default would not appear here, so old stage directories keep their key.
+    assert identity(config) == {"num_layers": 3, "data": {"max_length": 64}, "vocabulary": "task-nearest"}
+    assert key(config) == key(DistillConfig(num_layers=3, data=DataConfig(max_length=64), vocabulary="task-nearest"))
+    assert key(config) != key(DistillConfig(num_layers=2, data=DataConfig(max_length=64)))
+    assert key("parent-a", config) != key("parent-b", config)
