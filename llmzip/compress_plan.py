@@ -62,56 +62,36 @@ class Candidate:
         return {"name": self.name, "overrides": self.overrides}
 
 
-def default_plan(layers: int, heads: int, ffn: int, *, kd_ablation: bool) -> list[dict[str, Any]]:
-    """The planned candidates for a teacher of `layers` × `heads` heads × `ffn` FFN neurons.
+def default_plan(shape: tuple[int, ...], *, kd_ablation: bool) -> list[dict[str, Any]]:
+    """The planned candidates for a teacher of shape (layers, heads, FFN neurons, hidden size, positions).
 
-    From the reference student (half depth, int8) down: a task vocabulary with int8 rows, then a factorized
-    embedding, then pruned heads/FFN, then a third of the depth, and 4-bit weights; each step attacks what
-    dominates what is left (the embedding table first: it is half of a MiniLM's weights).
+    The reference student (half depth, int8), then students whose embedding table (half of a MiniLM's weights)
+    shrinks to the task vocabulary at a low rank and whose width is pruned: all layers at ½ the heads and ¼ of
+    the FFN, half the depth at ⅔ / ½ and at ½ / ¼, in int8 and 4-bit; plus a labels-only twin, to measure KD.
     """
+    layers, heads, ffn, hidden, positions = shape
     half = max(1, layers // 2)
-    third = max(1, layers // 3)
-    vocab = {"vocabulary": "task-nearest", "max_positions": 128}
-    small_embed = {**vocab, "embedding_rank": 64}
-    pruned = {"keep_heads": max(1, heads * 2 // 3), "keep_ffn": max(1, ffn // 2)}
-    pruned_hard = {"keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}
-    head_int8 = {"exclude": [r"(^|\.)classifier(\.|$)"]}  # the pooler is a 384² matrix: int8 too
+    rank = max(1, min(64, hidden // 6))
+    shrink = {"vocabulary": "task-nearest", "max_positions": min(128, positions), "embedding_rank": rank}
+    head_int8 = {"exclude": [r"(^|\.)classifier(\.|$)"]}  # the pooler is a hidden² matrix: int8 too
     int4 = {"weight_bits": 4, "weight_only": True, "attention": False, **head_int8}
+    wide = {"num_layers": layers, **shrink, "keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}
+    deep = {"num_layers": half, **shrink, "keep_heads": max(1, heads * 2 // 3), "keep_ffn": max(1, ffn // 2)}
+    deep2 = {**deep, "keep_heads": max(1, heads // 2), "keep_ffn": max(1, ffn // 4)}
     plan: list[dict[str, Any]] = [
         {"name": "teacher-int8", "distill": None},
         {"name": f"{half}L-int8", "distill": {"num_layers": half}},
-        {"name": f"{half}L-vocab-int8", "distill": {"num_layers": half, **vocab}, "quantize": head_int8},
-        {"name": f"{half}L-vocab-r64-int8", "distill": {"num_layers": half, **small_embed}, "quantize": head_int8},
-        {
-            "name": f"{half}L-pruned-r64-int8",
-            "distill": {"num_layers": half, **small_embed, **pruned},
-            "quantize": head_int8,
-        },
-        {
-            "name": f"{half}L-pruned-r64-int4",
-            "distill": {"num_layers": half, **small_embed, **pruned},
-            "quantize": int4,
-        },
-        {
-            "name": f"{half}L-pruned2-r64-int8",
-            "distill": {"num_layers": half, **small_embed, **pruned_hard},
-            "quantize": head_int8,
-        },
-        {
-            "name": f"{third}L-pruned-r64-int8",
-            "distill": {"num_layers": third, **small_embed, **pruned},
-            "quantize": head_int8,
-        },
+        {"name": f"{layers}L-pruned-r{rank}-int8", "distill": wide, "quantize": head_int8},
+        {"name": f"{layers}L-pruned-r{rank}-int4", "distill": wide, "quantize": int4},
+        {"name": f"{half}L-pruned-r{rank}-int8", "distill": deep, "quantize": head_int8},
+        {"name": f"{half}L-pruned-r{rank}-int4", "distill": deep, "quantize": int4},
+        {"name": f"{half}L-pruned2-r{rank}-int8", "distill": deep2, "quantize": head_int8},
     ]
     if kd_ablation:
-        plan.append(
-            {
-                "name": f"{half}L-pruned-r64-int8-labels-only",
-                "distill": {"num_layers": half, **small_embed, **pruned, "alpha": 0.0, "hidden_mse": 0.0},
-                "quantize": head_int8,
-            }
-        )
-    return plan
+        twin = {**deep, "alpha": 0.0, "hidden_mse": 0.0}
+        plan.append({"name": f"{half}L-pruned-r{rank}-int8-labels-only", "distill": twin, "quantize": head_int8})
+    names = [e["name"] for e in plan]
+    return [e for i, e in enumerate(plan) if e["name"] not in names[:i]]  # a 1- or 2-layer teacher repeats names
 
 
 def resolve(
@@ -209,10 +189,16 @@ class Plan:
     bench: BenchConfig
 
 
-def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, int, int] | None, quick: bool) -> Plan:
+def teacher_shape(config: Any) -> tuple[int, ...]:
+    """(layers, heads, FFN neurons, hidden size, positions) of a model config: what sizes the planned candidates."""
+    names = ("num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_size", "max_position_embeddings")
+    return tuple(int(getattr(config, n, 0) or 0) for n in names)
+
+
+def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None, quick: bool) -> Plan:
     """A validated search from a recipe mapping (`model`, `data`, stage sections as bases, `compress`).
 
-    `teacher_shape` (layers, heads, FFN neurons) sizes the planned candidates when the recipe lists none.
+    `teacher_shape` (see `teacher_shape`) sizes the planned candidates when the recipe lists none.
     """
     unknown = sorted(set(values) - RECIPE_KEYS)
     if unknown:
@@ -240,7 +226,7 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, int, int] | 
     if entries is None:
         if teacher_shape is None:
             raise ConfigError("compress.candidates: none listed and the teacher's shape is unknown; list candidates")
-        entries = default_plan(*teacher_shape, kd_ablation=config.kd_ablation)
+        entries = default_plan(teacher_shape, kd_ablation=config.kd_ablation)
     candidates = resolve(entries, sections, shared)
     export = from_dict(
         ExportConfig, {**sections["export"], "data": merge(shared, sections["export"].get("data") or {})}

@@ -50,11 +50,13 @@ def test_plan_is_validated_before_any_work() -> None:
             teacher_shape=None,
             quick=True,
         )
-    plan = build_plan(base, teacher_shape=(6, 12, 1536), quick=False)
+    plan = build_plan(base, teacher_shape=(6, 12, 1536, 384, 512), quick=False)
     names = [c.name for c in plan.candidates]
-    assert names == [e["name"] for e in default_plan(6, 12, 1536, kd_ablation=True)]
+    assert names == [e["name"] for e in default_plan((6, 12, 1536, 384, 512), kd_ablation=True)]
     pruned = next(c for c in plan.candidates if c.name == "3L-pruned-r64-int8")
     assert (pruned.configs["distill"].keep_heads, pruned.configs["distill"].keep_ffn) == (8, 768)
+    wide = next(c for c in plan.candidates if c.name == "6L-pruned-r64-int4")
+    assert (wide.configs["distill"].keep_heads, wide.configs["quantize"].weight_bits) == (6, 4)
     assert next(c for c in plan.candidates if c.name == "teacher-int8").configs["distill"] is None
 
 

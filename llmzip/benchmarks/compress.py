@@ -20,7 +20,7 @@ from llmzip.artifact import EXTERNAL, open_artifact
 from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SHARED, TEACHER, model_accuracy, require_shared, write_json
 from llmzip.compress_measure import TEACHER_NAME, shape_key
-from llmzip.compress_plan import build_plan
+from llmzip.compress_plan import build_plan, teacher_shape
 from llmzip.compress_report import markdown
 from llmzip.config import BenchConfig
 from llmzip.machine import machine_info
@@ -151,9 +151,7 @@ def main() -> None:
     values["model"] = str(TEACHER)
     values.setdefault("data", {})["dataset"] = str(SHARED / "data" / "sst2")
     c = source_config(TEACHER)
-    plan = build_plan(
-        values, teacher_shape=(c.num_hidden_layers, c.num_attention_heads, c.intermediate_size), quick=args.quick
-    )
+    plan = build_plan(values, teacher_shape=teacher_shape(c), quick=args.quick)
     search_dir = args.out / "search"
     search = compress(plan, search_dir, resume=search_dir.exists())
     console.rule("[bold]one bench run: every candidate beside the reference rows")

@@ -57,7 +57,7 @@ def compress(
     def work() -> dict[str, Any]:
         import yaml
 
-        from llmzip.compress_plan import build_plan
+        from llmzip.compress_plan import build_plan, teacher_shape
         from llmzip.modeling import source_config
         from llmzip.stages.compress import compress as stage
 
@@ -77,8 +77,7 @@ def compress(
             recipes.set_dotted(values, key.strip(), yaml.safe_load(raw))
         shape = None
         if isinstance(values.get("model"), str) and not (values.get("compress") or {}).get("candidates"):
-            c = source_config(values["model"])
-            shape = (int(c.num_hidden_layers), int(c.num_attention_heads), int(c.intermediate_size))
+            shape = teacher_shape(source_config(values["model"]))
         plan = build_plan(values, teacher_shape=shape, quick=quick or os.environ.get("BENCH_QUICK") == "1")
         return stage(plan, out, resume=resume, overwrite=overwrite)
 
