@@ -154,3 +154,19 @@ def test_keys_hash_only_what_differs_from_the_defaults() -> None:
     assert key(config) == key(DistillConfig(num_layers=3, data=DataConfig(max_length=64), vocabulary="task-nearest"))
     assert key(config) != key(DistillConfig(num_layers=2, data=DataConfig(max_length=64)))
     assert key("parent-a", config) != key("parent-b", config)
+
+
+def test_compress_planned_candidates_from_the_command_line(tmp_path: Path, chain: dict[str, Path]) -> None:
+    """No recipe: the plan is sized from the teacher's shape; the budget picks among what was measured."""
+    out = tmp_path / "planned"
+    args = ("compress", chain["teacher"], "-o", out, "--quick", "--max-accuracy-drop", 100, "--objective", "latency")
+    result = invoke(*args, "--set", "data.max_length=32", "--set", "bench.seq_len=32", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    names = [r["name"] for r in found["candidates"]]
+    assert names[:2] == ["teacher-int8", "1L-int8"] and "1L-pruned-r5-int8-labels-only" in names
+    assert all("error" not in r for r in found["candidates"]), [r.get("error") for r in found["candidates"]]
+    ok = found["candidates"]
+    fastest = min(ok, key=lambda r: (latency_score(r), -r["accuracy"], r["size_mb"]))
+    assert found["objective"] == "latency" and found["best"] in {r["name"] for r in ok}
+    assert set(found["pareto"]) <= set(names) and fastest["name"] in found["pareto"]
