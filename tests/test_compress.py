@@ -170,3 +170,20 @@ def test_compress_planned_candidates_from_the_command_line(tmp_path: Path, chain
     fastest = min(ok, key=lambda r: (latency_score(r), -r["accuracy"], r["size_mb"]))
     assert found["objective"] == "latency" and found["best"] in {r["name"] for r in ok}
     assert set(found["pareto"]) <= set(names) and fastest["name"] in found["pareto"]
+
+
+def test_compress_exits_8_when_nothing_meets_the_budget(
+    tmp_path: Path, chain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results are printed and written first; then the exit code tells a CI job that the budget was not met."""
+    import llmzip.stages.compress as stage
+
+    teacher = {"accuracy": 0.9, "selection_accuracy": 0.9, "onnx_size_mb": 1.0}
+    row = _row("too-weak", 0.5, 0.1, 9.0) | {"selection_accuracy": 0.5, "latency_ms": {"1x8": 1.0}}
+    row |= {"accuracy_drop_pt": 40.0, "size_ratio_vs_teacher_onnx": 10.0, "within_budget": False}
+    fake = {"teacher": teacher, "objective": "size", "max_accuracy_drop_pt": 1.0, "candidates": [row]}
+    monkeypatch.setattr(stage, "compress", lambda *a, **k: {**fake, "pareto": ["too-weak"], "best": None})
+    recipe = _recipe(tmp_path, chain["teacher"], [{"name": "too-weak", "distill": None}], drop=1.0)
+    result = invoke("compress", "--recipe", recipe, "-o", tmp_path / "strict", "--quick")
+    assert result.exit_code == 8
+    assert "no candidate is within 1.0 pt" in result.stderr and "too-weak" in result.stdout

@@ -10,8 +10,8 @@ import typer
 
 from llmzip import recipe as recipes
 from llmzip.choices import Objective
-from llmzip.cli.common import Data, Json, Out, Overwrite, _execute
-from llmzip.errors import ConfigError
+from llmzip.cli.common import Data, Json, Out, Overwrite, _execute, _fail
+from llmzip.errors import ConfigError, GateError
 
 
 def compress(
@@ -79,9 +79,18 @@ def compress(
         if isinstance(values.get("model"), str) and not (values.get("compress") or {}).get("candidates"):
             shape = teacher_shape(source_config(values["model"]))
         plan = build_plan(values, teacher_shape=shape, quick=quick or os.environ.get("BENCH_QUICK") == "1")
-        return stage(plan, out, resume=resume, overwrite=overwrite)
+        done["result"] = stage(plan, out, resume=resume, overwrite=overwrite)
+        return done["result"]
 
+    done: dict[str, Any] = {}
     _execute(work, render, json_out)
+    result = done.get("result")
+    if result is not None and result.get("best") is None:  # after the results are printed and written
+        err = GateError(
+            f"no candidate is within {result['max_accuracy_drop_pt']} pt of the teacher on the selection split; "
+            f"every measurement is in {out}/results.json (widen the budget or add candidates, then --resume)"
+        )
+        _fail(str(err), err.exit_code)
 
 
 def render(result: dict[str, Any]) -> None:
