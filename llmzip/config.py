@@ -106,6 +106,9 @@ class DistillConfig(TrainConfig):
     # pair. Saves parameters below rank in·out/(in+out) (307 for MiniLM's FFN); the latency gain is small where
     # int8 GEMMs are cheap (README).
     linear_rank: int | None = None
+    # Teacher-labelled training rows made by joining two random training texts (llmzip/augment.py): KD needs no
+    # gold label, and longer mixed inputs bring phrase-level training data (SST-2) closer to full sentences.
+    augment_pairs: int = 0
     linear_rank_pattern: str = r"\.layer\.\d+\.(intermediate|output)\.dense$"
     # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
@@ -130,6 +133,7 @@ class DistillConfig(TrainConfig):
         ):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
+        _check(self.augment_pairs >= 0, "augment_pairs", f"must be >= 0, got {self.augment_pairs}")
         self.vocabulary = as_enum(Vocabulary, self.vocabulary, "vocabulary")
         _check(
             self.keep_heads is None or self.attention == 0,

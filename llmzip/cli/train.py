@@ -144,6 +144,10 @@ def distill(
     max_positions: Annotated[
         Optional[int], typer.Option(help="Keep this many position embeddings.", rich_help_panel="Shrink")
     ] = None,
+    augment_pairs: Annotated[
+        Optional[int],
+        typer.Option(help="Add N teacher-labelled rows, each two training texts joined.", rich_help_panel="Losses"),
+    ] = None,
     linear_rank: Annotated[
         Optional[int],
         typer.Option(
@@ -253,6 +257,7 @@ def distill(
         "embedding_rank",
         "max_positions",
         "linear_rank",
+        "augment_pairs",
     )
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS or k in student_flags}
 

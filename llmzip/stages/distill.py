@@ -57,7 +57,10 @@ def distill(
             p.requires_grad_(False)
         task = task_of(teacher_model.config)
         label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
-        job = task.training(config, tokenizer, label2id=label2id)
+        train_loaded = None
+        if config.augment_pairs:
+            train_loaded = _augmented(config, task, teacher_model, tokenizer)
+        job = task.training(config, tokenizer, label2id=label2id, train_loaded=train_loaded)
         prepared, collator, metric = job.prepared, job.collator, job.metric
         shrunk = students.shrink(config, student, teacher_model, tokenizer, prepared.train, collator)
         if shrunk:
@@ -169,3 +172,18 @@ def distill(
             task=task.kind.value,
         )
     return out_dir
+
+
+def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -> tuple[Any, Any]:
+    from llmzip import augment
+    from llmzip.data import load_split
+    from llmzip.errors import ConfigError
+    from llmzip.tasks import TaskKind
+
+    if task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:
+        raise ConfigError("augment_pairs: joined-text augmentation is for classifiers; drop it for a causal LM")
+    d = config.data
+    loaded = load_split(d, d.train_split, limit=d.max_train_samples, seed=config.seed, shuffle=True)
+    assert loaded is not None
+    step(f"labelling {config.augment_pairs} joined training texts with the teacher")
+    return augment.with_joined_pairs(loaded, config, teacher, tokenizer)
