@@ -67,7 +67,7 @@ bench-sst2: install
 	$(BIN)/llmzip run configs/sst2-minilm.yaml --out runs/bench-sst2 --overwrite
 	cp runs/bench-sst2/bench/results.json runs/bench-sst2/results.json
 
-## make bench-compress [BENCH_QUICK=1]: the compress search on the reference teacher + one joint bench run (~1 h)
+## make bench-compress [BENCH_QUICK=1]: the compress search on the reference teacher + one joint bench run (~1.5 h)
 bench-compress: install
 	$(BIN)/python -m llmzip.benchmarks.compress $(if $(filter 1,$(BENCH_QUICK)),--quick)
 

@@ -142,9 +142,11 @@ def vocabulary_effect() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-compress"))
+    parser.add_argument("--out", type=Path, default=None, help="default runs/bench-compress (-quick with --quick)")
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     args = parser.parse_args()
+    if args.out is None:  # a smoke run never overwrites the real results
+        args.out = Path("runs/bench-compress-quick" if args.quick else "runs/bench-compress")
     require_shared()
     started = time.time()
     values = read_yaml(args.recipe)
