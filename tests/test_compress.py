@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from llmzip.choices import Objective
-from llmzip.compress_plan import build_plan, default_plan
 from llmzip.errors import ConfigError
-from llmzip.pareto import best_within, latency_score, pareto
+from llmzip.search.pareto import best_within, latency_score, pareto
+from llmzip.search.plan import build_plan, default_plan
 from tests.conftest import invoke
 
 
@@ -145,8 +145,8 @@ def test_compress_refuses_an_existing_folder_that_is_not_a_search(tmp_path: Path
 
 
 def test_keys_hash_only_what_differs_from_the_defaults() -> None:
-    from llmzip.compress_plan import identity, key
     from llmzip.config import DataConfig, DistillConfig
+    from llmzip.search.plan import identity, key
 
     config = DistillConfig(num_layers=3, data=DataConfig(max_length=64), vocabulary="task-nearest")
     # A field added later with a neutral default would not appear here, so old stage directories keep their key.
@@ -176,7 +176,7 @@ def test_compress_exits_8_when_nothing_meets_the_budget(
     tmp_path: Path, chain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Results are printed and written first; then the exit code tells a CI job that the budget was not met."""
-    import llmzip.stages.compress as stage
+    import llmzip.search.compress as stage
 
     teacher = {"accuracy": 0.9, "selection_accuracy": 0.9, "onnx_size_mb": 1.0}
     row = _row("too-weak", 0.5, 0.1, 9.0) | {"selection_accuracy": 0.5, "latency_ms": {"1x8": 1.0}}

@@ -15,20 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip import pareto, plots
+from llmzip import plots
 from llmzip.artifact import EXTERNAL, open_artifact
 from llmzip.bench_variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SHARED, TEACHER, model_accuracy, require_shared, write_json
-from llmzip.compress_measure import TEACHER_NAME, shape_key
-from llmzip.compress_plan import build_plan, teacher_shape
-from llmzip.compress_report import markdown
 from llmzip.config import BenchConfig
 from llmzip.machine import machine_info
 from llmzip.modeling import source_config
 from llmzip.progress import console, stdout_console
 from llmzip.recipe import read_yaml
+from llmzip.search import pareto
+from llmzip.search.compress import compress
+from llmzip.search.measure import TEACHER_NAME, shape_key
+from llmzip.search.plan import build_plan, teacher_shape
+from llmzip.search.report import markdown
 from llmzip.stages.bench import eval_inputs, load_eval_data, load_variant, measure, onnx_file_variant
-from llmzip.stages.compress import compress
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "compress-sst2.yaml"

@@ -57,9 +57,9 @@ def compress(
     def work() -> dict[str, Any]:
         import yaml
 
-        from llmzip.compress_plan import build_plan, teacher_shape
         from llmzip.modeling import source_config
-        from llmzip.stages.compress import compress as stage
+        from llmzip.search.compress import compress as stage
+        from llmzip.search.plan import build_plan, teacher_shape
 
         values: dict[str, Any] = recipes.read_yaml(recipe_file) if recipe_file is not None else {}
         if teacher is not None:
@@ -94,7 +94,7 @@ def compress(
 
 
 def render(result: dict[str, Any]) -> None:
-    from llmzip.compress_report import markdown
     from llmzip.progress import stdout_console
+    from llmzip.search.report import markdown
 
     stdout_console().print(markdown(result), markup=False, highlight=False)

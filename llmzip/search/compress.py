@@ -4,7 +4,7 @@ Every candidate is made by the ordinary stages (distill → calibrate → quanti
 `OUT/stages/<stage>-<key>`, where the key hashes the teacher, the data files, the stage config and the parent's
 key: a second run (`--resume`, or a wider plan) reuses every stage and measurement whose inputs did not change,
 and candidates that share a student share its directory. Each candidate is measured by bench's code beside the
-PyTorch teacher (llmzip/compress_measure.py); the Pareto list goes to results.json + pareto.png, and the winner
+PyTorch teacher (llmzip/search/measure.py); the Pareto list goes to results.json + pareto.png, and the winner
 is copied to `OUT/model`, an ordinary export directory whose manifest carries its whole lineage.
 """
 
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip import pareto
 from llmzip.artifact import (
     EXTERNAL,
     MANIFEST,
@@ -26,12 +25,13 @@ from llmzip.artifact import (
     sha256_paths,
     strict_json,
 )
-from llmzip.compress_plan import Candidate, CompressConfig, Plan, key
 from llmzip.config import BenchConfig, ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError
 from llmzip.outputs import check_output, locked, make_parents, staging
 from llmzip.progress import console, step
+from llmzip.search import pareto
+from llmzip.search.plan import Candidate, CompressConfig, Plan, key
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
 MARKER = "compress.json"  # written first: OUT is a search directory (what --resume continues)
@@ -121,7 +121,7 @@ class _Search:
 
     def measurer(self) -> Any:
         if self._measurer is None:  # loading the teacher and both eval sets: only when something is measured
-            from llmzip.compress_measure import Measurer
+            from llmzip.search.measure import Measurer
 
             self._measurer = Measurer(self.teacher_path, self.bench, self.config.data)
         return self._measurer
