@@ -221,6 +221,8 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None,
                 sections[name]["data"] = {**sections[name]["data"], **QUICK_DATA}
     search = dict(values.get("compress") or {})
     search["data"] = merge(shared, search.get("data") or {})
+    if quick:
+        search["data"] = {**search["data"], **QUICK_DATA}
     config = from_dict(CompressConfig, search, prefix="compress.")
     entries = config.candidates
     if entries is None:
