@@ -67,7 +67,8 @@ def default_plan(shape: tuple[int, ...], *, kd_ablation: bool) -> list[dict[str,
 
     The reference student (half depth, int8), then students whose embedding table (half of a MiniLM's weights)
     shrinks to the task vocabulary at a low rank and whose width is pruned: all layers at ½ the heads and ¼ of
-    the FFN, half the depth at ⅔ / ½ and at ½ / ¼, in int8 and 4-bit; plus a labels-only twin, to measure KD.
+    the FFN, half the depth at ⅔ / ½ and at ½ / ¼, in int8 and 4-bit, the first also for this CPU's native int8
+    class; plus a labels-only twin, to measure KD.
     """
     layers, heads, ffn, hidden, positions = shape
     half = max(1, layers // 2)
@@ -86,6 +87,12 @@ def default_plan(shape: tuple[int, ...], *, kd_ablation: bool) -> list[dict[str,
         {"name": f"{half}L-pruned-r{rank}-int8", "distill": deep, "quantize": head_int8},
         {"name": f"{half}L-pruned-r{rank}-int4", "distill": deep, "quantize": int4},
         {"name": f"{half}L-pruned2-r{rank}-int8", "distill": deep2, "quantize": head_int8},
+        # this machine's int8 class (full 8 bits on VNNI/AMX) beside the portable default (right on AVX2 too)
+        {
+            "name": f"{layers}L-pruned-r{rank}-int8-native",
+            "distill": wide,
+            "quantize": {**head_int8, "target_cpu": "native"},
+        },
     ]
     if kd_ablation:
         twin = {**deep, "alpha": 0.0, "hidden_mse": 0.0}
