@@ -58,6 +58,10 @@ def test_plan_is_validated_before_any_work() -> None:
     wide = next(c for c in plan.candidates if c.name == "6L-pruned-r64-int4")
     assert (wide.configs["distill"].keep_heads, wide.configs["quantize"].weight_bits) == (6, 4)
     assert next(c for c in plan.candidates if c.name == "teacher-int8").configs["distill"] is None
+    # --quick wins over a candidate's own budget (a smoke run must stay minutes long)
+    long = {**base, "compress": {"candidates": [{"name": "a", "distill": {"max_steps": 3000, "augment_pairs": 9999}}]}}
+    quick = build_plan(long, teacher_shape=None, quick=True).candidates[0].configs["distill"]
+    assert (quick.max_steps, quick.augment_pairs, quick.data.max_train_samples) == (20, 640, 640)
 
 
 def _recipe(tmp_path: Path, teacher: Path, candidates: list[dict[str, Any]], drop: float = 100.0) -> Path:

@@ -102,7 +102,11 @@ def default_plan(shape: tuple[int, ...], *, kd_ablation: bool) -> list[dict[str,
 
 
 def resolve(
-    entries: list[dict[str, Any]], base: dict[str, dict[str, Any]], shared_data: dict[str, Any]
+    entries: list[dict[str, Any]],
+    base: dict[str, dict[str, Any]],
+    shared_data: dict[str, Any],
+    *,
+    quick: bool = False,
 ) -> list[Candidate]:
     """Each entry's stage overrides merged onto the recipe's stage sections, validated into configs."""
     out: list[Candidate] = []
@@ -129,6 +133,11 @@ def resolve(
                 raise ConfigError(f"compress.candidates[{i}].{stage}: expected a mapping")
             section = merge(base.get(stage) or {}, override)
             section["data"] = merge(shared_data, section.get("data") or {})
+            if quick:  # a smoke run wins over every candidate's own budget
+                section = merge(section, QUICK_SECTIONS.get(stage, {}))
+                section["data"] = {**section["data"], **QUICK_DATA}
+                if section.get("augment_pairs"):
+                    section["augment_pairs"] = min(int(section["augment_pairs"]), QUICK_DATA["max_train_samples"])
             configs[stage] = from_dict(cls, section, prefix=f"compress.candidates[{i}].{stage}.")
         out.append(Candidate(name=name, configs=configs, overrides={k: v for k, v in entry.items() if k != "name"}))
     return out
@@ -236,7 +245,7 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None,
         if teacher_shape is None:
             raise ConfigError("compress.candidates: none listed and the teacher's shape is unknown; list candidates")
         entries = default_plan(teacher_shape, kd_ablation=config.kd_ablation)
-    candidates = resolve(entries, sections, shared)
+    candidates = resolve(entries, sections, shared, quick=quick)
     export = from_dict(
         ExportConfig, {**sections["export"], "data": merge(shared, sections["export"].get("data") or {})}
     )
