@@ -29,6 +29,21 @@ def invoke_json(*args: Any) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+def int8_chain(model: Any, tokenizer: Any, root: Path) -> dict[str, Path]:
+    """Save an in-memory model, then calibrate → quantize → export it through the CLI; the stage directories."""
+    d = {k: root / k for k in ("model", "calib", "int8", "onnx")}
+    model.save_pretrained(d["model"])
+    tokenizer.save_pretrained(d["model"])
+    for args in (
+        ("calibrate", d["model"], "-o", d["calib"], "--num-samples", 16, "--batch-size", 16),
+        ("quantize", d["model"], d["calib"], "-o", d["int8"]),
+        ("export", d["int8"], "-o", d["onnx"]),
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 0, f"{args[0]}: {result.stderr}"
+    return d
+
+
 def refresh_manifest(directory: Path) -> None:
     """After a test edits an artifact's files on purpose, record them again so the integrity check accepts them
     (what an artifact written by an older llmzip, or differently, would look like)."""

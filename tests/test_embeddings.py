@@ -256,21 +256,12 @@ def test_chain_calibrate_quantize_export(tiny: tuple[Any, Any], tmp_path: Path) 
 
     from llmzip.artifact import read_manifest
     from llmzip.embeddings import EMBEDDINGS_KEY
-    from tests.conftest import invoke
+    from tests.conftest import int8_chain
 
     tokenizer = tiny[1]
     model, _ = _pruned(tiny)
     factorize_embedding(model, 8)
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    d = {k: tmp_path / k for k in ("model", "calib", "int8", "onnx")}
-    for args in (
-        ("calibrate", d["model"], "-o", d["calib"], "--num-samples", 16, "--batch-size", 16),
-        ("quantize", d["model"], d["calib"], "-o", d["int8"]),
-        ("export", d["int8"], "-o", d["onnx"]),
-    ):
-        result = invoke(*args)
-        assert result.exit_code == 0, f"{args[0]}: {result.stderr}"
+    d = int8_chain(model, tokenizer, tmp_path)
     spec = json.loads((d["int8"] / "quantization.json").read_text())
     assert spec["embeddings"] == ["bert.embeddings.word_embeddings.table"]
     assert "bert.embeddings.word_embeddings.project" in spec["layers"]

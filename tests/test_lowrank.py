@@ -192,21 +192,12 @@ def test_onnx_export_matches_pytorch(tiny: tuple[Any, Any], tmp_path: Path) -> N
 def test_calibrate_quantize_export_runs_the_factors_as_int8(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     """Each factor is an ordinary Linear to quantize; export's own checks refuse a factor left in fp32."""
     from llmzip.artifact import read_manifest
-    from tests.conftest import invoke
+    from tests.conftest import int8_chain
 
     model, tokenizer = tiny
     factorized = copy.deepcopy(model)
     factorize_linears(factorized, 8, pattern=FFN_PATTERN)
-    d = {k: tmp_path / k for k in ("model", "calib", "int8", "onnx")}
-    factorized.save_pretrained(d["model"])
-    tokenizer.save_pretrained(d["model"])
-    for args in (
-        ("calibrate", d["model"], "-o", d["calib"], "--num-samples", 16, "--batch-size", 16),
-        ("quantize", d["model"], d["calib"], "-o", d["int8"]),
-        ("export", d["int8"], "-o", d["onnx"]),
-    ):
-        result = invoke(*args)
-        assert result.exit_code == 0, f"{args[0]}: {result.stderr}"
+    d = int8_chain(factorized, tokenizer, tmp_path)
     layers = json.loads((d["int8"] / "quantization.json").read_text())["layers"]
     factors = [f"{n}.{f}" for n in FFN_NAMES for f in ("down", "up")]
     assert set(factors) <= set(layers) and not set(FFN_NAMES) & set(layers)
