@@ -59,6 +59,11 @@ class Variant:
     onnx_path: Path | None = None  # the graph onnxruntime runs (ONNX variants)
 
 
+def onnx_size_mb(path: Path) -> float:
+    """The one size rule for an ONNX model: its file plus its external-data file, if any."""
+    return dir_size_mb([path, path.with_name(path.name + ".data")])
+
+
 def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
     """A session on one ONNX file and the input names its graph takes."""
     import onnxruntime as ort
@@ -146,7 +151,7 @@ def load_variant(
             artifact,
             "onnx",
             artifact.manifest["metrics"].get("precision", "fp32"),
-            dir_size_mb([onnx_file, onnx_file.with_name(onnx_file.name + ".data")]),
+            onnx_size_mb(onnx_file),
             list(artifact.manifest.get("inputs", [])),
             run,
             tokenizer,
@@ -234,7 +239,7 @@ def onnx_file_variant(
         Artifact(path=path, stage=EXTERNAL),
         "onnx",
         precision or onnx_precision(path),
-        dir_size_mb([path, path.with_name(path.name + ".data")]),
+        onnx_size_mb(path),
         inputs,
         run,
         load_tokenizer(tokenizer_dir),

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmzip import structure
 from llmzip.errors import ArtifactError, ConfigError
 
-STRUCTURE_ATTR = "llmzip_structure"  # the config attribute save_pretrained writes into config.json
+STRUCTURE_ATTR = structure.SPEC_ATTR  # the config attribute save_pretrained writes into config.json
 EMBEDDINGS_KEY = "embeddings"
 POSITION_TABLES = ("position_embeddings", "wpe")  # BERT-family and GPT-2 names of the absolute position table
 _TOKENIZE_CHUNK = 1024
@@ -79,16 +80,10 @@ def inner_table(embedding: nn.Module) -> nn.Module:
     return embedding.table if isinstance(embedding, _TableEmbedding) else embedding
 
 
-def structure_spec(config: Any) -> dict[str, Any]:
-    spec = getattr(config, STRUCTURE_ATTR, None)
-    return dict(spec) if isinstance(spec, dict) else {}
-
-
-def _record(config: Any, entry: dict[str, Any]) -> None:
-    """Set only the "embeddings" key of config.llmzip_structure (other keys belong to llmzip/structure.py)."""
-    spec = structure_spec(config)
-    spec[EMBEDDINGS_KEY] = entry
-    setattr(config, STRUCTURE_ATTR, spec)
+def _embeddings_entry(model: Any) -> dict[str, Any]:
+    spec = structure.spec_of(model.config) or {}
+    entry = spec.get(EMBEDDINGS_KEY)
+    return dict(entry) if isinstance(entry, dict) else {}
 
 
 def _count(tokenizer: Any, texts: Iterable[Text]) -> Counter[int]:
@@ -210,7 +205,7 @@ def prune_vocabulary(model: Any, kept_ids: Iterable[int], *, unk_id: int, neares
     model.set_input_embeddings(new)
     name = next(n for n, m in model.named_modules() if m is new)
     entry = {"module": name, "vocab": vocab, "rows": len(kept), "hidden": hidden, "rank": None, "remapped": True}
-    _record(model.config, {**entry, "padding_idx": padding, "unk_row": row_of[unk_id]})
+    structure.set_entry(model, EMBEDDINGS_KEY, {**entry, "padding_idx": padding, "unk_row": row_of[unk_id]})
     return {
         "module": name,
         "vocab": vocab,
@@ -264,9 +259,9 @@ def factorize_embedding(model: Any, rank: int) -> dict[str, Any]:
             new.lookup.copy_(lookup)
     model.set_input_embeddings(new)
     name = next(n for n, m in model.named_modules() if m is new)
-    previous = structure_spec(model.config).get(EMBEDDINGS_KEY) or {}
+    previous = _embeddings_entry(model)
     entry = {"module": name, "vocab": vocab, "rows": rows, "hidden": hidden, "rank": rank, "remapped": remapped}
-    _record(model.config, {**previous, **entry, "padding_idx": source.padding_idx})
+    structure.set_entry(model, EMBEDDINGS_KEY, {**previous, **entry, "padding_idx": source.padding_idx})
     error = torch.linalg.norm(weight - a @ b) / torch.linalg.norm(weight)
     return {
         "module": name,

@@ -135,6 +135,17 @@ def load_recipe(values: dict[str, Any]) -> Recipe:
     return Recipe(model=model, stages=stages, raw=values)
 
 
+def apply_sets(values: dict[str, Any], items: list[str]) -> None:
+    """`--set section.key=value` overrides (the value read as YAML), in order, into a recipe mapping."""
+    import yaml
+
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        set_dotted(values, key.strip(), yaml.safe_load(raw))
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 

@@ -30,7 +30,7 @@ from llmzip.cli.common import (
     _fail,
     _render_stage,
 )
-from llmzip.errors import ConfigError, GateError
+from llmzip.errors import GateError
 
 
 def _render_bench(result: dict[str, Any]) -> None:
@@ -251,8 +251,6 @@ def run(
     """
 
     def work() -> dict[str, Any]:
-        import yaml
-
         from llmzip.stages.run import run as stage
 
         values = recipes.read_yaml(recipe_file)
@@ -260,11 +258,7 @@ def run(
             values["model"] = model
         if data is not None:
             recipes.set_dotted(values, "data.dataset", data)
-        for item in set_ or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--set {item!r}: expected section.key=value")
-            recipes.set_dotted(values, key.strip(), yaml.safe_load(raw))
+        recipes.apply_sets(values, set_ or [])
         return stage(recipes.load_recipe(values), out, overwrite=overwrite)
 
     def render(result: dict[str, Any]) -> None:

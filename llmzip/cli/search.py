@@ -11,7 +11,7 @@ import typer
 from llmzip import recipe as recipes
 from llmzip.choices import Objective
 from llmzip.cli.common import Data, Json, Out, Overwrite, _execute, _fail
-from llmzip.errors import ConfigError, GateError
+from llmzip.errors import GateError
 
 
 def compress(
@@ -55,8 +55,6 @@ def compress(
     """
 
     def work() -> dict[str, Any]:
-        import yaml
-
         from llmzip.modeling import source_config
         from llmzip.search.compress import compress as stage
         from llmzip.search.plan import build_plan, teacher_shape
@@ -70,11 +68,7 @@ def compress(
             recipes.set_dotted(values, "compress.max_accuracy_drop", max_accuracy_drop)
         if objective is not None:
             recipes.set_dotted(values, "compress.objective", objective.value)
-        for item in set_ or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--set {item!r}: expected section.key=value")
-            recipes.set_dotted(values, key.strip(), yaml.safe_load(raw))
+        recipes.apply_sets(values, set_ or [])
         shape = None
         if isinstance(values.get("model"), str) and not (values.get("compress") or {}).get("candidates"):
             shape = teacher_shape(source_config(values["model"]))

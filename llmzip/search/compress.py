@@ -25,6 +25,7 @@ from llmzip.artifact import (
     sha256_paths,
     strict_json,
 )
+from llmzip.bench_variants import onnx_size_mb
 from llmzip.config import BenchConfig, ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError
@@ -153,9 +154,7 @@ class _Search:
             "key": k,
             "path": str(self.teacher_path),
             **self.measurer().teacher_row(),
-            "onnx_size_mb": round(
-                sum((onnx_dir / f).stat().st_size for f in onnx.get("files", {}) if "onnx" in f) / 1e6, 3
-            ),
+            "onnx_size_mb": onnx_size_mb(onnx_dir / onnx.get("model_file", "model.onnx")),
             "onnx_path": str(onnx_dir),
         }
         atomic_write_text(cached, strict_json(row, where=str(cached)))

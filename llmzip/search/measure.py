@@ -38,16 +38,17 @@ class Measurer:
         self.selection_ds, _ = load_eval_data(self.selection_bench)
         self.teacher_feeds, self.report_labels = eval_inputs(self.teacher, self.report_ds, bench)
 
-    def accuracies(self, variant: Variant) -> tuple[float, float]:
-        """(reported-split accuracy, selection-split accuracy)."""
-        feeds, labels = eval_inputs(variant, self.report_ds, self.bench)
+    def accuracies(self, variant: Variant, feeds: dict[str, Any] | None = None) -> tuple[float, float]:
+        """(reported-split accuracy, selection-split accuracy); `feeds`: the variant's reported-split inputs."""
+        report_feeds, labels = eval_inputs(variant, self.report_ds, self.bench) if feeds is None else (feeds, None)
+        labels = self.report_labels if labels is None else labels
         sel_feeds, sel_labels = eval_inputs(variant, self.selection_ds, self.selection_bench)
         if labels is None or sel_labels is None:
             from llmzip.errors import ModelError
 
             raise ModelError(f"{variant.name}: the model names no labels, so it has no accuracy to search on")
         batch = max(self.bench.batch_sizes)
-        return accuracy(variant, feeds, labels, batch), accuracy(variant, sel_feeds, sel_labels, batch)
+        return accuracy(variant, report_feeds, labels, batch), accuracy(variant, sel_feeds, sel_labels, batch)
 
     def teacher_row(self) -> dict[str, Any]:
         report, selection = self.accuracies(self.teacher)
@@ -56,8 +57,8 @@ class Measurer:
     def candidate(self, export_dir: Path, name: str) -> dict[str, Any]:
         """Size, accuracies, and p50 latency + speedup over the teacher at every bench shape."""
         variant = load_variant(open_artifact(export_dir, verb="compress", accepts=("export",)), name, self.bench)
-        report, selection = self.accuracies(variant)
         feeds, _ = eval_inputs(variant, self.report_ds, self.bench)
+        report, selection = self.accuracies(variant, feeds)
         timed = measure([self.teacher, variant], [self.teacher_feeds, feeds], self.bench, labels=None, saturation=False)
         latency: dict[str, float] = {}
         teacher_latency: dict[str, float] = {}
