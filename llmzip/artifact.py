@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmzip.errors import ArtifactError
+from llmzip.outputs import fs_error
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -291,8 +292,12 @@ def dir_size_mb(paths: list[Path]) -> float:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a whole file or nothing: a fsynced temporary sibling renamed over the target."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise (fs_error(err, path, "write") or err) from None

@@ -43,7 +43,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def load_runner(directory: Path, *, threads: int, name: str) -> Runner:
+def load_runner(directory: Path, *, threads: int, name: str, verb: str = "bench") -> Runner:
     from llmzip.artifact import read_manifest
 
     manifest = read_manifest(directory) or {}
@@ -57,7 +57,7 @@ def load_runner(directory: Path, *, threads: int, name: str) -> Runner:
     from llmzip.artifact import EXTERNAL, open_artifact
     from llmzip.modeling import load_model
 
-    artifact = open_artifact(directory, verb="bench", accepts=("finetune", "distill", "quantize", EXTERNAL))
+    artifact = open_artifact(directory, verb=verb, accepts=("import", "finetune", "distill", "quantize", EXTERNAL))
     return TorchRunner(load_model(artifact), threads=threads, name=name)
 
 
@@ -135,6 +135,30 @@ def eval_windows(config: Any, tokenizer: Any) -> tuple[np.ndarray, dict[str, Any
     return np.array(chunks, dtype=np.int64), described
 
 
+def _check_workload(model_config: Any, config: Any, window: int, directory: Path) -> None:
+    """Every sequence the bench runs must fit the model's positions: the perplexity windows, each prefill
+    length, and the decode prompt + new tokens."""
+    from llmzip.errors import ConfigError
+    from llmzip.lm_runtime import check_positions
+    from llmzip.modeling import max_tokens
+
+    limit = max_tokens(model_config)
+    if limit is None:
+        return
+    for what, length in (("--max-length", window), ("--prefill-lengths", max(config.prefill_lengths))):
+        if length > limit:
+            raise ConfigError(
+                f"{what} {length} exceeds the {limit} token positions of {directory}; use {limit} or less"
+            )
+    try:
+        check_positions(model_config, config.prompt_tokens, config.new_tokens, directory)
+    except ConfigError:
+        raise ConfigError(
+            f"--prompt-tokens {config.prompt_tokens} + --new-tokens {config.new_tokens} exceeds the {limit} token "
+            f"positions of {directory}; lower them"
+        ) from None
+
+
 def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work: Path) -> dict[str, Any]:
     """Every directory measured by its own worker process on the same windows and prompt; the machine's load
     during the run is recorded beside the numbers."""
@@ -154,6 +178,8 @@ def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work
             f"prompts of {longest} tokens need more than the {len(stream)} tokens of the eval windows; lower "
             "--prefill-lengths / --prompt-tokens or give more windows (--max-eval-samples)"
         )
+    for directory in directories:
+        _check_workload(read_config(directory), config, windows.shape[1], directory)
     np.save(work / WINDOWS_FILE, windows)
     np.save(work / PROMPT_FILE, stream[: config.prompt_tokens])
     params = {

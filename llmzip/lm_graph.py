@@ -137,17 +137,21 @@ def _embedding(g: _Graph, model: Any) -> str:
         inputs = [data, "input_ids", g.const("lm_head.scales", _np(head.weight_scale))]
         if head.weight_zero_point is not None:
             inputs.append(g.const("lm_head.zero_points", _np(head.weight_zero_point)))
-        return str(
-            g.op(
-                "GatherBlockQuantized",
-                inputs,
-                domain=MS,
-                bits=int(head.bits),
-                block_size=int(head.block_size),
-                gather_axis=0,
-                quantize_axis=1,
-            )
+        rows_out = g.op(
+            "GatherBlockQuantized",
+            inputs,
+            domain=MS,
+            bits=int(head.bits),
+            block_size=int(head.block_size),
+            gather_axis=0,
+            quantize_axis=1,
         )
+        k = int(head.in_features)
+        if head.weight_scale.shape[1] * int(head.block_size) > k:  # K padded up to whole blocks: keep the first K
+            ends = g.const("embed.k", np.array([k], dtype=np.int64))
+            starts, axes = g.const("embed.k0", np.array([0], dtype=np.int64)), g.const("embed.kaxis", np.array([-1], dtype=np.int64))
+            return str(g.op("Slice", [rows_out, starts, ends, axes]))
+        return str(rows_out)
     if isinstance(table, QuantEmbedding):
         q = g.op("Gather", [g.const("embed.int8", _np(table.weight_q)), "input_ids"], axis=0)
         scale = g.op("Gather", [g.const("embed.scale", _np(table.row_scale)[:, None]), "input_ids"], axis=0)

@@ -183,6 +183,26 @@ def timed(fn: Any, repeats: int) -> dict[str, float]:
     return {"median": float(np.median(times)), "min": float(min(times)), "max": float(max(times))}
 
 
+def check_positions(config: Any, prompt_tokens: int, new_tokens: int, source: Path) -> None:
+    """Refuse a prompt + continuation beyond the model's positions before it becomes a garbage continuation
+    (PyTorch) or an error deep inside onnxruntime's GroupQueryAttention (whose rotary cache has that many rows).
+    The last new token is never fed back, so `prompt + new − 1` positions are used."""
+    from llmzip.errors import ConfigError
+    from llmzip.modeling import max_tokens
+
+    limit = max_tokens(config)
+    if limit is None or prompt_tokens + new_tokens - 1 <= limit:
+        return
+    if prompt_tokens > limit:
+        raise ConfigError(
+            f"the prompt is {prompt_tokens} tokens, beyond the {limit} token positions of {source}; shorten it"
+        )
+    raise ConfigError(
+        f"a {prompt_tokens}-token prompt + {new_tokens} new tokens exceeds the {limit} token positions of {source}; "
+        f"use --max-new-tokens {limit - prompt_tokens + 1} or less, or a shorter prompt"
+    )
+
+
 def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads: int) -> dict[str, Any]:
     """`llmzip generate`: greedy continuation of `prompt` (stops at EOS) with its timings."""
     from llmzip.errors import ConfigError
@@ -192,13 +212,17 @@ def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads:
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if task_of(source_config(directory)).kind is not TaskKind.CAUSAL_LM:
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    config = source_config(directory)
+    if task_of(config).kind is not TaskKind.CAUSAL_LM:
         raise ConfigError(f"{directory}: not a causal LM (its config names no *ForCausalLM); generate needs one")
     tokenizer = load_tokenizer(directory)
     ids = np.array(tokenizer(prompt, add_special_tokens=True).input_ids, dtype=np.int64)
     if len(ids) == 0:
         raise ConfigError("the prompt is empty after tokenization; give some text")
-    runner = load_runner(directory, threads=threads, name=directory.name)
+    check_positions(config, len(ids), max_new_tokens, directory)
+    runner = load_runner(directory, threads=threads, name=directory.name, verb="generate")
     tokens, times = greedy(runner, ids, max_new_tokens, eos=tokenizer.eos_token_id)
     steps, decode_s = times["decode_steps"], times["decode_s"]
     return {

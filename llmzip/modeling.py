@@ -44,19 +44,28 @@ def pickle_allowed() -> bool:
 
 
 def refuse_remote_code(source: str | Path, err: Exception | None = None) -> None:
-    """llmzip never runs Python shipped inside a model folder: name what the folder asks for and refuse."""
-    config = Path(source) / "config.json"
-    auto_map: Any = None
-    if config.is_file():
-        try:
-            auto_map = json.loads(config.read_text()).get("auto_map")
-        except (json.JSONDecodeError, AttributeError):
-            auto_map = None
-    if auto_map or (err is not None and "trust_remote_code" in str(err)):
-        shown = json.dumps(auto_map)[:160] if auto_map else "custom code"
+    """llmzip never runs Python shipped inside a model folder: name what the folder asks for and refuse.
+
+    One rule for every file transformers reads an `auto_map` from (the model's config.json and the tokenizer's
+    tokenizer_config.json): either can make `from_pretrained` import the folder's code."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = Path(source) / name
+        auto_map: Any = None
+        if file.is_file():
+            try:
+                auto_map = json.loads(file.read_text()).get("auto_map")
+            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+                auto_map = None
+        if auto_map:
+            raise ModelError(
+                f"{source}: its {name} asks to run Python code from the folder (auto_map: "
+                f"{json.dumps(auto_map)[:160]}); llmzip does not run code shipped with a model "
+                "(trust_remote_code=False): use an architecture transformers implements"
+            )
+    if err is not None and "trust_remote_code" in str(err):
         raise ModelError(
-            f"{source}: the model asks to run Python code from its folder (auto_map: {shown}); llmzip does not run "
-            "code shipped with a model (trust_remote_code=False): use an architecture transformers implements"
+            f"{source}: the model asks to run Python code from its folder (custom code); llmzip does not run code "
+            "shipped with a model (trust_remote_code=False): use an architecture transformers implements"
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,13 +42,24 @@ _FS_ERRORS = {
 _RENAME_EXCHANGE = 2
 
 
-def fs_error(err: OSError, path: Path, doing: str) -> ArtifactError | None:
+def error_number(err: BaseException) -> int | None:
+    """The OS error number behind a failure: an OSError's, or the "(os error N)" that Rust writers (safetensors,
+    tokenizers) put into their own exception types."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
+
+
+def fs_error(err: BaseException, path: Path, doing: str) -> ArtifactError | None:
     """The one-line error for a file-system failure the user can fix, or None for anything else."""
-    reason = _FS_ERRORS.get(err.errno or 0)
+    number = error_number(err)
+    reason = _FS_ERRORS.get(number or 0)
     if reason is None:
         return None
     return ArtifactError(
-        f"cannot {doing} {path}: {reason} ({err.strerror}); free space, fix permissions or choose another path"
+        f"cannot {doing} {path}: {reason} ({os.strerror(number or 0)}); free space, fix permissions or choose "
+        "another path"
     )
 
 
@@ -245,8 +257,10 @@ def staging(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()
                     shutil.rmtree(replaced, ignore_errors=True)
             except BaseException as err:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if isinstance(err, OSError):
-                    raise (fs_error(err, out_dir, "write") or err) from None
+                if isinstance(err, Exception) and not isinstance(err, ArtifactError):
+                    mapped = fs_error(err, out_dir, "write")
+                    if mapped is not None:
+                        raise mapped from None
                 raise
     except BaseException:
         remove_empty(created)

@@ -106,7 +106,18 @@ def build_tiny_llama(directory: Path, *, num_layers: int = 4, hidden: int = 32, 
     return directory
 
 
+def main(argv: list[str]) -> int:
+    usage = "usage: python -m llmzip.testing OUT_DIR   (writes a tiny 2-layer BERT and its tokenizer into OUT_DIR)"
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(usage, file=sys.stdout if argv in (["--help"], ["-h"]) else sys.stderr)
+        return 0 if argv in (["--help"], ["-h"]) else 2
+    out = Path(argv[0])
+    if out.exists() and any(out.iterdir()):
+        print(f"error: {out} exists and is not empty; choose another folder", file=sys.stderr)
+        return 3
+    print(build_tiny_bert(out))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m llmzip.testing OUT_DIR")
-    print(build_tiny_bert(Path(sys.argv[1])))
+    sys.exit(main(sys.argv[1:]))

@@ -20,7 +20,32 @@ from llmzip import config as cfg
 from llmzip import recipe as recipes
 from llmzip.errors import LlmzipError, Terminated
 
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a typo in a choice, a missing argument, an unknown flag) end like every other failure: one
+    `error:` line on stderr naming the fix and exit code 2, not click's boxed usage panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as err:  # typer's own click: UsageError, BadParameter, NoSuchOption, ...
+            ctx = getattr(err, "ctx", None)
+            if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `llmzip VERB` alone: its help
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _print_error(f"{err.format_message().replace('Value error, ', '')}{where}")
+            sys.exit(getattr(err, "exit_code", 2))
+        except typer.Abort:
+            _print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="llmzip",
     help="Make transformer models small and fast: finetune → distill → calibrate → quantize → export → bench.",
     no_args_is_help=True,
@@ -134,10 +159,15 @@ TRAIN_FLAGS = {
 }
 
 
-def _fail(message: str, code: int) -> None:
+def _print_error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+
+
+def _fail(message: str, code: int) -> None:
+    _print_error(message)
     raise typer.Exit(code)
 
 

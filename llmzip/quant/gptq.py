@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmzip.errors import ModelError
 from llmzip.quant import qmath
 from llmzip.quant.weight_only import block_qparams
 
@@ -75,6 +76,11 @@ class HessianRecorder:
 
     def hessian(self, name: str) -> torch.Tensor:
         key = self.alias.get(name, name)
+        if key not in self.sums:
+            raise ModelError(
+                f"{name}: no calibration input reached this layer, so GPTQ has no Hessian for it; re-run "
+                "`llmzip calibrate` with more --num-samples, or use --algorithm rtn"
+            )
         return (self.sums[key] / max(1, self.counts[key])).float()
 
 

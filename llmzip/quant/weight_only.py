@@ -288,5 +288,9 @@ class _GatherBlockQuantized(torch.autograd.Function):
             gather_axis_i=0,
             quantize_axis_i=1,
         )
+        if scales.type().sizes()[-1] * block_size > k:
+            # K padded up to whole blocks (a layer narrower than one block): the table rows are the first K values
+            start, end, axis = (g.op("Constant", value_t=torch.tensor([v], dtype=torch.int64)) for v in (0, k, -1))
+            out = g.op("Slice", out, start, end, axis)
         sizes = ids.type().varyingSizes()  # [*ids, K] in the scales' float type
         return out.setType(scales.type().with_sizes([*sizes, k]) if sizes else scales.type())

@@ -39,7 +39,7 @@ MARKER = "compress.json"  # written first: OUT is a search directory (what --res
 RESULTS = "results.json"
 
 
-def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path]) -> None:
+def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path], marker: dict[str, Any]) -> None:
     check_output(out_dir, overwrite=True, inputs=inputs)
     if not out_dir.exists():
         return
@@ -53,6 +53,55 @@ def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path
             f"{out_dir} holds a compress search; pass --resume to continue it (measured candidates are reused) "
             "or --overwrite to start over"
         )
+    _check_same_search(out_dir, marker)
+
+
+def _check_options(plan: Plan, teacher: Path) -> None:
+    """Every candidate's stage configs, and export's and bench's, against the teacher's task (llmzip/scope.py)."""
+    from llmzip import scope
+    from llmzip.modeling import source_config
+    from llmzip.tasks import task_of
+
+    task = task_of(source_config(teacher))
+    where = scope.Scope(task.kind.value, task_weight_only=task.weight_only, where=plan.teacher)
+    for candidate in plan.candidates:
+        for stage, config in candidate.configs.items():
+            if config is not None:
+                scope.check(config, where, prefix=f"candidate {candidate.name}: {stage}.")
+    scope.check_stages({"export": plan.export, "bench": plan.bench, "compress": plan.config}, where)
+
+
+def _check_same_search(out_dir: Path, new: dict[str, Any]) -> None:
+    """--resume continues only the search OUT holds: same teacher, same data, and every candidate it already
+    has still means the same thing (new candidates and another budget or objective are fine: the rest is
+    re-ranked). Otherwise its results, records and model/ would be replaced by another search's."""
+    try:
+        old = json.loads((out_dir / MARKER).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{out_dir / MARKER}: unreadable ({err}); pass --overwrite to start over") from None
+    fix = "choose another --out, or pass --overwrite to replace it"
+    old_teacher, new_teacher = old.get("teacher") or {}, new["teacher"]
+    if old_teacher.get("sha256") != new_teacher.get("sha256"):
+        raise ArtifactError(
+            f"{out_dir} is a search of another teacher ({old_teacher.get('path')}, sha256 "
+            f"{str(old_teacher.get('sha256'))[:12]}…), not of {new_teacher['path']} ({new_teacher['sha256'][:12]}…); "
+            f"--resume would replace its results: {fix}"
+        )
+    if old.get("root_key") != new["root_key"]:
+        raise ArtifactError(
+            f"{out_dir} is a search on other data files (or other contents of them); --resume would replace its "
+            f"results: {fix}"
+        )
+    before = {c.get("name"): c for c in old.get("candidates") or []}
+    for candidate in new["candidates"]:
+        was = before.get(candidate["name"])
+        if was is None:
+            continue
+        if was.get("overrides") != candidate["overrides"] or was.get("plan", candidate["plan"]) != candidate["plan"]:
+            raise ArtifactError(
+                f"{out_dir}: candidate {candidate['name']!r} was planned with other settings there (its overrides, "
+                f"the recipe's stage sections or --quick differ); give it another name, {fix}"
+            )
 
 
 def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -61,28 +110,30 @@ def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool
     started = time.time()
     out_dir = Path(out_dir)
     source = open_model_source(plan.teacher, verb="compress", accepts=ACCEPTS)
+    _check_options(plan, source.path)
     data_files = sorted({p for c in candidates for s in c.configs.values() if s for p in data_paths(s.data)})
     data_files += [p for p in data_paths(bench_config.data) if p not in data_files]
     inputs = [source.path, *data_files]
+    root = key(source.hash, sha256_paths([Path(p) for p in data_files if Path(p).is_file()]))
+    marker = {
+        "teacher": source.ref(),
+        "root_key": root,
+        "config": to_dict(config),
+        "candidates": [{**c.describe(), "plan": key(*c.configs.values())} for c in candidates],
+    }
     make_parents(out_dir.parent)
     with locked(out_dir):
-        _open_out(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)
+        _open_out(out_dir, resume=resume, overwrite=overwrite, inputs=inputs, marker=marker)
         out_dir.mkdir(exist_ok=True)
         (out_dir / "stages").mkdir(exist_ok=True)
         (out_dir / "candidates").mkdir(exist_ok=True)
-        root = key(source.hash, sha256_paths([Path(p) for p in data_files if Path(p).is_file()]))
-        atomic_write_text(
-            out_dir / MARKER,
-            strict_json(
-                {
-                    "teacher": source.ref(),
-                    "root_key": root,
-                    "config": to_dict(config),
-                    "candidates": [c.describe() for c in candidates],
-                },
-                where=MARKER,
-            ),
-        )
+        if (out_dir / MARKER).is_file():  # resumed: keep every candidate the search has ever had
+            old = json.loads((out_dir / MARKER).read_text())
+            names = {c["name"] for c in marker["candidates"]}
+            marker["candidates"] = [c for c in old.get("candidates") or [] if c.get("name") not in names] + marker[
+                "candidates"
+            ]
+        atomic_write_text(out_dir / MARKER, strict_json(marker, where=MARKER))
         search = _Search(out_dir, source.path, root, config, export_config, bench_config)
         teacher_row = search.teacher()
         rows: list[dict[str, Any]] = []

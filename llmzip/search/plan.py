@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmzip import scope
 from llmzip.choices import Objective, as_enum
 from llmzip.config import (
     BenchConfig,
@@ -131,7 +132,12 @@ def resolve(
                 continue
             if not isinstance(override, dict):
                 raise ConfigError(f"compress.candidates[{i}].{stage}: expected a mapping")
-            section = merge(base.get(stage) or {}, override)
+            inherited = dict(base.get(stage) or {})
+            if stage == "quantize" and (override.get("weight_bits") == 4 or override.get("weight_only")):
+                # The base section is an int8 recipe: its activation settings do not carry over to a weight-only
+                # candidate (they would be refused as not applied); the candidate's own keys are still checked.
+                inherited = {k: v for k, v in inherited.items() if k not in scope.INT8_ACTIVATION_OPTIONS}
+            section = merge(inherited, override)
             section["data"] = merge(shared_data, section.get("data") or {})
             if quick:  # a smoke run wins over every candidate's own budget
                 section = merge(section, QUICK_SECTIONS.get(stage, {}))

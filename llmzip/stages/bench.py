@@ -30,7 +30,7 @@ from llmzip.machine import CpuLoad, machine_info
 from llmzip.modeling import source_config
 from llmzip.outputs import check_output, staging
 from llmzip.progress import progress, quiet_libraries, step
-from llmzip.tasks import TaskKind, task_of
+from llmzip.tasks import TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
 RESULTS_FILE = "results.json"
@@ -331,7 +331,7 @@ def bench(
         check_output(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)])
     labels_for = variant_names([Path(d) for d in model_dirs], names)
     quiet_libraries()
-    if task_of(source_config(artifacts[0].path)).kind is TaskKind.CAUSAL_LM:
+    if checked_task(config, source_config(artifacts[0].path), model_dirs[0]).kind is TaskKind.CAUSAL_LM:
         return _bench_lm(artifacts, labels_for, config, out_dir, overwrite, started)
     eval_ds, source = load_eval_data(config)
     variants, eval_feeds, eval_labels = [], [], []

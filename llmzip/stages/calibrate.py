@@ -21,7 +21,7 @@ from llmzip.modeling import check_length, load_model, load_tokenizer, source_con
 from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant.attention import observing
-from llmzip.tasks import task_of
+from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -32,7 +32,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
 
     started = time.time()
     source: Artifact = open_artifact(Path(model_dir), verb="calibrate", accepts=ACCEPTS, role="model directory")
-    task = task_of(source_config(source.path))
+    task = checked_task(config, source_config(source.path), model_dir)
     check_length(source_config(source.path), config.data.max_length, "--max-length", model_dir)
     tokenizer = load_tokenizer(source.path)
     rows, described = task.calibration_rows(config.data, config.num_samples, config.seed, tokenizer)

@@ -17,9 +17,9 @@ from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import DistillConfig
 from llmzip.data import data_paths
 from llmzip.kd import StudentWithProjections, distill_trainer_class
-from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer
+from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer, source_config
 from llmzip.progress import quiet_libraries, step, trainer_callback
-from llmzip.tasks import task_of
+from llmzip.tasks import checked_task, task_of
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
 STUDENT_STATE = "student.safetensors"  # a finished intermediate stage, for --resume
@@ -37,6 +37,7 @@ def distill(
     source = open_model_source(teacher, verb="distill", accepts=ACCEPTS)
     quiet_libraries()
     set_seed(config.seed)
+    checked_task(config, source_config(source.path), teacher)
     needs_attention = config.attention > 0
     with training.stage_output(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading teacher {teacher}")

@@ -31,7 +31,7 @@ from llmzip.onnx_graph import fold_int8_matmul_bias
 from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
 from llmzip.quant.saturation import target_report
-from llmzip.tasks import TaskKind, task_of
+from llmzip.tasks import TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
 ONNX_FILE = "model.onnx"
@@ -181,7 +181,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
     source = open_artifact(Path(model_dir), verb="export", accepts=ACCEPTS, role="model directory")
     quantized = source.stage == "quantize"
     quiet_libraries()
-    task = task_of(source_config(source.path))
+    task = checked_task(config, source_config(source.path), model_dir)
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)

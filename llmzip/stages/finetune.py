@@ -15,7 +15,7 @@ from llmzip.config import FinetuneConfig
 from llmzip.data import data_paths
 from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer, source_config
 from llmzip.progress import quiet_libraries, step, trainer_callback
-from llmzip.tasks import task_of
+from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
 
@@ -32,7 +32,7 @@ def finetune(
     set_seed(config.seed)
     model_config = source_config(base.path)
     check_length(model_config, config.data.max_length, "--max-length", model)
-    task = task_of(model_config)
+    task = checked_task(config, model_config, model)
     head = task.finetune_head(config)
     # Data problems surface before any model is loaded or output staged (one error line, nothing written).
     tokenizer = load_tokenizer(str(base.path))

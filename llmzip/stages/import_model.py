@@ -18,6 +18,7 @@ import torch
 
 from llmzip.artifact import EXTERNAL, open_model_source, resolve_pip_model, sha256_file, write_manifest
 from llmzip.errors import ArtifactError, ModelError
+from llmzip.ggufio import check_gguf, gguf_source
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
@@ -25,21 +26,6 @@ from llmzip.tasks import task_of
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _gguf(source: str) -> Path | None:
-    """The GGUF file a source names (a path or `pip:PACKAGE/FILE.gguf`), else None."""
-    if not source.endswith(".gguf"):
-        return None
-    if source.startswith("pip:"):
-        package, _, name = source[4:].partition("/")
-        folder = Path(resolve_pip_model(f"pip:{package}/"))
-        path = folder / name
-    else:
-        path = Path(source).expanduser()
-    if not path.is_file():
-        raise ArtifactError(f"{source}: no such GGUF file")
-    return path
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -50,6 +36,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError:
         raise ModelError(f"{path}: reading GGUF needs the gguf package; pip install 'llmzip[gguf]'") from None
+    check_gguf(path)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -76,10 +63,12 @@ def import_model(source: str, out_dir: Path, *, dtype: str = "float32", overwrit
     quiet_libraries()
     if dtype not in DTYPES:
         raise ArtifactError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    gguf_path = _gguf(source)
+    gguf_path = gguf_source(source)
     inputs: dict[str, Any] = {"source": source}
     parents = []
-    with staging(out_dir, overwrite=overwrite, inputs=[gguf_path] if gguf_path else []) as tmp:
+    local = Path(resolve_pip_model(source)).expanduser() if gguf_path is None else gguf_path
+    # The output may not be, contain or sit inside the source (a folder or a file): checked before any work.
+    with staging(out_dir, overwrite=overwrite, inputs=[local] if local.exists() else []) as tmp:
         if gguf_path is not None:
             step(f"reading {gguf_path.name} (dequantizing to {dtype})")
             model, tokenizer = _load_gguf(gguf_path, DTYPES[dtype])

@@ -26,7 +26,7 @@ from llmzip.config import (
 from llmzip.data import data_paths
 from llmzip.embeddings import inner_table
 from llmzip.errors import ArtifactError, ConfigError, ModelError
-from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer
+from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer, source_config
 from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
@@ -38,7 +38,7 @@ from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.report import error_report
 from llmzip.quant.saturation import SCORES, fix_saturation
 from llmzip.quant.weight_only import SharedEmbedding
-from llmzip.tasks import task_of
+from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
 
@@ -164,33 +164,29 @@ def quantize(
             f"{calibration_dir} was recorded on {where}, not on {model_dir} as it is now; "
             f"run `llmzip calibrate {model_dir}` and pass that directory"
         )
+    task = checked_task(config, source_config(source.path), model_dir)
+    weight_only = config.weight_only or task.weight_only
     observers = read_observers(calib.path)
+    samples = read_samples(calib.path)
+    if not samples:
+        raise ArtifactError(
+            f"{calibration_dir} keeps no calibration samples (its {SAMPLES_FILE} is empty); re-run `llmzip calibrate`"
+        )
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, calib.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         fp32 = load_model(source)
-        task = task_of(fp32.config)
         exclude = config.exclude if config.exclude is not None else task.default_exclude
         names = select(fp32, linear_names(fp32), exclude)
         if not names:
             raise ConfigError(f"exclude: the patterns {exclude} leave no Linear layer to quantize")
-        weight_only = config.weight_only or task.weight_only
-        if weight_only and (config.smoothquant is not None or config.attention or config.qat_steps > 0):
-            raise ConfigError(
-                "weight-only quantization (int4, --weight-only, or any causal LM) keeps activations float: "
-                "drop --smoothquant, --attention and --qat-steps"
-            )
         perplexity_metric = task.kind.value == "causal-lm"
-        if perplexity_metric and config.max_accuracy_drop is not None:
-            raise ConfigError("--max-accuracy-drop is for classifiers; a causal LM takes --max-perplexity-increase")
-        if not perplexity_metric and config.max_perplexity_increase is not None:
-            raise ConfigError("--max-perplexity-increase is for causal LMs; a classifier takes --max-accuracy-drop")
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
         tokenizer = load_tokenizer(source.path)
         batches = batches_from_rows(
             tokenizer,
-            read_samples(calib.path),
+            samples,
             max_length=calib.manifest["config"]["data"]["max_length"],
             batch_size=task.eval_batch_size,
         )

@@ -14,9 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from llmzip.artifact import atomic_write_text, read_manifest, strict_json
+from llmzip import scope
+from llmzip.artifact import atomic_write_text, read_manifest, resolve_pip_model, strict_json
 from llmzip.config import to_dict
 from llmzip.data import data_paths
+from llmzip.ggufio import gguf_source
 from llmzip.outputs import check_output, clean_leftovers, hold, locked, make_parents, remove_empty
 from llmzip.progress import console, step
 from llmzip.recipe import Recipe
@@ -35,8 +37,22 @@ def _banner(name: str, target: Path) -> None:
     console.rule(f"[bold]{name}[/] → {target}")
 
 
+def check_options(recipe: Recipe) -> None:
+    """Every section's options against the task of the recipe's model, before any stage runs (llmzip/scope.py)."""
+    from llmzip.modeling import source_config
+    from llmzip.tasks import TaskKind, get, task_of
+
+    if gguf_source(str(recipe.model)) is not None:
+        task = get(TaskKind.CAUSAL_LM)  # import reads GGUF files as causal LMs only
+    else:
+        task = task_of(source_config(resolve_pip_model(recipe.model)))
+    where = scope.Scope(task.kind.value, task_weight_only=task.weight_only, where=recipe.model)
+    scope.check_stages(recipe.stages, where)
+
+
 def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
+    check_options(recipe)
     data = [p for c in recipe.stages.values() if hasattr(c, "data") for p in data_paths(c.data)]
     inputs = [Path(recipe.model), *data]
     check_output(out_dir, overwrite=True, inputs=inputs)  # existence is checked below, after any repair
@@ -81,7 +97,7 @@ def _chain(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     dirs: dict[str, Path] = {}
 
     teacher: str | Path = recipe.model
-    if str(recipe.model).endswith(".gguf"):  # a llama.cpp file: converted once into a safetensors folder
+    if gguf_source(str(recipe.model)) is not None:  # a llama.cpp file: converted once into a safetensors folder
         from llmzip.stages.import_model import import_model
 
         _banner("import", out_dir / "imported")

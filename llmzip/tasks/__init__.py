@@ -31,4 +31,14 @@ def get(kind: TaskKind | str) -> Task:
     return TASKS[TaskKind(kind)]
 
 
-__all__ = ["TASKS", "CausalLM", "SequenceClassification", "Task", "TaskKind", "get", "task_of"]
+def checked_task(config: Any, model_config: Any, where: Any) -> Task:
+    """The task of `model_config`, after refusing every option of the stage `config` that would not apply to it
+    (the one table in llmzip/scope.py)."""
+    from llmzip import scope
+
+    task = task_of(model_config)
+    scope.check(config, scope.Scope(task.kind.value, task_weight_only=task.weight_only, where=str(where)))
+    return task
+
+
+__all__ = ["TASKS", "CausalLM", "SequenceClassification", "Task", "TaskKind", "checked_task", "get", "task_of"]
