@@ -6,6 +6,7 @@ a file that only claims to be one is refused with one line. Reading the tensors 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from llmzip.artifact import resolve_pip_model
@@ -63,10 +64,12 @@ def check_gguf(path: Path) -> None:
         GGUFReader(str(path))
     except (IndexError, ValueError) as err:
         size = path.stat().st_size
-        # GGUFReader maps every tensor it lists: running out of file (an index past the end, a short reshape)
-        # means the file was cut short, e.g. an interrupted download.
-        if isinstance(err, IndexError) or "cannot reshape" in str(err):
+        # GGUFReader maps the header and every tensor it lists straight from the file: running out of file (an
+        # index past the end, an empty or short slice that will not unpack or reshape) means it was cut short,
+        # e.g. by an interrupted download.
+        if isinstance(err, IndexError) or re.search(r"cannot reshape|not enough values|out of bounds", str(err)):
             raise ModelError(
-                f"{path}: the GGUF file is truncated ({size} bytes, its tensors need more); download it again"
+                f"{path}: the GGUF file is truncated ({size} bytes; it ends inside what its header lists); "
+                "download or copy it again"
             ) from None
         raise ModelError(f"{path}: not a valid GGUF file ({str(err).splitlines()[0][:160]})") from None

@@ -44,20 +44,16 @@ def peak_rss_mb() -> float:
 
 
 def load_runner(directory: Path, *, threads: int, name: str, verb: str = "bench") -> Runner:
-    from llmzip.artifact import read_manifest
-
-    manifest = read_manifest(directory) or {}
-    if manifest.get("stage") == "export":
-        return OrtRunner(
-            directory / str(manifest.get("model_file", "model.onnx")),
-            read_config(directory),
-            threads=threads,
-            name=name,
-        )
+    """An export in onnxruntime or a model folder in PyTorch, after the artifact's integrity check."""
     from llmzip.artifact import EXTERNAL, open_artifact
+
+    accepts = ("import", "finetune", "distill", "quantize", "export", EXTERNAL)
+    artifact = open_artifact(directory, verb=verb, accepts=accepts, role="model directory")
+    if artifact.stage == "export":
+        model_file = str(artifact.manifest.get("model_file", "model.onnx"))
+        return OrtRunner(directory / model_file, read_config(directory), threads=threads, name=name)
     from llmzip.modeling import load_model
 
-    artifact = open_artifact(directory, verb=verb, accepts=("import", "finetune", "distill", "quantize", EXTERNAL))
     return TorchRunner(load_model(artifact), threads=threads, name=name)
 
 

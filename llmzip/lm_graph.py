@@ -148,8 +148,9 @@ def _embedding(g: _Graph, model: Any) -> str:
         )
         k = int(head.in_features)
         if head.weight_scale.shape[1] * int(head.block_size) > k:  # K padded up to whole blocks: keep the first K
-            ends = g.const("embed.k", np.array([k], dtype=np.int64))
-            starts, axes = g.const("embed.k0", np.array([0], dtype=np.int64)), g.const("embed.kaxis", np.array([-1], dtype=np.int64))
+            starts, ends, axes = (
+                g.const(f"embed.slice{i}", np.array([v], dtype=np.int64)) for i, v in enumerate((0, k, -1))
+            )
             return str(g.op("Slice", [rows_out, starts, ends, axes]))
         return str(rows_out)
     if isinstance(table, QuantEmbedding):

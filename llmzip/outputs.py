@@ -267,6 +267,57 @@ def staging(out_dir: Path, *, overwrite: bool, inputs: Sequence[Path | str] = ()
         raise
 
 
+@contextmanager
+def rebuilt(
+    out_dir: Path,
+    *,
+    inputs: Sequence[Path | str],
+    complete: Callable[[Path], bool],
+    decide: Callable[[], bool],
+    keep_partial: bool,
+    start: Callable[[bool], None] | None = None,
+) -> Iterator[bool]:
+    """OUT written in place, for outputs that are directories of stage directories (`run`, `compress`).
+
+    Under the writer's lock, after repairing what a killed writer left (`complete` tells a finished OUT), `decide()`
+    checks OUT and returns True to continue it in place (a resumed search) or False to build a new one. An existing
+    OUT that is replaced is moved aside, not deleted, until the new one is finished: on any failure or interrupt it
+    is put back exactly as it was (after a SIGKILL, by the next writer). A new OUT that fails is removed, unless
+    `keep_partial` (a search keeps what it measured, for `--resume`); `start(continued)` runs first in OUT, so
+    that even a partial OUT says what it is. Yields whether OUT was continued.
+    """
+    out_dir = Path(out_dir)
+    check_output(out_dir, overwrite=True, inputs=inputs)  # existence is decided below, after any repair
+    created = make_parents(out_dir.parent)
+    try:
+        with locked(out_dir):
+            for line in clean_leftovers(out_dir, complete=complete):
+                _note(line)
+            continued = decide()
+            previous = None
+            if out_dir.exists() and not continued:
+                previous = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+                out_dir.rename(previous)
+            try:
+                out_dir.mkdir(exist_ok=continued)
+                if start is not None:
+                    start(continued)
+                hold("writing")
+                yield continued
+            except BaseException:
+                if previous is not None:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    previous.rename(out_dir)  # the previous complete output, exactly as it was
+                elif not continued and not keep_partial:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                raise
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
 HOLD_ENV = "LLMZIP_TEST_HOLD"
 
 

@@ -192,8 +192,7 @@ def check(config: Any, scope: Scope, *, prefix: str = "") -> None:
                 shown = value.value if hasattr(value, "value") else value
                 raise ConfigError(
                     f"{prefix}{f.name}={shown}: applies only to {rule.says}, so it would be recorded but not applied "
-                    f"to {scope.where} ({scope.task}); drop it"
-                    + (f" ({INSTEAD[f.name]})" if f.name in INSTEAD else "")
+                    f"to {scope.where} ({scope.task}); drop it" + (f" ({INSTEAD[f.name]})" if f.name in INSTEAD else "")
                 )
 
 

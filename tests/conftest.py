@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from llmzip.cli import app
 from llmzip.data import DEMO_DATASET
-from llmzip.testing import build_tiny_bert
+from llmzip.testing import build_tiny_bert, build_tiny_llama, demo_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -83,6 +83,52 @@ def chain(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> dict[str
         result = invoke(*args)
         assert result.exit_code == 0, f"{args[0]} failed: {result.stderr}"
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama (hidden 64, 256 positions) imported, calibrated on the demo text, int4 and exported (fused)."""
+    root = tmp_path_factory.mktemp("tiny-lm")
+    base = build_tiny_llama(root / "base", hidden=64)
+    text = root / "corpus.raw"
+    text.write_text(demo_text())
+    d = {"base": base, "text": text, **{k: root / k for k in ("imported", "calib", "int4", "onnx")}}
+    steps = [
+        ("import", base, "-o", d["imported"]),
+        ("calibrate", d["imported"], "--data", text, "--max-length", 32, "--num-samples", 8, "-o", d["calib"]),
+        ("quantize", d["imported"], d["calib"], "-o", d["int4"], "--weight-bits", 4, "--weight-block-size", 16),
+        ("export", d["int4"], "-o", d["onnx"]),
+    ]
+    for args in steps:
+        result = invoke(*args)
+        assert result.exit_code == 0, f"{args[0]} failed: {result.stderr}"
+    return d
+
+
+def compress_recipe(path: Path, teacher: Path, candidates: list[dict[str, Any]], drop: float = 100.0) -> Path:
+    """A compress recipe for the tiny teacher: short sequences, small bench shapes."""
+    import yaml
+
+    values = {
+        "model": str(teacher),
+        "data": {"max_length": 32},
+        "distill": {"batch_size": 16, "learning_rate": 1.0e-3},
+        "export": {"parity_samples": 8},
+        "bench": {"batch_sizes": [1, 4], "seq_len": 32},
+        "compress": {"max_accuracy_drop": drop, "candidates": candidates},
+    }
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory: pytest.TempPathFactory, chain: dict[str, Path]) -> dict[str, Path]:
+    """A finished one-candidate compress search (the teacher in int8) of the tiny chain's teacher."""
+    root = tmp_path_factory.mktemp("search")
+    recipe = compress_recipe(root / "compress.yaml", chain["teacher"], [{"name": "teacher-int8", "distill": None}])
+    result = invoke("compress", "--recipe", recipe, "-o", root / "search", "--quick")
+    assert result.exit_code == 0, result.stderr
+    return {"recipe": recipe, "out": root / "search"}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.bad_inputs_verbs import CASES as VERB_CASES
+from tests.badinput import Case, Env
 from tests.conftest import DEMO_VALIDATION, invoke
-
-
-@dataclass
-class Case:
-    args: list[Any]
-    words: str  # must appear in the error line
-    out: Path | None = None  # must not exist afterwards (unless it existed before: then unchanged)
-    keep: list[Path] = field(default_factory=list)  # inputs whose bytes must not change
-
-
-@dataclass
-class Env:
-    tmp: Path
-    chain: dict[str, Path]
-    base: Path
-    classifier: Path
-
-    def copy(self, name: str) -> Path:
-        return Path(shutil.copytree(self.chain[name], self.tmp / f"copy-{name}"))
-
-    def model_copy(self) -> Path:
-        return Path(shutil.copytree(self.classifier, self.tmp / "model"))
-
-    def write(self, name: str, content: str | bytes) -> Path:
-        path = self.tmp / name
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        return path
-
-    def recipe(self, text: str) -> Path:
-        return self.write("recipe.yaml", text)
 
 
 def _nan_model(env: Env) -> Path:
@@ -469,18 +439,29 @@ def _snapshot(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-def test_there_are_at_least_sixty_distinct_cases() -> None:
-    assert len(CASES) >= 60
+ALL_CASES = {**CASES, **VERB_CASES}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+def test_there_are_at_least_sixty_distinct_stage_cases_and_forty_for_the_new_verbs() -> None:
+    assert len(CASES) >= 60 and len(VERB_CASES) >= 40 and not CASES.keys() & VERB_CASES.keys()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CASES))
 def test_bad_input_gets_one_line_and_loses_nothing(
-    name: str, chain: dict[str, Path], tiny_base: Path, tiny_classifier: Path, tmp_path: Path
+    name: str,
+    chain: dict[str, Path],
+    tiny_base: Path,
+    tiny_classifier: Path,
+    tiny_lm: dict[str, Path],
+    finished_search: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
-    env = Env(tmp_path / "work", chain, tiny_base, tiny_classifier)
+    env = Env(tmp_path / "work", chain, tiny_base, tiny_classifier, tiny_lm, finished_search)
     env.tmp.mkdir()
-    case = CASES[name](env)
-    before = _snapshot(case.keep)
+    case = ALL_CASES[name](env)
+    # Every file the user has: the case's own work folder and the shared inputs it reads.
+    watched = [env.tmp, *case.keep, *chain.values(), *tiny_lm.values(), finished_search["out"]]
+    before = _snapshot(watched)
     existed = case.out is not None and case.out.exists()
     result = invoke(*case.args)  # catch_exceptions=False: a traceback fails the test by itself
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -489,7 +470,7 @@ def test_bad_input_gets_one_line_and_loses_nothing(
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-1500:]
     assert case.words in errors[0], errors[0]
     assert "Traceback" not in result.stderr
-    assert _snapshot(case.keep) == before  # nothing the user had was changed
+    assert _snapshot(watched) == before  # nothing the user had was changed, added or removed
     if case.out is not None and not existed:
         assert not case.out.exists()
     leftovers = [p.name for p in env.tmp.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name or p.suffix == ".lock"]

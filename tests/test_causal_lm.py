@@ -200,3 +200,13 @@ def test_sensitivity_and_fallback_per_decoder_layer_by_perplexity(lm: dict[str, 
     assert result["metrics"]["quantized_layers"] == 29 - sum(1 if u == "lm_head" else 7 for u in kept)
     refused = invoke("quantize", lm["imported"], lm["calib"], "-o", tmp_path / "x", "--max-accuracy-drop", 1, *flags)
     assert refused.exit_code != 0 and "--max-perplexity-increase" in refused.stderr
+
+
+def test_a_block_wider_than_the_layers_exports_the_tied_table_at_its_width(lm: dict[str, Path], tmp_path: Path) -> None:
+    # hidden 64 < block 128: every block is padded; the embedding that reads the head's codes keeps 64 columns
+    wide = quantized(lm, "int4-b128", "--weight-bits", 4, "--weight-block-size", 128)
+    for graph in ("fused", "traced"):
+        out = tmp_path / graph
+        invoke_json("export", wide, "-o", out, "--lm-graph", graph)
+        onnx_ids = invoke_json("generate", out, "good movie", "--max-new-tokens", 4)["token_ids"]
+        assert onnx_ids == invoke_json("generate", wide, "good movie", "--max-new-tokens", 4)["token_ids"]

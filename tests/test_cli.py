@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import invoke
 
-VERBS = ["finetune", "distill", "calibrate", "quantize", "export", "bench", "run"]
+VERBS = ["import", "finetune", "distill", "calibrate", "quantize", "export", "bench", "run", "compress", "generate"]
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -42,3 +43,10 @@ def test_bad_flag_value_is_one_line_error(tmp_path) -> None:
     assert result.exit_code != 0
     assert "error:" in result.stderr and "temperature" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_tiny_model_writer_answers_help_without_writing(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "llmzip.testing", "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0 and "usage:" in done.stdout and list(tmp_path.iterdir()) == []

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from llmzip.choices import Objective
 from llmzip.errors import ConfigError
 from llmzip.search.pareto import best_within, latency_score, pareto
 from llmzip.search.plan import build_plan, default_plan
-from tests.conftest import invoke
+from tests.conftest import compress_recipe, invoke
 
 
 def _row(name: str, acc: float, size: float, speedup: float) -> dict[str, Any]:
@@ -65,17 +64,7 @@ def test_plan_is_validated_before_any_work() -> None:
 
 
 def _recipe(tmp_path: Path, teacher: Path, candidates: list[dict[str, Any]], drop: float = 100.0) -> Path:
-    values = {
-        "model": str(teacher),
-        "data": {"max_length": 32},
-        "distill": {"batch_size": 16, "learning_rate": 1.0e-3},
-        "export": {"parity_samples": 8},
-        "bench": {"batch_sizes": [1, 4], "seq_len": 32},
-        "compress": {"max_accuracy_drop": drop, "candidates": candidates},
-    }
-    path = tmp_path / "compress.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+    return compress_recipe(tmp_path / "compress.yaml", teacher, candidates, drop)
 
 
 SHRUNK = {"num_layers": 1, "keep_heads": 1, "keep_ffn": 16, "vocabulary": "task", "embedding_rank": 8}

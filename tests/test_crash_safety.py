@@ -7,6 +7,7 @@ complete, not yet swapped in) after touching MARKER, so the signal always lands 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def _wait_for(marker: Path, proc: subprocess.Popen[str], timeout: float = 240) -
 
 def _stage_args(chain: dict[str, Path], tiny_base: Path, stage: str, out: Path) -> list[Any]:
     return {
+        "import": ["import", tiny_base],
         "finetune": ["finetune", tiny_base, "--max-steps", 2, "--batch-size", 8],
         "distill": ["distill", chain["teacher"], "--num-layers", 1, "--max-steps", 2, "--batch-size", 8],
         "calibrate": ["calibrate", chain["student"], "--num-samples", 16],
@@ -62,7 +64,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-STAGES = ["finetune", "distill", "calibrate", "quantize", "export", "bench"]
+STAGES = ["import", "finetune", "distill", "calibrate", "quantize", "export", "bench"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -153,3 +155,72 @@ def test_run_puts_the_previous_run_back_when_killed(tiny_base: Path, tmp_path: P
     assert check.returncode == 3 and "already exists" in check.stderr  # without --overwrite: refused, not lost
     assert "restored the previous run" in check.stderr
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compress_sigterm_keeps_a_resumable_search(finished_search: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    args: list[Any] = ["compress", "--recipe", finished_search["recipe"], "--quick", "-o", out]
+    proc, marker = _spawn(args, hold="writing")
+    assert marker is not None
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    marker.unlink()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)") and "--resume" in stderr
+    assert out.is_dir() and _leftovers(tmp_path) == []
+    resumed = subprocess.run(
+        [sys.executable, "-m", "llmzip", *map(str, args), "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "results.json").is_file() and (out / "model" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_compress_overwrite_interrupted_keeps_the_previous_search(
+    sig: signal.Signals, finished_search: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "search"
+    shutil.copytree(finished_search["out"], out)
+    before = _tree(out)
+    args: list[Any] = ["compress", "--recipe", finished_search["recipe"], "--quick", "-o", out, "--overwrite"]
+    proc, marker = _spawn(args, hold="writing")
+    assert marker is not None
+    _wait_for(marker, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    marker.unlink()
+    if sig == signal.SIGTERM:  # handled: the previous search is back at once
+        assert proc.returncode == 143 and _tree(out) == before and _leftovers(tmp_path) == []
+        return
+    # SIGKILL: the previous search waits aside; the next writer of OUT puts it back before anything else
+    assert any(name.startswith(".search.old-") for name in _leftovers(tmp_path))
+    again = subprocess.run(
+        [sys.executable, "-m", "llmzip", "compress", "--recipe", str(finished_search["recipe"]), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 3 and "pass --resume" in again.stderr  # refused, after the repair
+    assert "restored the previous search" in again.stderr
+    assert _tree(out) == before and _leftovers(tmp_path) == []
+
+
+def test_a_second_compress_on_the_same_out_is_refused(finished_search: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    args: list[Any] = ["compress", "--recipe", finished_search["recipe"], "--quick", "-o", out]
+    first, marker = _spawn(args, hold="writing")
+    assert marker is not None
+    try:
+        _wait_for(marker, first)
+        second = subprocess.run(
+            [sys.executable, "-m", "llmzip", *map(str, args), "--resume"], capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 3
+        assert "is being written by another llmzip process" in second.stderr.strip().splitlines()[-1]
+    finally:
+        first.kill()
+        first.communicate(timeout=60)

@@ -204,10 +204,10 @@ def _execute(work: Callable[[], Any], render: Callable[[Any], None], as_json: bo
         result = work()
     except LlmzipError as err:
         _fail(str(err), err.exit_code)
-    except Terminated:
-        _fail("terminated (SIGTERM); no output was written, any previous output is unchanged", 143)
-    except KeyboardInterrupt:
-        _fail("interrupted; no output was written, any previous output is unchanged", 130)
+    except Terminated as err:  # a stage may say more precisely what is left (a search keeps what it measured)
+        _fail(str(err) or "terminated (SIGTERM); no output was written, any previous output is unchanged", 143)
+    except KeyboardInterrupt as err:
+        _fail(str(err) or "interrupted; no output was written, any previous output is unchanged", 130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if os.environ.get("RANK", "0") != "0":

@@ -28,8 +28,8 @@ from llmzip.artifact import (
 from llmzip.bench_variants import onnx_size_mb
 from llmzip.config import BenchConfig, ExportConfig, to_dict
 from llmzip.data import data_paths
-from llmzip.errors import ArtifactError, LlmzipError
-from llmzip.outputs import check_output, locked, make_parents, staging
+from llmzip.errors import ArtifactError, LlmzipError, Terminated
+from llmzip.outputs import rebuilt, staging
 from llmzip.progress import console, step
 from llmzip.search import pareto
 from llmzip.search.plan import Candidate, CompressConfig, Plan, key
@@ -39,14 +39,12 @@ MARKER = "compress.json"  # written first: OUT is a search directory (what --res
 RESULTS = "results.json"
 
 
-def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path], marker: dict[str, Any]) -> None:
-    check_output(out_dir, overwrite=True, inputs=inputs)
-    if not out_dir.exists():
-        return
-    if overwrite:
-        shutil.rmtree(out_dir)
-        return
-    if not (out_dir / MARKER).is_file():
+def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, marker: dict[str, Any]) -> bool:
+    """What to do with an existing OUT: True = continue it (--resume on the same search), False = build anew
+    (nothing there, or --overwrite); anything else is refused before any work."""
+    if not out_dir.exists() or overwrite:
+        return False
+    if not out_dir.is_dir() or not (out_dir / MARKER).is_file():
         raise ArtifactError(f"{out_dir} exists and is not a compress search; choose another --out or pass --overwrite")
     if not resume:
         raise ArtifactError(
@@ -54,6 +52,7 @@ def _open_out(out_dir: Path, *, resume: bool, overwrite: bool, inputs: list[Path
             "or --overwrite to start over"
         )
     _check_same_search(out_dir, marker)
+    return True
 
 
 def _check_options(plan: Plan, teacher: Path) -> None:
@@ -106,7 +105,7 @@ def _check_same_search(out_dir: Path, new: dict[str, Any]) -> None:
 
 def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Build, measure and rank the plan's candidates; returns the search result (also OUT/results.json)."""
-    config, candidates, export_config, bench_config = plan.config, plan.candidates, plan.export, plan.bench
+    config, candidates, bench_config = plan.config, plan.candidates, plan.bench
     started = time.time()
     out_dir = Path(out_dir)
     source = open_model_source(plan.teacher, verb="compress", accepts=ACCEPTS)
@@ -121,37 +120,58 @@ def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool
         "config": to_dict(config),
         "candidates": [{**c.describe(), "plan": key(*c.configs.values())} for c in candidates],
     }
-    make_parents(out_dir.parent)
-    with locked(out_dir):
-        _open_out(out_dir, resume=resume, overwrite=overwrite, inputs=inputs, marker=marker)
-        out_dir.mkdir(exist_ok=True)
-        (out_dir / "stages").mkdir(exist_ok=True)
-        (out_dir / "candidates").mkdir(exist_ok=True)
-        if (out_dir / MARKER).is_file():  # resumed: keep every candidate the search has ever had
+
+    def decide() -> bool:
+        return _open_out(out_dir, resume=resume, overwrite=overwrite, marker=marker)
+
+    def start(resumed: bool) -> None:  # the marker first: even a search killed at once can be resumed
+        if resumed:  # keep every candidate the search has ever had
             old = json.loads((out_dir / MARKER).read_text())
             names = {c["name"] for c in marker["candidates"]}
             marker["candidates"] = [c for c in old.get("candidates") or [] if c.get("name") not in names] + marker[
                 "candidates"
             ]
         atomic_write_text(out_dir / MARKER, strict_json(marker, where=MARKER))
-        search = _Search(out_dir, source.path, root, config, export_config, bench_config)
-        teacher_row = search.teacher()
-        rows: list[dict[str, Any]] = []
-        for i, candidate in enumerate(candidates, 1):
-            console.rule(f"[bold]candidate {i}/{len(candidates)}: {candidate.name}")
-            try:
-                rows.append(search.candidate(candidate))
-            except LlmzipError as err:  # one bad candidate (e.g. a parity failure) must not end the search
-                step(f"{candidate.name} failed: {err}")
-                rows.append({"name": candidate.name, "error": str(err), "overrides": candidate.overrides})
-        result = _rank(config, teacher_row, rows)
-        result["wall_s"] = round(time.time() - started, 1)
-        if result["best"] is not None:
-            best = next(r for r in rows if r["name"] == result["best"])
-            _write_model(Path(best["path"]), out_dir / "model", best, result, search.lineage(Path(best["path"])))
-            result["model"] = str(out_dir / "model")
-        atomic_write_text(out_dir / RESULTS, strict_json(result, where=RESULTS))
-        _plot(out_dir / "pareto.png", result)
+
+    try:
+        with rebuilt(out_dir, inputs=inputs, complete=_finished, decide=decide, keep_partial=True, start=start):
+            result = _search(out_dir, plan, source.path, root)
+            result["wall_s"] = round(time.time() - started, 1)
+            atomic_write_text(out_dir / RESULTS, strict_json(result, where=RESULTS))
+            _plot(out_dir / "pareto.png", result)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: say what is left, and how to go on
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        raise type(err)(
+            f"{what}; any previous search in {out_dir} is back as it was, a new one keeps what it finished: "
+            "`--resume` continues it"
+        ) from None
+    return result
+
+
+def _finished(out_dir: Path) -> bool:
+    return (out_dir / RESULTS).is_file()
+
+
+def _search(out_dir: Path, plan: Plan, teacher: Path, root: str) -> dict[str, Any]:
+    """Build and measure every candidate into `out_dir`, rank them and write the winner to `out_dir/model`."""
+    config, candidates = plan.config, plan.candidates
+    (out_dir / "stages").mkdir(exist_ok=True)
+    (out_dir / "candidates").mkdir(exist_ok=True)
+    search = _Search(out_dir, teacher, root, config, plan.export, plan.bench)
+    teacher_row = search.teacher()
+    rows: list[dict[str, Any]] = []
+    for i, candidate in enumerate(candidates, 1):
+        console.rule(f"[bold]candidate {i}/{len(candidates)}: {candidate.name}")
+        try:
+            rows.append(search.candidate(candidate))
+        except LlmzipError as err:  # one bad candidate (e.g. a parity failure) must not end the search
+            step(f"{candidate.name} failed: {err}")
+            rows.append({"name": candidate.name, "error": str(err), "overrides": candidate.overrides})
+    result = _rank(config, teacher_row, rows)
+    if result["best"] is not None:
+        best = next(r for r in rows if r["name"] == result["best"])
+        _write_model(Path(best["path"]), out_dir / "model", best, result, search.lineage(Path(best["path"])))
+        result["model"] = str(out_dir / "model")
     return result
 
 

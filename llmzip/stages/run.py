@@ -8,9 +8,7 @@ deleted only once the new run has written `run.json`.
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ from llmzip.artifact import atomic_write_text, read_manifest, resolve_pip_model,
 from llmzip.config import to_dict
 from llmzip.data import data_paths
 from llmzip.ggufio import gguf_source
-from llmzip.outputs import check_output, clean_leftovers, hold, locked, make_parents, remove_empty
-from llmzip.progress import console, step
+from llmzip.outputs import check_output, rebuilt
+from llmzip.progress import console
 from llmzip.recipe import Recipe
 
 RUN_FILE = "run.json"
@@ -54,34 +52,18 @@ def run(recipe: Recipe, out_dir: Path, *, overwrite: bool = False) -> dict[str, 
     out_dir = Path(out_dir)
     check_options(recipe)
     data = [p for c in recipe.stages.values() if hasattr(c, "data") for p in data_paths(c.data)]
-    inputs = [Path(recipe.model), *data]
-    check_output(out_dir, overwrite=True, inputs=inputs)  # existence is checked below, after any repair
-    created = make_parents(out_dir.parent)
-    try:
-        with locked(out_dir):
-            for line in clean_leftovers(out_dir, complete=lambda p: (p / RUN_FILE).is_file()):
-                step(line)
-            check_output(out_dir, overwrite=overwrite)
-            previous = None
-            if out_dir.exists():
-                previous = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-                out_dir.rename(previous)
-            try:
-                out_dir.mkdir()
-                hold("writing")
-                result = _chain(recipe, out_dir)
-                atomic_write_text(out_dir / RUN_FILE, strict_json(result, where=RUN_FILE))
-            except BaseException:
-                shutil.rmtree(out_dir, ignore_errors=True)
-                if previous is not None:
-                    previous.rename(out_dir)  # the previous complete run, exactly as it was
-                raise
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
-            return result
-    except BaseException:
-        remove_empty(created)
-        raise
+
+    def decide() -> bool:
+        check_output(out_dir, overwrite=overwrite)
+        return False  # a run is always made anew
+
+    def complete(path: Path) -> bool:
+        return (path / RUN_FILE).is_file()
+
+    with rebuilt(out_dir, inputs=[Path(recipe.model), *data], complete=complete, decide=decide, keep_partial=False):
+        result = _chain(recipe, out_dir)
+        atomic_write_text(out_dir / RUN_FILE, strict_json(result, where=RUN_FILE))
+    return result
 
 
 def _chain(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
