@@ -103,3 +103,35 @@ def test_leftovers_of_a_killed_writer_are_removed_or_put_back(tmp_path: Path) ->
     _dir(tmp_path / ".out.old-stale", "older")  # the output is complete: the stale copy just goes
     clean_leftovers(out, complete=lambda p: (p / "previous").exists())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "previous").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 64 KiB tmpfs: a real 'no space left on device' (skipped where mounting is not allowed)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a mount namespace)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("verb", ["calibrate", "import", "quantize"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(verb: str, small_disk: Path, tiny_lm: dict[str, Path]) -> None:
+    from tests.conftest import invoke
+
+    out = small_disk / "out"
+    args = {
+        "calibrate": ["calibrate", tiny_lm["imported"], "--data", tiny_lm["text"], "--max-length", 32],
+        "import": ["import", tiny_lm["base"]],
+        "quantize": ["quantize", tiny_lm["imported"], tiny_lm["calib"], "--weight-bits", 4, "--weight-block-size", 16],
+    }[verb]
+    result = invoke(*args, "-o", out)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 3, result.stderr[-1500:]
+    assert lines[-1].startswith("error: cannot write") and "no space left on the device" in lines[-1]
+    assert "Traceback" not in result.stderr and list(small_disk.iterdir()) == []
