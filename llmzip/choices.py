@@ -73,10 +73,12 @@ class LmGraph(str, enum.Enum):
 
 
 class WeightAlgorithm(str, enum.Enum):
-    """How weight-only codes are chosen: nearest code (RTN) or GPTQ's Hessian-weighted error feedback."""
+    """How weight-only codes are chosen: nearest code (RTN), GPTQ's Hessian-weighted error feedback, or the
+    source's own blocks kept exactly (a model imported from a GGUF file: llmzip/gguf_blocks.py)."""
 
     RTN = "rtn"
     GPTQ = "gptq"
+    SOURCE = "source"
 
 
 class Vocabulary(str, enum.Enum):

@@ -203,8 +203,9 @@ class QuantizeConfig:
     weight_only: bool = False
     weight_block_size: int = 32  # weight-only: one scale per this many input features (power of 2, >= 16)
     # weight-only codes: rtn rounds each weight to its nearest code; gptq feeds each column's rounding error
-    # forward through the inverse Hessian of the layer's calibration inputs (Frantar et al. 2023)
-    algorithm: WeightAlgorithm = WeightAlgorithm.RTN
+    # forward through the inverse Hessian of the layer's calibration inputs (Frantar et al. 2023); source keeps a
+    # GGUF file's own blocks exactly. None: source for a model imported from GGUF (at the default layout), else rtn
+    algorithm: WeightAlgorithm | None = None
     gptq_damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal before inverting
     head_bits: int | None = None  # weight-only: bits of the output head (lm_head) when quantized; None = weight_bits
     weight_granularity: Granularity = Granularity.PER_CHANNEL
@@ -241,7 +242,8 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         # Accept plain strings from Python callers too (the YAML/CLI path already converts).
         self.method = as_enum(CalibrationMethod, self.method, "method")
-        self.algorithm = as_enum(WeightAlgorithm, self.algorithm, "algorithm")
+        if self.algorithm is not None:
+            self.algorithm = as_enum(WeightAlgorithm, self.algorithm, "algorithm")
         _check(self.head_bits in (None, 4, 8), "head_bits", f"must be 4 or 8, got {self.head_bits}")
         _check(0 < self.gptq_damp < 1, "gptq_damp", f"must be in (0, 1), got {self.gptq_damp}")
         if self.weight_bits == 4:

@@ -30,6 +30,9 @@ class ExportConfig:
     # float. Parity is always checked at 0 and 4's effect recorded. None = 4.
     accuracy_level: int | None = None
     lm_graph: LmGraph = LmGraph.AUTO  # causal LMs: fused onnxruntime decoder ops or the traced graph
+    # GGUF blocks with a minimum (Q4_1, Q4_K ...): exported as MatMulNBits + a small correction product (False,
+    # fast) or folded into float zero points (True: also exact, but onnxruntime's CPU kernel dequantizes per call)
+    float_zero_points: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
 

@@ -204,9 +204,12 @@ def export_causal_lm(
     from llmzip.choices import LmGraph
     from llmzip.lm_graph import supports, write_fused_graph
     from llmzip.onnx_export import float_weight_matmuls, optimized_graph
-    from llmzip.quant.weight_only import WeightOnlyLinear
+    from llmzip.onnx_graph import fp16_initializers
+    from llmzip.quant.weight_only import BlockEmbedding, WeightOnlyLinear
 
-    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    # weight-only products (a table an embedding owns is read by a Gather, not multiplied)
+    tables = {id(m.table) for m in model.modules() if isinstance(m, BlockEmbedding)}
+    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear) and id(m) not in tables]
     level = config.accuracy_level if config.accuracy_level is not None else 4
     for layer in layers:  # parity is checked on the exact kernels first (accuracy_level 0), see below
         layer.accuracy_level = 0
@@ -214,10 +217,20 @@ def export_causal_lm(
     if config.lm_graph is LmGraph.FUSED and why_not:
         raise ExportError(f"--lm-graph fused: {why_not}; use --lm-graph traced")
     fused = config.lm_graph is not LmGraph.TRACED and why_not is None
+    offsets = [m for m in layers if m.weight_offset is not None]
+    if config.float_zero_points and not offsets:
+        raise ExportError("--float-zero-points: this model has no block offsets (only GGUF-sourced blocks do); drop it")
+    for layer in offsets:
+        layer.float_zero_points = config.float_zero_points
     if fused:
         write_fused_graph(model, path, opset=config.opset)
     else:
         write_lm_onnx(model, path, opset=config.opset, source=source)
+    if layers:  # fp16 scales and minimums (a GGUF's own) stay fp16 in the file
+        proto = onnx.load(str(path))
+        if fp16_initializers(proto):
+            big = proto.ByteSize() > 1_800_000_000
+            onnx.save(proto, str(path), save_as_external_data=big, location=f"{path.name}.data" if big else None)
     # onnx.checker does not know onnxruntime's SimplifiedLayerNormalization (registered in the ONNX domain by
     # onnxruntime alone): the fused graph is checked by loading it in onnxruntime and by parity instead.
     if not fused:
@@ -253,8 +266,8 @@ def export_causal_lm(
     for node in runtime.node:
         runtime_ops[node.op_type] = runtime_ops.get(node.op_type, 0) + 1
     nbits = runtime_ops.get("MatMulNBits", 0)
-    # the fused graph runs q/k/v as one product: count the layers each kernel stands for
-    expected = len(layers) - (2 * cache_shape(model.config)[0] if fused and layers else 0)
+    # the fused graph runs q/k/v and gate/up as one product each: count the layers each kernel stands for
+    expected = len(layers) - (3 * cache_shape(model.config)[0] if fused and layers else 0)
     if nbits < expected:
         raise ExportError(
             f"onnxruntime runs {nbits} MatMulNBits kernels for {expected} weight-only products; report it with "
@@ -274,6 +287,7 @@ def export_causal_lm(
         "graph": "fused" if fused else "traced",
         **({"graph_why_traced": why_not or "--lm-graph traced"} if not fused else {}),
         "accuracy_level": level if layers else None,
+        **({"block_offsets": "float zero points" if config.float_zero_points else "correction"} if offsets else {}),
         "float_weight_matmuls": len(float_weight_matmuls(runtime)),
         "signature": {
             "inputs": [i.name for i in session.get_inputs() if not i.name.startswith("past_key_values.")],

@@ -59,7 +59,8 @@ class _Graph:
         from onnx import numpy_helper
 
         if name not in self.inits:
-            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+            array = np.asarray(value)  # a 0-d value stays a scalar (Range needs scalars)
+            self.inits[name] = numpy_helper.from_array(array if array.ndim == 0 else np.ascontiguousarray(array), name)
         return name
 
     def op(
@@ -102,7 +103,18 @@ def _linear(g: _Graph, x: str, modules: list[Any], name: str) -> str:
             attrs = {"K": int(first.in_features), "N": n, "bits": int(first.bits), "block_size": int(first.block_size)}
             if first.accuracy_level:
                 attrs["accuracy_level"] = int(first.accuracy_level)
+            offsets = _offsets(modules)
+            if offsets is not None and first.float_zero_points:
+                inputs = [x, packed, scales, g.const(f"{name}.float_zero_points", _float_zero_points(modules))]
+                offsets = None
             y = g.op("MatMulNBits", inputs, domain=MS, **attrs)
+            if offsets is not None:  # Σ_b (Σ_{k∈b} x_k)·offset[n, b]: keeps the fast integer kernel exact
+                blocks = offsets.shape[1]
+                shape = g.const(f"{name}.block_shape", np.array([0, 0, blocks, int(first.block_size)], dtype=np.int64))
+                sums = g.op(
+                    "ReduceSum", [g.op("Reshape", [x, shape]), g.const("last_axis", np.array([-1]))], keepdims=0
+                )
+                y = g.op("Add", [y, g.op("MatMul", [sums, g.const(f"{name}.offsets", offsets.T.copy())])])
             return _bias(g, y, modules, name)
     if all(isinstance(m, nn.Linear) for m in modules):
         weight = np.concatenate([_np(m.weight).T for m in modules], axis=1)
@@ -112,6 +124,23 @@ def _linear(g: _Graph, x: str, modules: list[Any], name: str) -> str:
         parts = [_linear(g, x, [m], f"{name}.{i}") for i, m in enumerate(modules)]
         return str(g.op("Concat", parts, axis=-1))
     raise ExportError(f"{name}: {type(modules[0]).__name__} has no ONNX form in the fused decoder graph")
+
+
+def _offsets(modules: list[Any]) -> np.ndarray | None:
+    """The block offsets [N, blocks] of one fused product (zeros for a module without), or None if none has any."""
+    if all(m.weight_offset is None for m in modules):
+        return None
+    return np.concatenate(
+        [_np(m.weight_offset) if m.weight_offset is not None else np.zeros_like(_np(m.weight_scale)) for m in modules]
+    )
+
+
+def _float_zero_points(modules: list[Any]) -> np.ndarray:
+    """The offsets folded into float zero points (exact; onnxruntime's CPU kernel then dequantizes per call)."""
+    try:
+        return np.concatenate([_np(m.float_zero_point_tensor()) for m in modules]).astype(np.float32)
+    except ValueError as err:
+        raise ExportError(f"{err}; export without float zero points") from None
 
 
 def _bias(g: _Graph, y: str, modules: list[Any], name: str) -> str:
@@ -129,14 +158,15 @@ def _embedding(g: _Graph, model: Any) -> str:
     from llmzip.quant.weight_only import SharedEmbedding
 
     table: Any = model.get_input_embeddings()
-    if isinstance(table, SharedEmbedding):  # the tied, quantized lm_head read row by row
+    if isinstance(table, SharedEmbedding):  # block-quantized rows: the tied lm_head's, or a table of its own
         head = table.head
+        prefix = "lm_head" if type(table) is SharedEmbedding else "embed"
         rows = head.weight_packed.shape[0]
-        packed = g.const("lm_head.qweight", _np(head.weight_packed))
+        packed = g.const(f"{prefix}.qweight", _np(head.weight_packed))
         data = g.op("Reshape", [packed, g.const("embed.shape", np.array([rows, -1], dtype=np.int64))])
-        inputs = [data, "input_ids", g.const("lm_head.scales", _np(head.weight_scale))]
+        inputs = [data, "input_ids", g.const(f"{prefix}.scales", _np(head.weight_scale))]
         if head.weight_zero_point is not None:
-            inputs.append(g.const("lm_head.zero_points", _np(head.weight_zero_point)))
+            inputs.append(g.const(f"{prefix}.zero_points", _np(head.weight_zero_point)))
         rows_out = g.op(
             "GatherBlockQuantized",
             inputs,
@@ -147,6 +177,19 @@ def _embedding(g: _Graph, model: Any) -> str:
             quantize_axis=1,
         )
         k = int(head.in_features)
+        if head.weight_offset is not None:  # each row's block offsets, repeated over the block's inputs
+            offsets = g.op("Gather", [g.const(f"{prefix}.row_offsets", _np(head.weight_offset)), "input_ids"], axis=0)
+            spread = g.op(
+                "Mul",
+                [
+                    g.op("Unsqueeze", [offsets, g.const("last_axis", np.array([-1]))]),
+                    g.const("embed.ones", np.ones(int(head.block_size), np.float32)),
+                ],
+            )
+            flat = g.op(
+                "Concat", [g.op("Shape", ["input_ids"]), g.const("embed.width", np.array([k], dtype=np.int64))], axis=0
+            )
+            rows_out = g.op("Add", [rows_out, g.op("Reshape", [spread, flat])])
         if head.weight_scale.shape[1] * int(head.block_size) > k:  # K padded up to whole blocks: keep the first K
             starts, ends, axes = (
                 g.const(f"embed.slice{i}", np.array([v], dtype=np.int64)) for i, v in enumerate((0, k, -1))
@@ -160,12 +203,22 @@ def _embedding(g: _Graph, model: Any) -> str:
     return str(g.op("Gather", [g.const("embed.weight", _np(table.weight)), "input_ids"], axis=0))
 
 
-def _rotary_caches(model: Any) -> tuple[np.ndarray, np.ndarray]:
+def _rotary_caches(g: _Graph, model: Any) -> tuple[str, str]:
+    """cos/sin tables [positions, head/2], computed by the graph from the rotary frequencies: constants that
+    onnxruntime folds when the session starts, instead of ~1 MB each in the file (8,192 positions for SmolLM2)."""
     rotary: Any = model.model.rotary_emb
-    positions = torch.arange(int(model.config.max_position_embeddings), dtype=torch.float32)
-    freqs = torch.outer(positions, rotary.inv_freq.float())
-    scale = float(getattr(rotary, "attention_scaling", 1.0))
-    return _np(freqs.cos() * scale), _np(freqs.sin() * scale)
+    positions = g.op(
+        "Range",
+        [
+            g.const("rope.start", np.array(0, dtype=np.float32)),
+            g.const("rope.limit", np.array(float(model.config.max_position_embeddings), dtype=np.float32)),
+            g.const("rope.delta", np.array(1, dtype=np.float32)),
+        ],
+    )
+    column = g.op("Unsqueeze", [positions, g.const("rope.axis", np.array([1], dtype=np.int64))])
+    freqs = g.op("Mul", [column, g.const("rope.inv_freq", _np(rotary.inv_freq.float())[None, :])])
+    scale = g.const("rope.scale", np.array(float(getattr(rotary, "attention_scaling", 1.0)), dtype=np.float32))
+    return str(g.op("Mul", [g.op("Cos", [freqs]), scale])), str(g.op("Mul", [g.op("Sin", [freqs]), scale]))
 
 
 def write_fused_graph(model: Any, path: Path, *, opset: int) -> None:
@@ -182,8 +235,7 @@ def write_fused_graph(model: Any, path: Path, *, opset: int) -> None:
     total = g.op(
         "Cast", [g.op("Gather", [g.op("Shape", ["attention_mask"]), g.const("one_s", np.array(1))], axis=0)], to=6
     )
-    cos, sin = _rotary_caches(model)
-    cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
+    cos_name, sin_name = _rotary_caches(g, model)
     hidden = _embedding(g, model)
     blocks: Any = model.model.layers
     residual: Any = None
@@ -227,8 +279,10 @@ def write_fused_graph(model: Any, path: Path, *, opset: int) -> None:
         normed, _, _, residual = g.op(
             "SkipSimplifiedLayerNormalization", [residual, attn_out, ln2], outputs=4, domain=MS, epsilon=eps
         )
-        gate = _linear(g, normed, [block.mlp.gate_proj], f"layers.{i}.gate_proj")
-        up = _linear(g, normed, [block.mlp.up_proj], f"layers.{i}.up_proj")
+        mlp = block.mlp
+        gate_up = _linear(g, normed, [mlp.gate_proj, mlp.up_proj], f"layers.{i}.gate_up")  # one product, as q/k/v
+        widths = g.const(f"layers.{i}.gate_up.split", np.array([mlp.gate_proj.out_features, mlp.up_proj.out_features]))
+        gate, up = g.op("Split", [gate_up, widths], outputs=2, axis=-1)
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
         hidden = _linear(g, act, [block.mlp.down_proj], f"layers.{i}.down_proj")
     final = g.const("norm", _np(model.model.norm.weight))

@@ -195,9 +195,10 @@ def load_quantized(path: Path) -> PreTrainedModel:
                 linear.in_features,
                 linear.out_features,
                 bias=linear.bias is not None,
-                block_size=scheme["weight_block_size"],
-                symmetric=scheme["weight_symmetric"],
+                block_size=int(layer.get("block_size", scheme["weight_block_size"])),
+                symmetric=bool(layer.get("symmetric", scheme["weight_symmetric"])),
                 bits=bits,
+                offset=bool(layer.get("offset", False)),
             )
         return QuantLinear(
             linear.in_features,
@@ -217,6 +218,8 @@ def load_quantized(path: Path) -> PreTrainedModel:
         lambda n, e: (
             SharedEmbedding(model.get_submodule(shared))
             if shared
+            else _block_embedding(e, spec["embedding_blocks"])
+            if spec.get("embedding_blocks")
             else QuantEmbedding(e.num_embeddings, e.embedding_dim)
         ),
     )
@@ -237,6 +240,21 @@ def load_quantized(path: Path) -> PreTrainedModel:
         )
     check_finite(model, path)
     return model.eval()
+
+
+def _block_embedding(embedding: nn.Embedding, spec: dict[str, Any]) -> nn.Module:
+    from llmzip.quant.weight_only import BlockEmbedding, WeightOnlyLinear
+
+    table = WeightOnlyLinear(
+        embedding.embedding_dim,
+        embedding.num_embeddings,
+        bias=False,
+        block_size=int(spec["block_size"]),
+        symmetric=True,
+        bits=int(spec["bits"]),
+        offset=bool(spec["offset"]),
+    )
+    return BlockEmbedding(table)
 
 
 def layer_stack(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:

@@ -118,9 +118,16 @@ def optimized_op_counts(onnx_path: Path) -> Counter[str]:
 
 
 def float_weight_matmuls(graph: Any) -> list[str]:
-    """Float GEMMs whose right operand is a constant weight: Linear layers onnxruntime runs in fp32."""
+    """Float GEMMs whose right operand is a constant weight: Linear layers onnxruntime runs in fp32 — not the small
+    block-offset corrections (a product of block sums, a ReduceSum's output) that keep a GGUF source's blocks exact
+    beside their integer kernel (llmzip/quant/weight_only.py)."""
     constants = {i.name for i in graph.initializer}
-    return [n.name for n in graph.node if n.op_type in FLOAT_GEMMS and len(n.input) > 1 and n.input[1] in constants]
+    block_sums = {o for n in graph.node if n.op_type == "ReduceSum" for o in n.output}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in FLOAT_GEMMS and len(n.input) > 1 and n.input[1] in constants and n.input[0] not in block_sums
+    ]
 
 
 def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int = 30, threads: int = 1) -> float:

@@ -69,3 +69,30 @@ def fold_int8_matmul_bias(model: Any) -> int:
 
 def _is_dq(node: Any) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
+
+
+def fp16_initializers(model: Any, *, min_elements: int = 4096) -> int:
+    """Store every large float32 initializer whose values are all exactly fp16 as fp16 behind a Cast (which
+    onnxruntime folds back into a float32 constant when the session starts, so kernels see the same numbers and
+    still prepack). A GGUF's scales and minimums are fp16 in the file: this keeps an exact export as small as the
+    source. Returns how many initializers were converted."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    converted = 0
+    casts = []
+    for init in list(graph.initializer):
+        if init.data_type != 1 or int(np.prod(init.dims)) < min_elements:
+            continue
+        value = numpy_helper.to_array(init)
+        half = value.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), value):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(half, f"{name}.fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}.fp16"], [name], name=f"{name}.cast", to=1))
+        converted += 1
+    for i, node in enumerate(casts):
+        graph.node.insert(i, node)
+    return converted

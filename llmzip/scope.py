@@ -62,6 +62,10 @@ INT8_ACTIVATIONS = Rule(
 )
 PERCENTILE = Rule(lambda c, s: c.method is CalibrationMethod.PERCENTILE, "--method percentile")
 GPTQ = Rule(lambda c, s: c.algorithm is WeightAlgorithm.GPTQ, "--algorithm gptq")
+NOT_SOURCE = Rule(
+    lambda c, s: c.algorithm is not WeightAlgorithm.SOURCE,
+    "choosing codes; with --algorithm source the GGUF file's own blocks set bits, block size and zero points",
+)
 QAT = Rule(lambda c, s: c.qat_steps > 0, "quantization-aware training (--qat-steps N)")
 ENCODER_STUDENT = Rule(
     lambda c, s: not s.is_lm, "encoder students (BERT-style classifiers); a causal-LM student is a layer subset"
@@ -105,10 +109,11 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
         "cache_dir": (CLASSIFIER,),
     },
     QuantizeConfig: {
-        "weight_block_size": (WEIGHT_ONLY,),
+        "weight_block_size": (WEIGHT_ONLY, NOT_SOURCE),
+        "weight_symmetric": (NOT_SOURCE,),
         "algorithm": (WEIGHT_ONLY,),
         "gptq_damp": (WEIGHT_ONLY, GPTQ),
-        "head_bits": (WEIGHT_ONLY,),
+        "head_bits": (WEIGHT_ONLY, NOT_SOURCE),
         "weight_granularity": (INT8_ACTIVATIONS,),  # weight-only scales are per block of inputs
         **{
             k: (INT8_ACTIVATIONS,)
@@ -132,6 +137,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
     },
     ExportConfig: {
         "lm_graph": (LM,),
+        "float_zero_points": (LM,),
         "eval_accuracy": (CLASSIFIER,),
         "fold_bias": (CLASSIFIER,),  # a causal LM's layers are weight-only MatMulNBits: no int8 bias to fold
     },

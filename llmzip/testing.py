@@ -121,3 +121,88 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2's byte-level alphabet: every text tokenizes, one token per byte, with no merges."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra, chars = 0, []
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def build_tiny_gguf(path: Path, *, layer_type: str = "Q4_1", head_type: str | None = None, seed: int = 0) -> Path:
+    """A tiny Llama as a GGUF file (hidden 256, 2 layers, a byte-level tokenizer) whose linear layers are stored as
+    `layer_type` blocks and whose embedding is Q8_0 (tied: no output tensor) or, with `head_type`, untied with an
+    output tensor of that type. Float types come from the gguf package's own quantizer; the K-quants, which it
+    cannot write, are random valid blocks (any bit pattern is a valid code or 6-bit scale; d and dmin are set)."""
+    import gguf
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(seed)
+    hidden, ffn, layers, heads, kv_heads = 256, 512, 2, 4, 2
+    tokens = ["<s>", "</s>", *_byte_tokens()]
+    vocab = len(tokens)
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3] + [1] * (vocab - 2))
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_merges([])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+
+    def tensor(name: str, rows: int, cols: int, kind: str, scale: float = 0.05) -> None:
+        qtype = GGMLQuantizationType[kind]
+        if kind in ("F32", "F16"):
+            value = (rng.standard_normal((rows, cols)) * scale).astype(np.float32 if kind == "F32" else np.float16)
+            writer.add_tensor(name, value)
+            return
+        block, size = GGML_QUANT_SIZES[qtype]
+        if kind.endswith("_K"):
+            data = rng.integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+            for at, value in ((208, scale / 64),) if kind == "Q6_K" else ((0, scale / 16), (2, scale / 32)):
+                data[:, at : at + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+            data = data.reshape(rows, -1)
+        else:
+            data = quants.quantize((rng.standard_normal((rows, cols)) * scale).astype(np.float32), qtype)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+
+    tensor("token_embd.weight", vocab, hidden, "Q8_0", 0.5)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        for name, rows, cols in (
+            ("attn_q", hidden, hidden),
+            ("attn_k", hidden // heads * kv_heads, hidden),
+            ("attn_v", hidden // heads * kv_heads, hidden),
+            ("attn_output", hidden, hidden),
+            ("ffn_gate", ffn, hidden),
+            ("ffn_up", ffn, hidden),
+            ("ffn_down", hidden, ffn),
+        ):
+            tensor(f"blk.{i}.{name}.weight", rows, cols, layer_type)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    if head_type is not None:
+        tensor("output.weight", vocab, hidden, head_type, 0.5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

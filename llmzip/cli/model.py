@@ -287,6 +287,14 @@ def export(
         Optional[int],
         typer.Option(help="Weight-only: MatMulNBits accuracy_level (4 = int8 activations in the kernel; 0 = float)."),
     ] = None,
+    float_zero_points: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--float-zero-points",
+            help="GGUF blocks with minimums (Q4_1, Q4_K): float zero points (exact, slow CPU kernel) instead of "
+            "the default correction product (exact, fast).",
+        ),
+    ] = None,
     data: Data = None,
     eval_split: EvalSplit = None,
     max_eval_samples: MaxEval = None,
@@ -317,6 +325,7 @@ def export(
         "fold_bias": fold_bias,
         "lm_graph": lm_graph,
         "accuracy_level": accuracy_level,
+        "float_zero_points": float_zero_points,
         "data": data,
         "eval_split": eval_split,
         "max_eval_samples": max_eval_samples,

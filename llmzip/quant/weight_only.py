@@ -90,13 +90,14 @@ class _MatMulNBits(torch.autograd.Function):
         packed: torch.Tensor,
         scales: torch.Tensor,
         zero_points: torch.Tensor | None,
+        offset: torch.Tensor | None,
         k: int,
         n: int,
         block_size: int,
         bits: int,
         accuracy_level: int,
     ) -> torch.Tensor:
-        return torch.matmul(x, dequantize_packed(packed, scales, zero_points, k, bits).t())
+        return torch.matmul(x, dequantize_packed(packed, scales, zero_points, k, bits, offset).t())
 
     @staticmethod
     def symbolic(
@@ -105,32 +106,55 @@ class _MatMulNBits(torch.autograd.Function):
         packed: Any,
         scales: Any,
         zero_points: Any,
+        offset: Any,
         k: int,
         n: int,
         block_size: int,
         bits: int,
         accuracy_level: int,
     ) -> Any:
-        inputs = [x, packed, scales] + ([zero_points] if zero_points is not None else [])
         attrs = {"K_i": k, "N_i": n, "bits_i": bits, "block_size_i": block_size}
         if accuracy_level:
             attrs["accuracy_level_i"] = accuracy_level
+        inputs = [x, packed, scales] + ([zero_points] if zero_points is not None else [])
         out = g.op("com.microsoft::MatMulNBits", *inputs, **attrs)
+        if offset is not None:
+            # Σ_b (Σ_{k∈b} x_k)·o_{b,n}: one small product keeps the fast integer kernel exact
+            lead = g.op(
+                "Slice",
+                g.op("Shape", x),
+                g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64)),
+                g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64)),
+            )
+            blocks = g.op("Constant", value_t=torch.tensor([k // block_size, block_size], dtype=torch.int64))
+            axis = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64))
+            shape = g.op("Concat", lead, blocks, axis_i=0)
+            sums = g.op("ReduceSum", g.op("Reshape", x, shape), axis, keepdims_i=0)
+            out = g.op("Add", out, g.op("MatMul", sums, g.op("Transpose", offset, perm_i=[1, 0])))
         # Output shape = x's with the last dimension N (x's own type would tell onnxruntime's shape inference K).
         sizes = x.type().varyingSizes()
         return out.setType(x.type().with_sizes([*sizes[:-1], n]) if sizes else x.type())
 
 
 def dequantize_packed(
-    packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, k: int, bits: int = BITS
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zero_points: torch.Tensor | None,
+    k: int,
+    bits: int = BITS,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The float [N, K] weight the packed codes stand for."""
+    """The float [N, K] weight the packed codes stand for: (code − zero point)·scale (+ the block's offset)."""
     codes = unpack_codes(packed, bits).float()  # [N, k_blocks, block]
     if zero_points is None:
         zp = torch.full_like(scales, float(default_zero_point(bits)))
+    elif zero_points.is_floating_point():  # float zero points, one per block (see WeightOnlyLinear.forward)
+        zp = zero_points
     else:
         zp = unpack_codes(zero_points, bits)[:, : scales.shape[1]].float()
     w = (codes - zp[..., None]) * scales[..., None]
+    if offset is not None:
+        w = w + offset[..., None]
     return w.reshape(w.shape[0], -1)[:, :k]
 
 
@@ -140,9 +164,21 @@ class WeightOnlyLinear(nn.Module):
     weight_packed: torch.Tensor
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor | None
+    # A float per block added to every weight of the block: a GGUF type's minimum (Q4_1, Q4_K ...), kept exactly
+    # (llmzip/gguf_blocks.py). Exported as a small correction product beside the integer kernel (or, with
+    # `float_zero_points`, folded into float zero points, which onnxruntime's CPU kernel runs much slower).
+    weight_offset: torch.Tensor | None
 
     def __init__(
-        self, in_features: int, out_features: int, *, bias: bool, block_size: int, symmetric: bool, bits: int = BITS
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        block_size: int,
+        symmetric: bool,
+        bits: int = BITS,
+        offset: bool = False,
     ) -> None:
         super().__init__()
         assert bits in SUPPORTED_BITS, bits
@@ -150,6 +186,7 @@ class WeightOnlyLinear(nn.Module):
         # MatMulNBits' accuracy_level (4: activations quantized to int8 per block inside the kernel, the fast CPU
         # path); set by export, not stored: PyTorch's forward is the exact float product either way.
         self.accuracy_level = 0
+        self.float_zero_points = False  # the export form of an offset; set by export, not stored
         blocks = -(-in_features // block_size)
         per_byte = 8 // bits
         self.register_buffer(
@@ -158,6 +195,9 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, blocks))
         zp = None if symmetric else torch.zeros(out_features, -(-blocks // per_byte), dtype=torch.uint8)
         self.register_buffer("weight_zero_point", zp)
+        if offset and in_features % block_size:
+            raise ValueError("a block offset needs whole blocks of inputs")
+        self.register_buffer("weight_offset", torch.zeros(out_features, blocks) if offset else None)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -199,11 +239,15 @@ class WeightOnlyLinear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero_points, offset = self.weight_zero_point, self.weight_offset
+        if offset is not None and self.float_zero_points:
+            zero_points, offset = self.float_zero_point_tensor(), None
         y = _MatMulNBits.apply(
             x,
             self.weight_packed,
             self.weight_scale,
-            self.weight_zero_point,
+            zero_points,
+            offset,
             self.in_features,
             self.out_features,
             self.block_size,
@@ -212,13 +256,33 @@ class WeightOnlyLinear(nn.Module):
         )
         return y + self.bias if self.bias is not None else y
 
+    def float_zero_point_tensor(self) -> torch.Tensor:
+        """(q − zp)·s + o = (q − (zp − o/s))·s: the offsets folded into float zero points [N, blocks]."""
+        blocks = self.weight_scale.shape[1]
+        if self.weight_zero_point is None:
+            zp = torch.full_like(self.weight_scale, float(default_zero_point(self.bits)))
+        else:
+            zp = unpack_codes(self.weight_zero_point, self.bits)[:, :blocks].float()
+        scale = self.weight_scale
+        if self.weight_offset is None:
+            return zp
+        if bool(((scale == 0) & (self.weight_offset != 0)).any()):
+            raise ValueError("a block with scale 0 and an offset has no float zero point")
+        return zp - self.weight_offset / torch.where(scale == 0, torch.ones_like(scale), scale)
+
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize_packed(
-            self.weight_packed, self.weight_scale, self.weight_zero_point, self.in_features, self.bits
+            self.weight_packed,
+            self.weight_scale,
+            self.weight_zero_point,
+            self.in_features,
+            self.bits,
+            self.weight_offset,
         )
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.weight_zero_point is None else "asymmetric"
+        kind += " + block offsets" if self.weight_offset is not None else ""
         return (
             f"in={self.in_features}, out={self.out_features}, weight=int{self.bits} {kind} blocks of "
             f"{self.block_size}, input=float"
@@ -249,13 +313,34 @@ class SharedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.head
         out: torch.Tensor = _GatherBlockQuantized.apply(
-            ids, h.weight_packed, h.weight_scale, h.weight_zero_point, h.in_features, h.bits, h.block_size
+            ids,
+            h.weight_packed,
+            h.weight_scale,
+            h.weight_zero_point,
+            h.weight_offset,
+            h.in_features,
+            h.bits,
+            h.block_size,
         )
         return out
 
 
+class BlockEmbedding(SharedEmbedding):
+    """A word embedding with block-quantized rows of its own (an untied table whose GGUF blocks are kept exactly),
+    read like a shared one; the table is a child module, so its codes are saved under the embedding's name."""
+
+    def __init__(self, table: WeightOnlyLinear) -> None:
+        super().__init__(table)
+        self.table = table
+
+    @property
+    def head(self) -> WeightOnlyLinear:
+        return self.table
+
+
 class _GatherBlockQuantized(torch.autograd.Function):
-    """Rows of a block-quantized table, dequantized; exported as onnxruntime's GatherBlockQuantized."""
+    """Rows of a block-quantized table, dequantized; exported as onnxruntime's GatherBlockQuantized (+ the rows'
+    block offsets, gathered and added, when the table has them)."""
 
     @staticmethod
     def forward(
@@ -264,18 +349,27 @@ class _GatherBlockQuantized(torch.autograd.Function):
         packed: torch.Tensor,
         scales: torch.Tensor,
         zero_points: torch.Tensor | None,
+        offset: torch.Tensor | None,
         k: int,
         bits: int,
         block_size: int,
     ) -> torch.Tensor:
         flat = ids.reshape(-1)
         zp = zero_points[flat] if zero_points is not None else None
-        rows = dequantize_packed(packed[flat], scales[flat], zp, k, bits)
+        rows = dequantize_packed(packed[flat], scales[flat], zp, k, bits, None if offset is None else offset[flat])
         return rows.reshape(*ids.shape, k)
 
     @staticmethod
     def symbolic(
-        g: Any, ids: Any, packed: Any, scales: Any, zero_points: Any, k: int, bits: int, block_size: int
+        g: Any,
+        ids: Any,
+        packed: Any,
+        scales: Any,
+        zero_points: Any,
+        offset: Any,
+        k: int,
+        bits: int,
+        block_size: int,
     ) -> Any:
         shape = g.op("Constant", value_t=torch.tensor([0, -1], dtype=torch.int64))  # [N, K·bits/8] bytes
         data = g.op("Reshape", packed, shape)
@@ -288,6 +382,14 @@ class _GatherBlockQuantized(torch.autograd.Function):
             gather_axis_i=0,
             quantize_axis_i=1,
         )
+        if offset is not None:  # [*ids, blocks] offsets, each repeated over its block's inputs
+            rows = g.op(
+                "Unsqueeze", g.op("Gather", offset, ids, axis_i=0), g.op("Constant", value_t=torch.tensor([-1]))
+            )
+            ones = g.op("Constant", value_t=torch.ones(block_size))
+            expanded = g.op("Mul", rows, ones)
+            flat = g.op("Concat", g.op("Shape", ids), g.op("Constant", value_t=torch.tensor([k])), axis_i=0)
+            out = g.op("Add", out, g.op("Reshape", expanded, flat))
         if scales.type().sizes()[-1] * block_size > k:
             # K padded up to whole blocks (a layer narrower than one block): the table rows are the first K values
             start, end, axis = (g.op("Constant", value_t=torch.tensor([v], dtype=torch.int64)) for v in (0, k, -1))

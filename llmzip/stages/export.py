@@ -156,9 +156,12 @@ def _export_lm(
 ) -> None:
     """A causal LM: one graph with a KV cache (llmzip/lm_export.py), checked on prefill and decode steps."""
     quantized = source.stage == "quantize"
-    weight_bits = int(source.manifest["metrics"].get("weight_bits", 8)) if quantized else 32
+    measured = source.manifest["metrics"] if quantized else {}
+    weight_bits = int(measured.get("weight_bits") or 8) if quantized else 32
     path = tmp / ONNX_FILE
     precision = f"int{weight_bits}-weight-only" if quantized else "fp32"
+    if measured.get("source_types"):  # a GGUF source's own blocks: say which
+        precision = "gguf-exact (" + ", ".join(f"{t}×{n}" for t, n in measured["source_types"].items()) + ")"
     step(f"exporting {precision} ONNX with a KV cache")
     metrics = export_causal_lm(
         model,

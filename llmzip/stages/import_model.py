@@ -66,6 +66,7 @@ def import_model(source: str, out_dir: Path, *, dtype: str = "float32", overwrit
     gguf_path = gguf_source(source)
     inputs: dict[str, Any] = {"source": source}
     parents = []
+    blocks: dict[str, Any] | None = None
     local = Path(resolve_pip_model(source)).expanduser() if gguf_path is None else gguf_path
     # The output may not be, contain or sit inside the source (a folder or a file): checked before any work.
     with staging(out_dir, overwrite=overwrite, inputs=[local] if local.exists() else []) as tmp:
@@ -73,6 +74,7 @@ def import_model(source: str, out_dir: Path, *, dtype: str = "float32", overwrit
             step(f"reading {gguf_path.name} (dequantizing to {dtype})")
             model, tokenizer = _load_gguf(gguf_path, DTYPES[dtype])
             inputs.update(gguf_file=str(gguf_path), gguf_sha256=sha256_file(gguf_path))
+            blocks = _keep_blocks(gguf_path, model, tmp, dtype)
         else:
             base = open_model_source(source, verb="import", accepts=ACCEPTS)
             step(f"loading {source}")
@@ -104,6 +106,34 @@ def import_model(source: str, out_dir: Path, *, dtype: str = "float32", overwrit
             },
             seed=None,
             started=started,
-            extra={"task": task.kind.value},
+            extra={"task": task.kind.value, **({"source_blocks": blocks} if blocks is not None else {})},
         )
     return out_dir
+
+
+def _keep_blocks(path: Path, model: Any, tmp: Path, dtype: str) -> dict[str, Any]:
+    """The GGUF's quantized blocks of every weight that maps exactly (llmzip/gguf_blocks.py), written beside the
+    float weights for `quantize --algorithm source`; per tensor: its GGUF type and whether it is kept exactly."""
+    from safetensors.numpy import save_file
+
+    from llmzip import gguf_blocks
+
+    if dtype != "float32":
+        return {"kept": False, "why": f"--dtype {dtype} rounds the weights; import as float32 to keep the blocks"}
+    step("keeping the GGUF blocks of every tensor that maps exactly")
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    try:
+        arrays, tensors = gguf_blocks.source_blocks(str(path), model.state_dict(), tied=tied)
+    except ValueError as err:  # a block split that does not reproduce the gguf package's dequantization
+        raise ModelError(f"{path}: {err}; this is a bug: report it with the file's name") from None
+    if arrays:
+        save_file(arrays, str(tmp / gguf_blocks.BLOCKS_FILE), metadata={"format": "llmzip-gguf-blocks"})
+    exact = [n for n, t in tensors.items() if t.get("exact") and "bits" in t]
+    return {
+        "kept": bool(arrays),
+        "file": gguf_blocks.BLOCKS_FILE if arrays else None,
+        "exact_blocks": len(exact),
+        "float": sorted(n for n, t in tensors.items() if t.get("kept") == "float"),
+        "not_exact": sorted(n for n, t in tensors.items() if not t.get("exact")),
+        "tensors": tensors,
+    }

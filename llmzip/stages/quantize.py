@@ -37,7 +37,9 @@ from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
 from llmzip.quant.observers import HistogramObserver
 from llmzip.quant.report import error_report
 from llmzip.quant.saturation import SCORES, fix_saturation
-from llmzip.quant.weight_only import SharedEmbedding
+from llmzip.quant.source import SourceBlocks, embedding_table
+from llmzip.quant.source import available as source_blocks_available
+from llmzip.quant.weight_only import BlockEmbedding, SharedEmbedding, WeightOnlyLinear
 from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -144,6 +146,52 @@ def attention_quants(
     return quants
 
 
+def resolve_algorithm(config: QuantizeConfig, model_dir: Path, weight_only: bool) -> WeightAlgorithm:
+    """--algorithm as given; unset, a model imported from a GGUF file keeps its source's blocks (unless a bit width
+    or block layout of its own is asked for), any other rounds to nearest."""
+    if config.algorithm is not None:
+        if config.algorithm is WeightAlgorithm.SOURCE and not weight_only:
+            raise ConfigError("--algorithm source keeps weight-only blocks: add --weight-only (or use a causal LM)")
+        return config.algorithm
+    default = QuantizeConfig()
+    layout = ("weight_bits", "weight_block_size", "weight_symmetric", "head_bits")
+    own_layout = any(getattr(config, k) != getattr(default, k) for k in layout)
+    if weight_only and source_blocks_available(model_dir) and not own_layout:
+        return WeightAlgorithm.SOURCE
+    return WeightAlgorithm.RTN
+
+
+def _block_spec(layer: Any) -> dict[str, Any]:
+    """How to rebuild a weight-only layer (or table) whose blocks are not the scheme's (a GGUF source's)."""
+    if not isinstance(layer, WeightOnlyLinear):
+        return {}
+    return {
+        "block_size": layer.block_size,
+        "bits": layer.bits,
+        "symmetric": layer.weight_zero_point is None,
+        "offset": layer.weight_offset is not None,
+    }
+
+
+def _source_metrics(blocks: SourceBlocks, names: list[str]) -> dict[str, Any]:
+    described = {n: blocks.describe(n) for n in names}
+    types: dict[str, int] = {}
+    for d in described.values():
+        key = str(d.get("type", "?")) + ("" if d.get("exact") else " (rounded)")
+        types[key] = types.get(key, 0) + 1
+    return {"source_types": dict(sorted(types.items())), "source_blocks": described}
+
+
+def source_maker(blocks: SourceBlocks, *, rounding: Any) -> Any:
+    """Each Linear from the source's blocks; one whose GGUF type has no exact form is rounded (named in the
+    manifest's source_blocks)."""
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        return blocks.layer(name, linear) if blocks.has(f"{name}.weight") else rounding(name, linear)
+
+    return make
+
+
 def quantize(
     model_dir: Path, calibration_dir: Path, out_dir: Path, *, config: QuantizeConfig, overwrite: bool = False
 ) -> Path:
@@ -166,6 +214,8 @@ def quantize(
         )
     task = checked_task(config, source_config(source.path), model_dir)
     weight_only = config.weight_only or task.weight_only
+    algorithm = resolve_algorithm(config, source.path, weight_only)
+    blocks = SourceBlocks(source.path, source.manifest) if algorithm is WeightAlgorithm.SOURCE else None
     observers = read_observers(calib.path)
     samples = read_samples(calib.path)
     if not samples:
@@ -177,6 +227,8 @@ def quantize(
         fp32 = load_model(source)
         exclude = config.exclude if config.exclude is not None else task.default_exclude
         names = select(fp32, linear_names(fp32), exclude)
+        if blocks is not None:  # a weight that was float in the GGUF file stays float: that is exact
+            names = [n for n in names if blocks.has(f"{n}.weight") or not blocks.entry(f"{n}.weight").get("exact")]
         if not names:
             raise ConfigError(f"exclude: the patterns {exclude} leave no Linear layer to quantize")
         perplexity_metric = task.kind.value == "causal-lm"
@@ -206,6 +258,8 @@ def quantize(
         head = task.output_head(fp32)
 
         def bits_of(name: str) -> int:
+            if blocks is not None and blocks.has(f"{name}.weight"):
+                return int(blocks.entry(f"{name}.weight")["bits"])
             return config.head_bits if name == head and config.head_bits is not None else config.weight_bits
 
         gptq_stats: dict[str, dict[str, float]] = {}
@@ -221,11 +275,13 @@ def quantize(
                 bits_of=bits_of,
                 block_size=config.weight_block_size,
                 symmetric=config.weight_symmetric,
-                gptq=config.algorithm is WeightAlgorithm.GPTQ,
+                gptq=algorithm is WeightAlgorithm.GPTQ,
                 damp=config.gptq_damp,
                 rounded=frozenset([str(head)]) if tied else frozenset(),
             )
-            step(f"weight-only int{config.weight_bits} ({config.algorithm.value}) on {len(names)} layers")
+            if blocks is not None:
+                make = source_maker(blocks, rounding=make)
+            step(f"weight-only ({algorithm.value}) on {len(names)} layers")
         else:
 
             def make(name: str, lin: nn.Linear) -> nn.Module:
@@ -264,16 +320,24 @@ def quantize(
             embeddings = [n for n, m in fp32.named_modules() if m is table]
             shared = head if tied else None
             head_module: Any = quantized.get_submodule(str(head)) if tied else None
+            own = embedding_table(blocks, embeddings[0], table) if blocks is not None and not tied else None
             replace_linears(
                 quantized,
                 embeddings,
-                lambda n, e: SharedEmbedding(head_module) if tied else QuantEmbedding.from_float(e),
+                lambda n, e: (
+                    SharedEmbedding(head_module)
+                    if tied
+                    else BlockEmbedding(own)
+                    if own
+                    else QuantEmbedding.from_float(e)
+                ),
             )
             table_q: Any = quantized.get_submodule(embeddings[0])
             extra["embedding"] = {
                 "module": embeddings[0],
                 "shares": shared,
                 "weight_sqnr_db": round(qmath.sqnr_db(table.weight, table_q.weight), 2),
+                **({"source": blocks.describe(embeddings[0])} if blocks is not None else {}),
             }
         target = hardware.resolve(config.target_cpu)
         extra["target_cpu"] = target.value
@@ -314,6 +378,7 @@ def quantize(
                     "smooth": n in smooth,
                     "weight_bits": bits_of(n),
                     "weight_only": weight_only,
+                    **_block_spec(quantized.get_submodule(n)),
                     # weight rows stored on a 7-bit grid so that the target CPU's int16 pair sums cannot saturate
                     "rows_7bit": saturation["layers"].get(n, {}).get("fixed_rows", 0),
                 }
@@ -321,6 +386,7 @@ def quantize(
             },
             "embeddings": embeddings,
             "embeddings_shared_with": shared,
+            "embedding_blocks": _block_spec(own) if blocks is not None and own is not None else None,
             "attention": attention_names,
             "attention_key_bits": {
                 n.removesuffix(SCORES): layer["key_bits"]
@@ -337,10 +403,11 @@ def quantize(
             "fp32_linear_layers": len(linear_names(fp32)) - len(names),
             "quantized_attention_matmuls": 2 * len(attention_names),
             "method": "weight-only" if weight_only else config.method.value,
-            "weight_bits": config.weight_bits,
+            "weight_bits": config.weight_bits if blocks is None else None,  # a source's blocks: per layer
             "weight_only": weight_only,
-            "algorithm": config.algorithm.value if weight_only else None,
-            "rounded_layers": [str(head)] if tied and config.algorithm is WeightAlgorithm.GPTQ else [],
+            "algorithm": algorithm.value if weight_only else None,
+            "rounded_layers": [str(head)] if tied and algorithm is WeightAlgorithm.GPTQ else [],
+            **(_source_metrics(blocks, names) if blocks is not None else {}),
             "head_bits": bits_of(head) if head in names else None,
             "exclude": exclude,
             "task": task.kind.value,
