@@ -228,6 +228,9 @@ class QuantizeConfig:
     max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
     # causal LMs: percent; keep the most sensitive decoder layers fp32 until the perplexity increase fits
     max_perplexity_increase: float | None = None
+    # causal LMs: fail when perplexity on the held-back calibration windows exceeds this × fp32's (a broken model,
+    # not rounding: int4 costs percents); the error names the first layer whose output SQNR collapses
+    max_perplexity_ratio: float = 2.0
     fallback_latency: bool = True  # export and time every fallback configuration (onnxruntime, 1 thread)
     qat_steps: int = 0  # > 0: quantization-aware training after calibration (STE), on data's train split
     qat_learning_rate: float = 2e-5
@@ -287,6 +290,7 @@ class QuantizeConfig:
             "max_accuracy_drop",
             f"must be >= 0 (points), got {self.max_accuracy_drop}",
         )
+        _check(self.max_perplexity_ratio > 1, "max_perplexity_ratio", f"must be > 1, got {self.max_perplexity_ratio}")
         _check(
             self.max_perplexity_increase is None or self.max_perplexity_increase >= 0,
             "max_perplexity_increase",

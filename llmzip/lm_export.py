@@ -81,10 +81,15 @@ def write_lm_onnx(model: nn.Module, path: Path, *, opset: int, source: Path) -> 
         "position_ids": {0: "batch", 1: "sequence"},
         "logits": {0: "batch", 1: "sequence"},
     }
-    for name in inputs[3:]:
-        axes[name] = {0: "batch", 2: "past_sequence"}
-    for name in outputs[1:]:
-        axes[name] = {0: "batch", 2: "total_sequence"}
+    # A sliding-window layer's cache stops growing at the window (transformers keeps its last window − 1
+    # positions) while a full-attention layer's keeps growing: each needs its own axis names, or onnxruntime
+    # fails once the two lengths differ (Gemma 2/3 mix the two kinds).
+    kinds = list(getattr(config, "layer_types", None) or [])
+    for i in range(layers):
+        sliding = i < len(kinds) and kinds[i] == "sliding_attention"
+        for kv in ("key", "value"):
+            axes[CACHE_INPUT.format(i, kv)] = {0: "batch", 2: f"past_window_{i}" if sliding else "past_sequence"}
+            axes[CACHE_OUTPUT.format(i, kv)] = {0: "batch", 2: f"window_{i}" if sliding else "total_sequence"}
     custom = {"com.microsoft": 1} if any(isinstance(m, WeightOnlyLinear) for m in model.modules()) else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -133,7 +138,13 @@ def parity(session: Any, model: nn.Module, prompts: np.ndarray, decode_steps: in
     scale = 0.0
     agree = total = 0
     for step in range(decode_steps + 1):
-        got = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+        try:
+            got = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+        except Exception as err:  # onnxruntime's own error types: a graph that does not run is an export failure
+            raise ExportError(
+                f"the exported graph fails in onnxruntime at {'prefill' if step == 0 else f'decode step {step}'} "
+                f"({str(err).splitlines()[0][:200]}); this is a bug: report it with the manifest"
+            ) from None
         want, cache = _torch_step(
             model, torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(positions), cache
         )

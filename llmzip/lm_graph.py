@@ -41,8 +41,12 @@ def supports(model: Any) -> str | None:
         return f"head size {head_dim} (GroupQueryAttention needs a multiple of 16)"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act} (the fused graph has SiLU)"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", False):
-        return "sliding-window attention"
+    kinds = set(getattr(config, "layer_types", None) or [])
+    if _window(config) > 0 and kinds and kinds != {"sliding_attention"}:
+        return "a mix of sliding-window and full-attention layers"
+    scale = getattr(model.get_input_embeddings(), "embed_scale", None)
+    if scale is not None and float(scale) != 1.0:
+        return "scaled word embeddings"
     scaling = getattr(model.model.rotary_emb, "rope_type", "default")
     if scaling not in ("default", "llama3", "linear"):
         return f"rotary scaling {scaling}"
@@ -203,6 +207,15 @@ def _embedding(g: _Graph, model: Any) -> str:
     return str(g.op("Gather", [g.const("embed.weight", _np(table.weight)), "input_ids"], axis=0))
 
 
+def _window(config: Any) -> int:
+    """GroupQueryAttention's local_window_size: the config's sliding window where the family uses one (Mistral),
+    else -1 (full attention). Qwen2 declares a window it only uses with use_sliding_window."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return -1
+    return int(window)
+
+
 def _rotary_caches(g: _Graph, model: Any) -> tuple[str, str]:
     """cos/sin tables [positions, head/2], computed by the graph from the rotary frequencies: constants that
     onnxruntime folds when the session starts, instead of ~1 MB each in the file (8,192 positions for SmolLM2)."""
@@ -270,7 +283,7 @@ def write_fused_graph(model: Any, path: Path, *, opset: int) -> None:
             num_heads=heads,
             kv_num_heads=kv_heads,
             scale=float(getattr(attn, "scaling", head_dim**-0.5)),
-            local_window_size=-1,
+            local_window_size=_window(config),
             do_rotary=1,
             rotary_interleaved=0,
         )[0]

@@ -48,11 +48,12 @@ def returned_cache(out: Any) -> Any:
 
 
 def read_config(directory: Path) -> Any:
-    """config.json as an attribute namespace: enough for the cache shape, without importing transformers."""
-    import json
-    from types import SimpleNamespace
+    """The model config of an export or model folder, through transformers' AutoConfig so that every family's
+    attribute aliases resolve (GPT-2's n_head / n_layer / n_embd are num_attention_heads / num_hidden_layers /
+    hidden_size there) — config.json as a plain namespace misses them."""
+    from transformers import AutoConfig
 
-    return SimpleNamespace(**json.loads((directory / "config.json").read_text()))
+    return AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
 
 
 class Runner(Protocol):
@@ -214,9 +215,15 @@ def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+    from llmzip.artifact import EXTERNAL, open_artifact
+
+    # first the directory itself: a missing folder or a wrong stage is named as such, not as a hub-id problem
+    open_artifact(directory, verb="generate", accepts=("import", "finetune", "distill", "quantize", "export", EXTERNAL))
     config = source_config(directory)
     if task_of(config).kind is not TaskKind.CAUSAL_LM:
-        raise ConfigError(f"{directory}: not a causal LM (its config names no *ForCausalLM); generate needs one")
+        raise ConfigError(
+            f"{directory}: not a causal LM (transformers does not map its architecture as one); generate needs one"
+        )
     tokenizer = load_tokenizer(directory)
     ids = np.array(tokenizer(prompt, add_special_tokens=True).input_ids, dtype=np.int64)
     if len(ids) == 0:

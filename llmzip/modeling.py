@@ -153,10 +153,30 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
 
 
 def load_model(artifact: Artifact) -> PreTrainedModel:
-    """The PyTorch model a stage directory holds: fp32 for model stages, fake-quantized for quantize output."""
+    """The PyTorch model a stage directory holds: fp32 for model stages, fake-quantized for quantize output.
+
+    Models that are measured, quantized or exported here, not saved again, so transformers' Conv1D layers (GPT-2's
+    transposed Linear) are plain nn.Linear: every Linear-based step (calibration hooks, quantization, export) then
+    sees them. Stages that save a model (finetune, distill, import) load it with load_pretrained, unchanged."""
     if artifact.stage == "quantize":
         return load_quantized(artifact.path)
-    return load_pretrained(artifact.path)
+    return conv1d_as_linear(load_pretrained(artifact.path))
+
+
+def conv1d_as_linear(model: Any) -> Any:
+    """transformers' Conv1D (weight [in, out], y = x·W + b) → the equal nn.Linear (weight Wᵀ), in place."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1], bias=module.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.t())
+                if module.bias is not None and linear.bias is not None:
+                    linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return model
 
 
 def load_quantized(path: Path) -> PreTrainedModel:
@@ -164,7 +184,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from transformers import AutoConfig
 
     from llmzip import structure
-    from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
+    from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears, scaled_like
     from llmzip.quant.weight_only import SharedEmbedding, WeightOnlyLinear
     from llmzip.tasks import task_of
 
@@ -185,6 +205,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = task_of(config).auto_class().from_config(config)
     structure.restore(model)  # a pruned model's smaller layers, before they are swapped for quantized ones
+    conv1d_as_linear(model)  # the quantized layers were Linears when quantize saw them
     scheme = spec["scheme"]
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
@@ -215,12 +236,13 @@ def load_quantized(path: Path) -> PreTrainedModel:
     replace_linears(
         model,
         spec.get("embeddings", []),
-        lambda n, e: (
+        lambda n, e: scaled_like(
             SharedEmbedding(model.get_submodule(shared))
             if shared
             else _block_embedding(e, spec["embedding_blocks"])
             if spec.get("embedding_blocks")
-            else QuantEmbedding(e.num_embeddings, e.embedding_dim)
+            else QuantEmbedding(e.num_embeddings, e.embedding_dim),
+            e,
         ),
     )
     if spec.get("attention"):

@@ -133,6 +133,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
         **{k: (INT8_ACTIVATIONS, QAT) for k in ("qat_learning_rate", "qat_batch_size", "qat_alpha")},
         "max_accuracy_drop": (CLASSIFIER,),
         "max_perplexity_increase": (LM,),
+        "max_perplexity_ratio": (LM,),
         "fallback_latency": (CLASSIFIER,),
     },
     ExportConfig: {

@@ -119,10 +119,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
-
 def _byte_tokens() -> list[str]:
     """GPT-2's byte-level alphabet: every text tokenizes, one token per byte, with no merges."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
@@ -206,3 +202,97 @@ def build_tiny_gguf(path: Path, *, layer_type: str = "Q4_1", head_type: str | No
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# Tiny random decoders of the families transformers ships (hidden 64, 2 layers, 4 heads / 2 KV heads, 256
+# positions, tied embeddings, the WordLevel tokenizer of build_tiny_llama): what `make test` runs every family
+# through (tests/test_families.py). Gemma 2/3 and Mistral get a sliding window shorter than the test prompts.
+DECODER_FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "gpt2",
+    "gptneox",
+    "granite",
+    "opt",
+)
+
+
+def build_tiny_decoder(directory: Path, family: str, *, seed: int = 0) -> Path:
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(LM_SPECIALS + demo_vocabulary()[len(SPECIALS) :])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    ids = {"bos_token_id": vocab["<s>"], "eos_token_id": vocab["</s>"], "pad_token_id": vocab["</s>"]}
+    common = {"vocab_size": len(vocab), "tie_word_embeddings": True, **ids}
+    llama_like = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        **common,
+    }
+    configs = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, llama_like),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {**llama_like, "sliding_window": 16}),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, llama_like),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {**llama_like, "head_dim": 16}),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, {**llama_like, "head_dim": 16}),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {**llama_like, "head_dim": 16, "sliding_window": 16}),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, {**llama_like, "head_dim": 16, "sliding_window": 16}),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, llama_like),
+        "gpt2": (
+            tf.GPT2Config,
+            tf.GPT2LMHeadModel,
+            {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256, **common},
+        ),
+        "gptneox": (
+            tf.GPTNeoXConfig,
+            tf.GPTNeoXForCausalLM,
+            {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 128,
+                "max_position_embeddings": 256,
+                **common,
+            },
+        ),
+        "granite": (tf.GraniteConfig, tf.GraniteForCausalLM, llama_like),
+        "opt": (
+            tf.OPTConfig,
+            tf.OPTForCausalLM,
+            {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "ffn_dim": 128,
+                "word_embed_proj_dim": 64,
+                "max_position_embeddings": 256,
+                **common,
+            },
+        ),
+    }
+    config_class, model_class, values = configs[family]
+    torch.manual_seed(seed)
+    model_class(config_class(**values)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

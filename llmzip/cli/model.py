@@ -177,6 +177,13 @@ def quantize(
             "--data's eval windows fits."
         ),
     ] = None,
+    max_perplexity_ratio: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Causal LMs: fail when perplexity on the held-back calibration windows exceeds this × fp32's "
+            "(default 2: a broken model, not rounding)."
+        ),
+    ] = None,
     fallback_latency: Annotated[
         Optional[bool],
         typer.Option(
@@ -231,6 +238,7 @@ def quantize(
         "sensitivity": sensitivity,
         "max_accuracy_drop": max_accuracy_drop,
         "max_perplexity_increase": max_perplexity_increase,
+        "max_perplexity_ratio": max_perplexity_ratio,
         "fallback_latency": fallback_latency,
         "activations": activations,
         "embeddings": embeddings,

@@ -244,6 +244,7 @@ class QuantEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.register_buffer("weight_q", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("row_scale", torch.ones(num_embeddings))
+        self.embed_scale = 1.0  # a multiplier the replaced embedding applied (see scaled_like); not stored
 
     @classmethod
     def from_float(cls, embedding: nn.Embedding) -> QuantEmbedding:
@@ -260,4 +261,15 @@ class QuantEmbedding(nn.Module):
         return self.weight_q.to(torch.float32) * self.row_scale[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return _GatherDequant.apply(ids, self.weight_q, self.row_scale)
+        out: torch.Tensor = _GatherDequant.apply(ids, self.weight_q, self.row_scale)
+        return out * self.embed_scale if self.embed_scale != 1.0 else out
+
+
+def scaled_like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """A quantized word table keeps the multiplier the embedding it replaces applies in its forward (Gemma's
+    √hidden `embed_scale`): without it the residual stream starts √hidden too small and every layer after the
+    first norm-free path is wrong, while each layer's own error still looks fine."""
+    scale = getattr(old, "embed_scale", None)
+    if scale is not None:
+        new.embed_scale = float(scale)
+    return new

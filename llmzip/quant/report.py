@@ -40,12 +40,25 @@ def _kept(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out[mask] if out.dim() == 3 and out.shape[:2] == mask.shape else out
 
 
-def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str], batches: list[Batch]) -> dict[str, Any]:
+def _next_token_nll(logits: torch.Tensor, batch: Batch) -> tuple[float, int]:
+    """Σ −log p(token t+1 | ≤ t) over real positions of a causal LM's batch, and how many were scored."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    scored = mask[:, 1:] & mask[:, :-1]
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return float(-(logp[scored]).sum()), int(scored.sum())
+
+
+def error_report(
+    fp32: nn.Module, quantized: nn.Module, names: list[str], batches: list[Batch], *, next_token: bool = False
+) -> dict[str, Any]:
     """Per-layer weight and output SQNR (output error is cumulative: everything quantized upstream counts), logit
-    SQNR, max |Δlogit| and argmax agreement (per sequence for a classifier, per token for a causal LM)."""
+    SQNR, max |Δlogit| and argmax agreement (per sequence for a classifier, per token for a causal LM); with
+    `next_token` (a causal LM), also both models' perplexity on the batches."""
     layer_sums = {n: _Sums() for n in names}
     logit_sums = _Sums()
     agree = total = 0
+    nll = {"fp32": 0.0, "quantized": 0.0}
+    scored = 0
     reference: dict[str, torch.Tensor] = {}
     mask_holder: dict[str, torch.Tensor] = {}
 
@@ -66,13 +79,21 @@ def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str], batche
             mask_holder["m"] = batch["attention_mask"].bool()
             handles = [fp32.get_submodule(n).register_forward_hook(keep(n)) for n in names]
             try:
-                ref_logits = _kept(fp32(**batch).logits, mask_holder["m"])
+                full = fp32(**batch).logits
+                ref_logits = _kept(full, mask_holder["m"])
+                if next_token:
+                    value, count = _next_token_nll(full, batch)
+                    nll["fp32"] += value
             finally:
                 for h in handles:
                     h.remove()
             handles = [quantized.get_submodule(n).register_forward_hook(compare(n)) for n in names]
             try:
-                got_logits = _kept(quantized(**batch).logits, mask_holder["m"])
+                full = quantized(**batch).logits
+                got_logits = _kept(full, mask_holder["m"])
+                if next_token:
+                    nll["quantized"] += _next_token_nll(full, batch)[0]
+                    scored += count
             finally:
                 for h in handles:
                     h.remove()
@@ -90,10 +111,27 @@ def error_report(fp32: nn.Module, quantized: nn.Module, names: list[str], batche
         }
         if isinstance(q_layer, QuantLinear):
             layers[name].update(input_scale=float(q_layer.input_scale), input_zero_point=int(q_layer.input_zero_point))
+    perplexity = (
+        {k: round(math.exp(min(v / max(1, scored), 700.0)), 4) for k, v in nll.items()} | {"tokens": scored}
+        if next_token
+        else None
+    )
     return {
         "layers": layers,
+        **({"perplexity": perplexity} if perplexity is not None else {}),
         "logits_sqnr_db": round(logit_sums.sqnr_db(), 2),
         "logits_max_abs_diff": logit_sums.max_abs,
         "argmax_agreement": agree / max(1, total),
         "samples": total,
     }
+
+
+def first_collapse(layers: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The first layer (forward order) whose output SQNR fell below half its own weight SQNR (in dB): where
+    something around the quantized layers, not the rounding, went wrong; else the layer with the lowest."""
+    for name, layer in layers.items():
+        weight, output = float(layer["weight_sqnr_db"]), float(layer["output_sqnr_db"])
+        if output < 0.5 * weight:
+            return name, layer
+    name = min(layers, key=lambda n: float(layers[n]["output_sqnr_db"]))
+    return name, layers[name]

@@ -300,6 +300,7 @@ class SharedEmbedding(nn.Module):
         super().__init__()
         object.__setattr__(self, "_head", head)
         self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.embed_scale = 1.0  # a multiplier the replaced embedding applied (quant.modules.scaled_like)
 
     @property
     def head(self) -> WeightOnlyLinear:
@@ -322,7 +323,7 @@ class SharedEmbedding(nn.Module):
             h.bits,
             h.block_size,
         )
-        return out
+        return out * self.embed_scale if self.embed_scale != 1.0 else out
 
 
 class BlockEmbedding(SharedEmbedding):

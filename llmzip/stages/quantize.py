@@ -33,9 +33,9 @@ from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
 from llmzip.quant.lm_fallback import perplexity_aware
-from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears
+from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears, scaled_like
 from llmzip.quant.observers import HistogramObserver
-from llmzip.quant.report import error_report
+from llmzip.quant.report import error_report, first_collapse
 from llmzip.quant.saturation import SCORES, fix_saturation
 from llmzip.quant.source import SourceBlocks, embedding_table
 from llmzip.quant.source import available as source_blocks_available
@@ -173,6 +173,22 @@ def _block_spec(layer: Any) -> dict[str, Any]:
     }
 
 
+def _perplexity_gate(report: dict[str, Any], ratio: float, windows: int, *, held: bool) -> None:
+    """A causal LM whose perplexity on the measured windows rises beyond `ratio` × its fp32 model's is broken, not
+    merely rounded (int4 costs percents, not multiples): fail, naming the first layer whose output SQNR collapses."""
+    ppl = report["perplexity"]
+    if ppl["quantized"] <= ratio * ppl["fp32"]:
+        return
+    name, layer = first_collapse(report["layers"])
+    where = "held-back calibration windows" if held else "calibration windows"
+    raise ModelError(
+        f"the quantized model's perplexity on {windows} {where} is {ppl['quantized']:.4g} vs {ppl['fp32']:.4g} in "
+        f"fp32 (> {ratio:g}×, --max-perplexity-ratio); output SQNR collapses first at {name} "
+        f"({layer['output_sqnr_db']} dB, its weight {layer['weight_sqnr_db']} dB): something the model computes "
+        "around that layer is lost, report it with the model's config"
+    )
+
+
 def _source_metrics(blocks: SourceBlocks, names: list[str]) -> dict[str, Any]:
     described = {n: blocks.describe(n) for n in names}
     types: dict[str, int] = {}
@@ -267,11 +283,16 @@ def quantize(
         # GatherBlockQuantized does); otherwise the table gets its own int8 rows.
         tied = bool(getattr(fp32.config, "tie_word_embeddings", False)) and weight_only and head in names
         tied = tied and config.embeddings  # --fp32-embeddings keeps a table of its own
+        # A causal LM holds back the last quarter of its calibration windows: the report and the perplexity gate
+        # below measure on text the weight algorithm (GPTQ's Hessians) never saw.
+        gated = perplexity_metric and len(batches) > 1
+        held = batches[-max(1, len(batches) // 4) :] if gated else []
+        fit = batches[: len(batches) - len(held)]
         if weight_only:
             make, gptq_stats = weight_only_maker(
                 fp32,
                 names,
-                batches,
+                fit,
                 bits_of=bits_of,
                 block_size=config.weight_block_size,
                 symmetric=config.weight_symmetric,
@@ -324,12 +345,13 @@ def quantize(
             replace_linears(
                 quantized,
                 embeddings,
-                lambda n, e: (
+                lambda n, e: scaled_like(
                     SharedEmbedding(head_module)
                     if tied
                     else BlockEmbedding(own)
                     if own
-                    else QuantEmbedding.from_float(e)
+                    else QuantEmbedding.from_float(e),
+                    e,
                 ),
             )
             table_q: Any = quantized.get_submodule(embeddings[0])
@@ -353,8 +375,11 @@ def quantize(
                 symmetric=config.weight_symmetric,
                 on_step=step,
             )
-        step(f"measuring quantization error on {len(batches[: task.report_batches])} batches of calibration samples")
-        report = error_report(fp32, quantized, names, batches[: task.report_batches])
+        measured = held or batches[: task.report_batches]
+        step(f"measuring quantization error on {len(measured)} {'held-back ' if held else ''}calibration batches")
+        report = error_report(fp32, quantized, names, measured, next_token=perplexity_metric)
+        if perplexity_metric:
+            _perplexity_gate(report, config.max_perplexity_ratio, len(measured), held=bool(held))
         for name in names:
             if gptq_stats.get(name):
                 report["layers"][name]["gptq"] = gptq_stats[name]

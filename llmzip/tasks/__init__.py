@@ -20,9 +20,13 @@ TASKS: dict[TaskKind, Task] = {
 
 
 def task_of(config: Any) -> Task:
-    """The task a model config describes: a `*ForCausalLM` architecture is a causal LM, anything else a classifier."""
+    """The task a model config describes: an architecture transformers maps as a causal LM (`*ForCausalLM`, and older
+    names such as GPT2LMHeadModel) is one, anything else a classifier."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     archs = getattr(config, "architectures", None) or []
-    if any(str(a).endswith("ForCausalLM") for a in archs):
+    lm_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if any(str(a).endswith("ForCausalLM") or str(a) in lm_names for a in archs):
         return TASKS[TaskKind.CAUSAL_LM]
     return TASKS[TaskKind.SEQUENCE_CLASSIFICATION]
 
