@@ -73,11 +73,12 @@ class LmGraph(str, enum.Enum):
 
 
 class WeightAlgorithm(str, enum.Enum):
-    """How weight-only codes are chosen: nearest code (RTN), GPTQ's Hessian-weighted error feedback, or the
-    source's own blocks kept exactly (a model imported from a GGUF file: llmzip/gguf_blocks.py)."""
+    """How weight-only codes are chosen: nearest code (RTN), GPTQ's Hessian-weighted error feedback, AWQ's
+    activation-aware scales and clipping, or the source's own blocks kept exactly (a GGUF import)."""
 
     RTN = "rtn"
     GPTQ = "gptq"
+    AWQ = "awq"
     SOURCE = "source"
 
 

@@ -69,6 +69,9 @@ class BenchConfig:
     # data.max_length tokens; prefill latency at these prompt lengths; decode tokens/s for new_tokens greedy
     # tokens after a prompt_tokens prompt; medians of lm_repeats runs.
     prefill_lengths: list[int] = field(default_factory=lambda: [128, 512])
+    # Causal LMs: more text files (or hub ids) whose first windows every variant's perplexity is also measured on
+    # (same window length and count): no perplexity should be tuned to one text
+    also_score: list[str] = field(default_factory=list)
     prompt_tokens: int = 128
     new_tokens: int = 64
     lm_repeats: int = 5

@@ -9,6 +9,7 @@ and max beside it, and the machine's load during the run is recorded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -67,8 +68,10 @@ def measure_variant(
     new_tokens: int,
     prefill_lengths: list[int],
     repeats: int,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Everything the causal-LM bench reports for one model directory, measured in this process."""
+    """Everything the causal-LM bench reports for one model directory, measured in this process (`extra`: more
+    window sets, named, whose perplexity is also measured)."""
     started = time.time()
     runner = load_runner(directory, threads=threads, name=name)
     load_s = time.time() - started
@@ -80,12 +83,14 @@ def measure_variant(
     rates = [r[1]["decode_steps"] / r[1]["decode_s"] for r in runs]
     ms_per_token = [1e3 / r for r in rates]
     scored = perplexity(runner, windows)
+    also = {name: round(perplexity(runner, w)["perplexity"], 4) for name, w in (extra or {}).items()}
     return {
         "name": name,
         "path": str(directory),
         "runtime": "onnxruntime" if isinstance(runner, OrtRunner) else "pytorch",
         "perplexity": round(scored["perplexity"], 4),
         "scored_tokens": scored["scored_tokens"],
+        **({"perplexity_also": also} if also else {}),
         "decode_tokens_per_s": round(float(np.median(rates)), 2),
         "decode_tokens_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
         "decode_ms_per_token": round(float(np.median(ms_per_token)), 2),
@@ -178,11 +183,20 @@ def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work
         _check_workload(read_config(directory), config, windows.shape[1], directory)
     np.save(work / WINDOWS_FILE, windows)
     np.save(work / PROMPT_FILE, stream[: config.prompt_tokens])
+    extra: dict[str, str] = {}
+    for i, source in enumerate(config.also_score):
+        other = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=source, skip_tokens=0))
+        other_windows, other_described = eval_windows(other, tokenizer)
+        name = Path(source).stem or f"text{i}"
+        np.save(work / f"extra-{i}.npy", other_windows)
+        extra[name] = f"extra-{i}.npy"
+        described.setdefault("also_scored", {})[name] = other_described
     params = {
         "threads": config.threads,
         "new_tokens": config.new_tokens,
         "prefill_lengths": config.prefill_lengths,
         "repeats": config.lm_repeats,
+        "extra": extra,
     }
     variants = []
     with CpuLoad() as load:
@@ -211,17 +225,21 @@ def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work
 
 
 def render_markdown(result: dict[str, Any]) -> str:
+    others = list(result["variants"][0].get("perplexity_also", {}))
     rows = [
-        "| variant | runtime | perplexity | decode tok/s (min–max) | ms/token | prefill ms "
+        "| variant | runtime | perplexity "
+        + "".join(f"| ppl {o} " for o in others)
+        + "| decode tok/s (min–max) | ms/token | prefill ms "
         + " / ".join(result["variants"][0]["prefill_ms"])
         + " | size MB | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|" + "---:|" * len(others) + "---:|---:|---:|---:|---:|",
     ]
     for v in result["variants"]:
         lo, hi = v["decode_tokens_per_s_range"]
         prefill = " / ".join(f"{ms:.0f}" for ms in v["prefill_ms"].values())
+        also = "".join(f"| {v.get('perplexity_also', {}).get(o, float('nan')):.2f} " for o in others)
         rows.append(
-            f"| {v['name']} | {v['runtime']} | {v['perplexity']:.2f} "
+            f"| {v['name']} | {v['runtime']} | {v['perplexity']:.2f} {also}"
             f"| {v['decode_tokens_per_s']:.1f} ({lo:.1f}–{hi:.1f}) | {v['decode_ms_per_token']:.1f} | {prefill} "
             f"| {v['size_mb']:.0f} | {v['peak_rss_mb']:.0f} |"
         )
@@ -254,6 +272,19 @@ def genai_row(directory: Path, work: Path, *, name: str, params: dict[str, Any])
         repeats=params["repeats"],
         work=work / f"genai-{name}",
     )
+    also = {}
+    for other, file in params.get("extra", {}).items():  # perplexity only: the least decode work genai_run takes
+        scored = genai.measure(
+            directory,
+            np.load(work / file),
+            np.load(work / PROMPT_FILE)[:8],
+            new_tokens=2,
+            prefill_lengths=(8,),
+            threads=params["threads"],
+            repeats=1,
+            work=work / f"genai-{name}-{other}",
+        )
+        also[other] = round(float(scored["perplexity"]), 4)
     rate, per_token = got["decode_tokens_per_s"], got["decode_ms_per_token"]
     return {
         "name": name,
@@ -261,6 +292,7 @@ def genai_row(directory: Path, work: Path, *, name: str, params: dict[str, Any])
         "runtime": f"onnxruntime-genai {got.get('onnxruntime_genai', '')}".strip(),
         "perplexity": round(float(got["perplexity"]), 4),
         "scored_tokens": got["scored_tokens"],
+        **({"perplexity_also": also} if also else {}),
         "decode_tokens_per_s": round(float(rate["median"]), 2),
         "decode_tokens_per_s_range": [round(float(rate["min"]), 2), round(float(rate["max"]), 2)],
         "decode_ms_per_token": round(float(per_token["median"]), 2),
@@ -287,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     params = json.loads(args.params)
     windows = np.load(args.work / WINDOWS_FILE)
     prompt = np.load(args.work / PROMPT_FILE)
-    result = measure_variant(args.directory, windows, prompt, name=args.name, **params)
+    extra = {name: np.load(args.work / file) for name, file in params.pop("extra", {}).items()}
+    result = measure_variant(args.directory, windows, prompt, name=args.name, extra=extra, **params)
     args.out.write_text(json.dumps(result))
 
 

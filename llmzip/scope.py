@@ -143,7 +143,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
         "fold_bias": (CLASSIFIER,),  # a causal LM's layers are weight-only MatMulNBits: no int8 bias to fold
     },
     BenchConfig: {
-        **{k: (LM,) for k in ("prefill_lengths", "prompt_tokens", "new_tokens", "lm_repeats")},
+        **{k: (LM,) for k in ("prefill_lengths", "prompt_tokens", "new_tokens", "lm_repeats", "also_score")},
         **{
             k: (CLASSIFIER,)
             for k in (

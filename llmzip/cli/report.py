@@ -139,6 +139,14 @@ def bench(
     prompt_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: prompt length before decoding.")] = None,
     new_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: greedy tokens decoded and timed.")] = None,
     lm_repeats: Annotated[Optional[int], typer.Option(help="Causal LMs: timed runs (median, min, max).")] = None,
+    also_score: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--also-score",
+            help="Causal LMs: another text file (repeatable) whose first windows each variant's perplexity is also "
+            "measured on.",
+        ),
+    ] = None,
     max_length: MaxLength = None,
     skip_tokens: SkipTokens = None,
     baseline: Annotated[
@@ -213,6 +221,7 @@ def bench(
     )
     flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (*fields, "min_speedup", "max_accuracy_drop")}
     flags["baselines"] = baseline
+    flags["also_score"] = also_score
     done: dict[str, Any] = {}
 
     def work() -> dict[str, Any]:

@@ -92,11 +92,18 @@ def gptq_codes(
     block_size: int,
     symmetric: bool,
     damp: float = 0.01,
+    act_order: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
     """[N, K] weight → (codes [N, k_blocks, block], scales, zero points [N, k_blocks], stats) by GPTQ.
 
     K must be a whole number of blocks. `damp` adds that fraction of mean(diag H) to the diagonal (the paper's
     percdamp), which keeps the Cholesky factorisation stable when some inputs are (nearly) constant.
+
+    `act_order` rounds the columns with the largest Hessian diagonal first (the inputs whose error costs most are
+    rounded while the most columns are left to absorb it). MatMulNBits needs each block's inputs contiguous, so
+    the scales are fixed per block from the weights before the sweep ("static groups") and the walk only changes
+    the order in which columns are rounded onto them; without act_order each block's scale is fitted when the
+    walk reaches it, on the error-corrected weights. Either way the scales used in the sweep are the ones stored.
     """
     n, k = weight.shape
     assert k % block_size == 0, (k, block_size)
@@ -105,36 +112,41 @@ def gptq_codes(
     dead = torch.diag(h) == 0  # an input that is always 0: its weights cannot matter; zero them
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    blocks = k // block_size
+    scales = torch.zeros(n, blocks)
+    zero_points = torch.zeros(n, blocks, dtype=torch.int32)
+    grid = qmath.QRange(0, 2**bits - 1, torch.uint8)
+    if act_order:
+        scales, zero_points, grid = block_qparams(w.reshape(n, blocks, block_size), bits=bits, symmetric=symmetric)
+        order = torch.argsort(torch.diag(h), descending=True)
+    else:
+        order = torch.arange(k)
+    w, h = w[:, order], h[order][:, order]
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k)
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError:  # torch.linalg.LinAlgError: not positive definite even damped: fall back to plain rounding
         hinv = None
-    blocks = k // block_size
-    scales = torch.zeros(n, blocks)
-    zero_points = torch.zeros(n, blocks, dtype=torch.int32)
     codes = torch.zeros(n, k, dtype=torch.uint8)
-    grid: qmath.QRange | None = None
     step = max(block_size, COLUMN_BATCH // block_size * block_size)
     for i1 in range(0, k, step):
         i2 = min(i1 + step, k)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         for i in range(i2 - i1):
-            col = i1 + i
-            if col % block_size == 0:
-                b = col // block_size
-                scale, zp, grid = block_qparams(w1[:, i : i + block_size], bits=bits, symmetric=symmetric)
-                scales[:, b], zero_points[:, b] = scale, zp
-            assert grid is not None
+            col = int(order[i1 + i])  # the input this column is, in the weight's own layout
             b = col // block_size
+            if not act_order and col % block_size == 0:
+                scales[:, b], zero_points[:, b], grid = block_qparams(
+                    w1[:, i : i + block_size], bits=bits, symmetric=symmetric
+                )
             q = qmath.quantize(w1[:, i], scales[:, b], zero_points[:, b], grid)
             codes[:, col] = q
             if hinv is None:
                 continue
             dq = (q.float() - zero_points[:, b].float()) * scales[:, b]
-            e = (w1[:, i] - dq) / hinv[col, col]
-            w1[:, i:] -= e[:, None] * hinv[col, col:i2][None, :]
+            e = (w1[:, i] - dq) / hinv[i1 + i, i1 + i]
+            w1[:, i:] -= e[:, None] * hinv[i1 + i, i1 + i : i2][None, :]
             err1[:, i] = e
         if hinv is not None:
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
@@ -151,6 +163,90 @@ def gptq_codes(
     return codes.reshape(n, blocks, block_size), scales, zero_points, stats
 
 
+class _Stop(Exception):
+    pass
+
+
+def layer_inputs(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> tuple[str, Any, list[Any]]:
+    """The decoder stack and, per calibration batch, what its first layer is called with (positional and keyword
+    arguments: hidden states, mask, rotary tables …), captured by a pre-hook that stops the forward there."""
+    from llmzip.modeling import layer_stack
+
+    stack_name, stack = layer_stack(model)  # type: ignore[arg-type]
+    captured: list[Any] = []
+
+    def catch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = stack[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(**batch, use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return stack_name, stack, captured
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def sequential_gptq(
+    fp32: nn.Module,
+    names: list[str],
+    batches: list[dict[str, torch.Tensor]],
+    *,
+    build: Any,
+) -> dict[str, nn.Module]:
+    """GPTQ layer by layer (Frantar et al.'s sequential mode): each decoder layer's Hessians come from what the
+    already-quantized layers below it really output, so each layer corrects the error it actually receives,
+    not the error-free inputs of the fp32 model. `build(name, linear, hessian)` makes one quantized layer.
+    Linears outside the decoder stack (an untied head) get their Hessian from one fp32 pass."""
+    import copy
+
+    from llmzip.progress import progress
+    from llmzip.quant.modules import replace_linears
+
+    stack_name, stack, captured = layer_inputs(fp32, batches)
+    hidden = [args[0] for args, _ in captured]
+    built: dict[str, nn.Module] = {}
+    with progress() as bar, torch.no_grad():
+        task = bar.add_task("GPTQ: layer by layer", total=len(stack), info="")
+        for i, layer in enumerate(stack):
+            prefix = f"{stack_name}.{i}."
+            mine = [n for n in names if n.startswith(prefix)]
+            if mine:
+                recorder = HessianRecorder(layer, [n[len(prefix) :] for n in mine])
+                with recorder:
+                    for x, (args, kwargs), batch in zip(hidden, captured, batches):
+                        recorder.new_batch(batch["attention_mask"])
+                        layer(x, *args[1:], **kwargs)
+                for name in mine:
+                    local = name[len(prefix) :]
+                    built[name] = build(name, layer.get_submodule(local), recorder.hessian(local))
+                quantized = copy.deepcopy(layer)
+                replace_linears(quantized, [n[len(prefix) :] for n in mine], lambda n, _, p=prefix: built[p + n])
+            else:
+                quantized = layer
+            hidden = [_hidden(quantized(x, *args[1:], **kwargs)) for x, (args, kwargs) in zip(hidden, captured)]
+            bar.advance(task)
+    rest = [n for n in names if not n.startswith(f"{stack_name}.")]
+    if rest:
+        recorder = HessianRecorder(fp32, rest)
+        with recorder, torch.no_grad():
+            for batch in batches:
+                recorder.new_batch(batch["attention_mask"])
+                fp32(**batch)
+        for name in rest:
+            built[name] = build(name, fp32.get_submodule(name), recorder.hessian(name))
+    return built
+
+
 def weight_only_maker(
     fp32: nn.Module,
     names: list[str],
@@ -164,32 +260,37 @@ def weight_only_maker(
     rounded: frozenset[str] = frozenset(),
 ) -> tuple[Any, dict[str, dict[str, float]]]:
     """`make(name, linear)` building each WeightOnlyLinear (GPTQ codes when `gptq`, else rounding), and the per-layer
-    GPTQ statistics it fills in. The Hessians come from one pass of the fp32 model over the calibration batches.
-    Layers in `rounded` get plain rounding even with GPTQ (a tied head whose codes are also the embedding table:
-    GPTQ's compensation is for its output, and as embedding rows those codes are further from the weights)."""
-    from llmzip.progress import progress
+    GPTQ statistics it fills in. GPTQ runs once, layer by layer over the calibration batches (sequential_gptq);
+    `make` then hands out copies. Layers in `rounded` get plain rounding even with GPTQ (a tied head whose codes
+    are also the embedding table: GPTQ's compensation is for its output, and as embedding rows those codes are
+    further from the weights)."""
+    import copy
+
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     stats: dict[str, dict[str, float]] = {}
-    recorder = HessianRecorder(fp32, names)
-    if gptq:
-        with recorder, progress() as bar, torch.no_grad():
-            task = bar.add_task("GPTQ: collecting input Hessians", total=len(batches), info="")
-            for batch in batches:
-                recorder.new_batch(batch["attention_mask"])
-                fp32(**batch)
-                bar.advance(task)
 
-    def make(name: str, linear: nn.Linear) -> nn.Module:
+    def rounding(name: str, linear: nn.Linear) -> nn.Module:
         bits = int(bits_of(name))
-        if not gptq or linear.in_features % block_size or name in rounded:
-            return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
+        return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
+
+    def build(name: str, linear: nn.Linear, hessian: torch.Tensor) -> nn.Module:
+        if linear.in_features % block_size or name in rounded:
+            return rounding(name, linear)
+        bits = int(bits_of(name))
         codes, scale, zp, layer_stats = gptq_codes(
-            linear.weight, recorder.hessian(name), bits=bits, block_size=block_size, symmetric=symmetric, damp=damp
+            linear.weight, hessian, bits=bits, block_size=block_size, symmetric=symmetric, damp=damp
         )
         stats[name] = {k: round(v, 6) for k, v in layer_stats.items()}
         return WeightOnlyLinear.from_codes(
             linear, codes, scale, zp, block_size=block_size, symmetric=symmetric, bits=bits
         )
+
+    if not gptq:
+        return rounding, stats
+    built = sequential_gptq(fp32, [n for n in names if n not in rounded], batches, build=build)
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        return copy.deepcopy(built[name]) if name in built else rounding(name, linear)
 
     return make, stats

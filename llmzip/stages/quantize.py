@@ -30,6 +30,7 @@ from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer, source_confi
 from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
+from llmzip.quant.awq import awq_maker
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
 from llmzip.quant.lm_fallback import perplexity_aware
@@ -288,6 +289,7 @@ def quantize(
         gated = perplexity_metric and len(batches) > 1
         held = batches[-max(1, len(batches) // 4) :] if gated else []
         fit = batches[: len(batches) - len(held)]
+        base = fp32  # the float model the quantized layers are cut from (AWQ: its scaled, equivalent twin)
         if weight_only:
             make, gptq_stats = weight_only_maker(
                 fp32,
@@ -302,6 +304,17 @@ def quantize(
             )
             if blocks is not None:
                 make = source_maker(blocks, rounding=make)
+            if algorithm is WeightAlgorithm.AWQ:
+                usable = [n for n in names if not (tied and n == head)]  # a tied head's codes are also the table
+                base, make, gptq_stats = awq_maker(
+                    fp32,
+                    usable,
+                    fit,
+                    bits_of=bits_of,
+                    block=config.weight_block_size,
+                    symmetric=config.weight_symmetric,
+                    rounding=make,
+                )
             step(f"weight-only ({algorithm.value}) on {len(names)} layers")
         else:
 
@@ -310,7 +323,7 @@ def quantize(
 
         extra: dict[str, Any] = {}
         if perplexity_metric and (config.sensitivity or config.max_perplexity_increase is not None):
-            names, extra = perplexity_aware(fp32, names, make, tokenizer, config, tmp)
+            names, extra = perplexity_aware(base, names, make, tokenizer, config, tmp)
             tied = tied and head in names  # a head kept fp32 leaves the embedding its own table
         elif config.sensitivity or config.max_accuracy_drop is not None:
             names, extra = accuracy_aware(fp32, names, make, batches, tokenizer, config, tmp)
@@ -322,7 +335,7 @@ def quantize(
             shutil.rmtree(work_dir(out_dir), ignore_errors=True)
             extra.update(qat_metrics)
         else:
-            quantized = sensitivity.with_quantized(fp32, names, make)
+            quantized = sensitivity.with_quantized(base, names, make)
         attention_names: list[str] = []
         if config.attention:
             attention_names = select(fp32, attention.attention_module_names(fp32), exclude)
