@@ -92,6 +92,15 @@ class Vocabulary(str, enum.Enum):
     TASK_NEAREST = "task-nearest"  # as task, but a dropped id reads its most similar kept row instead of [UNK]
 
 
+class LayerSelection(str, enum.Enum):
+    """Which teacher layers a layer-subset student keeps: evenly spaced (DistilBERT), or the most influential ones
+    by block influence, 1 − cos(layer input, layer output) on training data (ShortGPT): a layer that barely turns
+    its input is the cheapest to drop."""
+
+    EVEN = "even"
+    INFLUENCE = "influence"
+
+
 class Objective(str, enum.Enum):
     """What `llmzip compress` minimises among the candidates within the accuracy budget."""
 

@@ -15,6 +15,7 @@ from llmzip.choices import Activations as Activations
 from llmzip.choices import CalibrationMethod as CalibrationMethod
 from llmzip.choices import CpuTarget as CpuTarget
 from llmzip.choices import Granularity as Granularity
+from llmzip.choices import LayerSelection as LayerSelection
 from llmzip.choices import LmGraph as LmGraph
 from llmzip.choices import Provider as Provider
 from llmzip.choices import SaturationFix as SaturationFix
@@ -81,7 +82,8 @@ class DistillConfig(TrainConfig):
     `epochs`; with 0, all non-zero losses are summed in one stage (DistilBERT's triple loss).
     """
 
-    num_layers: int | None = None  # evenly spaced teacher layers
+    num_layers: int | None = None  # teacher layers kept, chosen by layer_selection
+    layer_selection: LayerSelection = LayerSelection.EVEN
     layers: list[int] | None = None  # explicit teacher layer indices (wins over num_layers)
     hidden_size: int | None = None  # a narrower student (None: the teacher's width)
     intermediate_size: int | None = None
@@ -114,6 +116,9 @@ class DistillConfig(TrainConfig):
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
     teacher_cache: bool = True
     cache_dir: str | None = None  # default: $LLMZIP_CACHE or ~/.cache/llmzip
+    # Causal LMs: cache the teacher's k largest logits per token once (on disk, keyed like the logit cache) and
+    # distill on them instead of running the teacher every step (0: online, full distributions)
+    teacher_top_k: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,6 +140,13 @@ class DistillConfig(TrainConfig):
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
         _check(self.augment_pairs >= 0, "augment_pairs", f"must be >= 0, got {self.augment_pairs}")
         self.vocabulary = as_enum(Vocabulary, self.vocabulary, "vocabulary")
+        self.layer_selection = as_enum(LayerSelection, self.layer_selection, "layer_selection")
+        _check(self.teacher_top_k >= 0, "teacher_top_k", f"must be >= 0, got {self.teacher_top_k}")
+        _check(
+            self.layer_selection is LayerSelection.EVEN or self.layers is None,
+            "layer_selection",
+            "chooses among the teacher's layers for num_layers; drop it with an explicit layers list",
+        )
         _check(
             self.keep_heads is None or self.attention == 0,
             "attention",

@@ -106,7 +106,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
         },
         # A causal-LM teacher always runs online (llmzip/tasks/lm_training.py): there is no logit cache to set.
         "teacher_cache": (CLASSIFIER,),
-        "cache_dir": (CLASSIFIER,),
+        "teacher_top_k": (LM,),
     },
     QuantizeConfig: {
         "weight_block_size": (WEIGHT_ONLY, NOT_SOURCE),

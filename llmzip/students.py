@@ -26,10 +26,54 @@ class StudentPlan:
     basis: torch.Tensor | None = None  # teacher→student embedding projection, when narrower (set by build)
 
 
-def plan(config: DistillConfig, teacher: PreTrainedModel) -> StudentPlan:
+def block_influence(teacher: PreTrainedModel, train: Any, collator: Any, *, batches: int) -> list[float]:
+    """Per teacher layer, 1 − the mean cosine similarity of its input and output hidden states over the real
+    tokens of the first `batches` training batches (block influence, Men et al. 2024): how much the layer turns
+    the residual stream. A layer with little influence is the cheapest to drop."""
+    _, stack = layer_stack(teacher)
+    sums = [0.0] * len(stack)
+    count = 0
+    inputs: dict[int, torch.Tensor] = {}
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def before(i: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            inputs[i] = args[0].detach()
+
+        return hook
+
+    def after(i: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            hidden = out[0] if isinstance(out, tuple) else out
+            cos = torch.nn.functional.cosine_similarity(inputs.pop(i).float(), hidden.detach().float(), dim=-1)
+            sums[i] += float(cos[mask_holder["m"]].sum())
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(before(i)) for i, layer in enumerate(stack)]
+    handles += [layer.register_forward_hook(after(i)) for i, layer in enumerate(stack)]
+    rows = [{k: train[i][k] for k in ("input_ids", "attention_mask")} for i in range(min(len(train), 8 * batches))]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), 8):
+                batch = collator(rows[start : start + 8])
+                mask_holder["m"] = batch["attention_mask"].bool()
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                count += int(mask_holder["m"].sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [1.0 - total / max(1, count) for total in sums]
+
+
+def plan(config: DistillConfig, teacher: PreTrainedModel, *, influence: list[float] | None = None) -> StudentPlan:
     n = len(layer_stack(teacher)[1])
     if config.layers is not None:
         layers = list(config.layers)
+    elif config.num_layers is not None and influence is not None:
+        if not 0 < config.num_layers <= n:
+            raise ModelError(f"num_layers must be in [1, {n}] for this teacher, got {config.num_layers}")
+        layers = sorted(sorted(range(n), key=lambda i: -influence[i])[: config.num_layers])
     elif config.num_layers is not None:
         layers = evenly_spaced(n, config.num_layers)
     else:

@@ -19,6 +19,25 @@ import torch
 from llmzip.progress import progress, step
 
 LOGITS_FILE = "logits.npy"
+TOPK_FILES = ("topk_values.npy", "topk_indices.npy")
+
+
+class TopK:
+    """A causal-LM teacher's k largest logits at every token of some windows (values [rows, T, k], indices): what
+    a top-k cache holds instead of 49k-wide distributions (12.6 MB per 128-token SmolLM2 window in fp16; k = 64
+    keeps ~33 KB). Indexable by example ids like the dense cache, and movable like a tensor."""
+
+    def __init__(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+        self.values, self.indices = values, indices
+
+    def __getitem__(self, ids: Any) -> TopK:
+        return TopK(self.values[ids], self.indices[ids])
+
+    def to(self, device: Any) -> TopK:
+        return TopK(self.values.to(device), self.indices.to(device))
+
+    def float(self) -> TopK:
+        return TopK(self.values.float(), self.indices.long())
 
 
 def cache_root(configured: str | None) -> Path:
@@ -33,6 +52,35 @@ def inputs_hash(encoded: Any) -> str:
                 h.update(np.asarray(row, dtype=np.int32).tobytes())
                 h.update(b"|")
     return h.hexdigest()
+
+
+def _compute_top_k(
+    teacher: torch.nn.Module, encoded: Any, collator: Any, batch_size: int, device: Any, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest teacher logits (fp16) and their token ids (int32) at every position of equal-length windows."""
+    rows = len(encoded)
+    values: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    teacher.eval()
+    with progress() as bar, torch.inference_mode():
+        task = bar.add_task(f"teacher top-{k} logits (cached)", total=rows, info="")
+        for start in range(0, rows, batch_size):
+            batch_rows = [
+                {c: encoded[i][c] for c in ("input_ids", "attention_mask")}
+                for i in range(start, min(rows, start + batch_size))
+            ]
+            batch = {key: v.to(device) for key, v in collator(batch_rows).items()}
+            top = teacher(**batch).logits.float().topk(k, dim=-1)
+            if values is None:
+                length = top.values.shape[1]
+                values = np.zeros((rows, length, k), dtype=np.float16)
+                indices = np.zeros((rows, length, k), dtype=np.int32)
+            assert indices is not None
+            values[start : start + len(batch_rows)] = top.values.cpu().numpy().astype(np.float16)
+            indices[start : start + len(batch_rows)] = top.indices.cpu().numpy().astype(np.int32)
+            bar.advance(task, len(batch_rows))
+    assert values is not None and indices is not None
+    return values, indices
 
 
 def _compute(teacher: torch.nn.Module, encoded: Any, collator: Any, batch_size: int, device: Any) -> np.ndarray:
@@ -66,22 +114,29 @@ def teacher_logits(
     root: Path,
     batch_size: int = 64,
     device: Any = "cpu",
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """fp16 logits [rows, classes] from the cache, computing and storing them on a miss."""
+    top_k: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """fp16 logits [rows, classes] from the cache, computing and storing them on a miss; with `top_k` (a causal
+    LM), the k largest logits per token as a TopK."""
     data_hash = inputs_hash(encoded)
-    key = hashlib.sha256(f"{teacher_hash}:{data_hash}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{teacher_hash}:{data_hash}{f':top{top_k}' if top_k else ''}".encode()).hexdigest()[:32]
     folder = root / "teacher-logits" / key
-    info = {"key": key, "path": str(folder), "rows": len(encoded)}
-    if (folder / LOGITS_FILE).is_file():
-        logits = np.load(folder / LOGITS_FILE)
-        if logits.shape[0] == len(encoded):
+    info = {"key": key, "path": str(folder), "rows": len(encoded), **({"top_k": top_k} if top_k else {})}
+    files = TOPK_FILES if top_k else (LOGITS_FILE,)
+    if all((folder / f).is_file() for f in files):
+        arrays = [np.load(folder / f) for f in files]
+        if arrays[0].shape[0] == len(encoded):
             step(f"teacher logits: cache hit {folder}")
-            return torch.from_numpy(logits), {**info, "hit": True}
-    logits = _compute(teacher, encoded, collator, batch_size, device)
+            return _wrap(arrays), {**info, "hit": True}
+    if top_k:
+        arrays = list(_compute_top_k(teacher, encoded, collator, batch_size, device, top_k))
+    else:
+        arrays = [_compute(teacher, encoded, collator, batch_size, device)]
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    np.save(tmp / LOGITS_FILE, logits)
+    for name, array in zip(files, arrays):
+        np.save(tmp / name, array)
     (tmp / "meta.json").write_text(json.dumps({"teacher": teacher_hash, "inputs": data_hash, **info}) + "\n")
     if folder.exists():  # another process finished first: theirs is identical
         import shutil
@@ -89,4 +144,10 @@ def teacher_logits(
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.rename(folder)
-    return torch.from_numpy(logits), {**info, "hit": False}
+    return _wrap(arrays), {**info, "hit": False}
+
+
+def _wrap(arrays: list[np.ndarray]) -> Any:
+    if len(arrays) == 2:
+        return TopK(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
+    return torch.from_numpy(arrays[0])

@@ -64,6 +64,36 @@ def test_token_kl_matches_hand_computed_values() -> None:
     assert token_kl(teacher, teacher, torch.ones(1, 3), 2.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_token_kl_on_a_full_top_k_equals_the_dense_kl() -> None:
+    from llmzip.teacher_cache import TopK
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    mask = torch.ones(2, 5)
+    top = teacher.topk(7, dim=-1)
+    dense = token_kl(student, teacher, mask, 2.0)
+    assert token_kl(student, TopK(top.values, top.indices), mask, 2.0).item() == pytest.approx(dense.item(), rel=1e-5)
+    top3 = teacher.topk(3, dim=-1)  # a truncated teacher is renormalised over its k tokens: a different, finite loss
+    assert torch.isfinite(token_kl(student, TopK(top3.values, top3.indices), mask, 2.0))
+
+
+def test_influence_keeps_the_layers_that_turn_the_stream_and_top_k_is_cached_once(
+    tiny_llama: Path, corpus: Path, tmp_path: Path
+) -> None:
+    args = ("--num-layers", 2, "--layer-selection", "influence", "--teacher-top-k", 8, "--alpha", 1.0)
+    for name in ("a", "b"):
+        result = invoke("distill", tiny_llama, "-o", tmp_path / name, "--data", corpus, *WINDOW, *FAST, *args)
+        assert result.exit_code == 0, result.stderr
+    first, second = (read_manifest(tmp_path / n)["metrics"] for n in ("a", "b"))  # type: ignore[index]
+    influence = first["init"]["block_influence"]
+    kept = sorted(sorted(range(len(influence)), key=lambda i: -influence[i])[:2])
+    student = load_pretrained(tmp_path / "a")
+    assert student.config.llmzip_teacher_layers == kept and student.config.num_hidden_layers == 2
+    caches = [m["stages"]["prediction"]["teacher_cache"] for m in (first, second)]
+    assert caches[0]["top_k"] == 8 and not caches[0]["hit"] and caches[1]["hit"]
+    assert caches[0]["key"] == caches[1]["key"]
+
+
 def test_next_token_ce_scores_position_i_against_token_i_plus_1() -> None:
     logits = torch.randn(2, 4, 7)
     labels = torch.tensor([[1, 2, 3, 4], [5, 6, IGNORE, IGNORE]])

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmzip.choices import Vocabulary
+from llmzip.choices import LayerSelection, Vocabulary
 from llmzip.cli.common import (
     DATA_FLAGS,
     TRAIN_FLAGS,
@@ -102,7 +102,16 @@ def distill(
     ],
     out: Out,
     num_layers: Annotated[
-        Optional[int], typer.Option(help="Student depth: evenly spaced teacher layers.", rich_help_panel="Student")
+        Optional[int],
+        typer.Option(help="Student depth: teacher layers kept (see --layer-selection).", rich_help_panel="Student"),
+    ] = None,
+    layer_selection: Annotated[
+        Optional[LayerSelection],
+        typer.Option(
+            help="Which --num-layers teacher layers: evenly spaced, or the most influential (1 − cos of each "
+            "layer's input and output on training data).",
+            rich_help_panel="Student",
+        ),
     ] = None,
     layers: Annotated[
         Optional[str],
@@ -186,6 +195,13 @@ def distill(
         Optional[str],
         typer.Option(help="Teacher cache folder (default $LLMZIP_CACHE or ~/.cache/llmzip).", rich_help_panel="Losses"),
     ] = None,
+    teacher_top_k: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Causal LMs: cache the teacher's k largest logits per token once and distill on them (0: online).",
+            rich_help_panel="Losses",
+        ),
+    ] = None,
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
@@ -237,6 +253,7 @@ def distill(
     """
     student_flags = (
         "num_layers",
+        "layer_selection",
         "layers",
         "temperature",
         "alpha",
@@ -251,6 +268,7 @@ def distill(
         "intermediate_epochs",
         "teacher_cache",
         "cache_dir",
+        "teacher_top_k",
         "keep_heads",
         "keep_ffn",
         "vocabulary",

@@ -14,7 +14,7 @@ from typing import Any
 
 from llmzip import students, teacher_cache, training
 from llmzip.artifact import EXTERNAL, open_model_source
-from llmzip.config import DistillConfig
+from llmzip.config import DistillConfig, LayerSelection
 from llmzip.data import data_paths
 from llmzip.kd import StudentWithProjections, distill_trainer_class
 from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer, source_config
@@ -49,13 +49,6 @@ def distill(
         check_length(
             teacher_model.config, config.data.max_length, "--max-length", teacher
         )  # a hub id: pinned to its commit
-        plan = students.plan(config, teacher_model)
-        student, init = students.build(config, teacher_model, plan)
-        if needs_attention:
-            student.set_attn_implementation("eager")
-        student.config.llmzip_teacher_layers = plan.layers
-        for p in teacher_model.parameters():
-            p.requires_grad_(False)
         task = task_of(teacher_model.config)
         label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
         train_loaded = None
@@ -63,6 +56,19 @@ def distill(
             train_loaded = _augmented(config, task, teacher_model, tokenizer)
         job = task.training(config, tokenizer, label2id=label2id, train_loaded=train_loaded)
         prepared, collator, metric = job.prepared, job.collator, job.metric
+        influence = None
+        if config.layer_selection is LayerSelection.INFLUENCE:
+            step("measuring each teacher layer's block influence on training batches")
+            influence = students.block_influence(teacher_model, prepared.train, collator, batches=config.prune_batches)
+        plan = students.plan(config, teacher_model, influence=influence)
+        student, init = students.build(config, teacher_model, plan)
+        if influence is not None:
+            init["block_influence"] = [round(v, 5) for v in influence]
+        if needs_attention:
+            student.set_attn_implementation("eager")
+        student.config.llmzip_teacher_layers = plan.layers
+        for p in teacher_model.parameters():  # after the student is cut from it: the copy must stay trainable
+            p.requires_grad_(False)
         shrunk = students.shrink(config, student, teacher_model, tokenizer, prepared.train, collator)
         if shrunk:
             init["structure"] = shrunk
@@ -90,7 +96,9 @@ def distill(
                 step("intermediate stage already finished: resuming at the prediction stage")
                 continue
             cached, cache_info = None, None
-            if config.teacher_cache and job.cache_teacher and weights.keys() <= {"kd", "ce"} and "kd" in weights:
+            top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
+            caches = job.cache_teacher or top_k is not None
+            if config.teacher_cache and caches and weights.keys() <= {"kd", "ce"} and "kd" in weights:
                 with PartialState().main_process_first():
                     cached, cache_info = teacher_cache.teacher_logits(
                         teacher_model,
@@ -98,7 +106,8 @@ def distill(
                         prepared.train,
                         collator,
                         root=teacher_cache.cache_root(config.cache_dir),
-                        batch_size=config.eval_batch_size,
+                        batch_size=4 if top_k else config.eval_batch_size,
+                        top_k=top_k,
                     )
             uses_states = bool(weights.keys() & {"hidden_mse", "hidden_cos", "embedding"})
             model = StudentWithProjections(

@@ -2,14 +2,13 @@
 
 Everything here is what the stages ask `CausalLM` for (see llmzip/tasks/causal_lm.py); the stages stay task-agnostic.
 
-The teacher runs online, every distillation step, instead of through llmzip's on-disk logit cache. Why:
-- full-vocabulary logits do not fit on disk: 49,152 fp16 logits × 128 tokens is 12.6 MB per window, 27 GB for
-  WikiText-2's ~2,100 training windows (and 4× that at 512 tokens);
-- a top-k cache (k=64 logits + the log-sum-exp, ~50 KB per window) fits, but its KL is an approximation that drops
-  the tail of every teacher distribution (and with it most of the T > 1 "dark knowledge"), and it only pays off when a
-  window is seen many times; an LM distillation run sees each window about once, so computing the cache costs the
-  same teacher forwards as running the teacher online, which is exact;
-- the teacher's forward needs no backward: it adds roughly a third to a half-depth student's step, on any device.
+The teacher runs online by default, every distillation step: full-vocabulary logits do not fit on disk (49,152
+fp16 logits × 128 tokens is 12.6 MB per window, 27 GB for WikiText-2's ~2,100 training windows), and an LM
+distillation run that sees each window about once would pay the same teacher forwards to fill a cache.
+`distill --teacher-top-k K` caches each token's K largest teacher logits instead (≈33 KB per window at K = 64,
+keyed like the classifier logit cache): once filled, every step of every epoch and every later run on the same
+windows is a student step only — what healing a pruned student over several epochs needs. Its KL is over the
+teacher's renormalised top K (the dropped tail holds little mass at T ≈ 1).
 """
 
 from __future__ import annotations
@@ -26,13 +25,14 @@ from llmzip.config import DataConfig, TrainConfig
 from llmzip.errors import DataError
 from llmzip.losses import PredictionLosses
 from llmzip.tasks.causal_lm import windows
+from llmzip.teacher_cache import TopK
 from llmzip.training import Metric, Prepared, TaskTraining
 
 IGNORE = -100  # label of a position that is not scored (padding), as transformers' LM losses expect
 
 
 def token_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)) per token position, averaged over real (mask = 1) tokens.
 
@@ -41,8 +41,14 @@ def token_kl(
     """
     t = temperature
     log_s = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-    per_token = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
+    if isinstance(teacher_logits, TopK):
+        # A cached top-k teacher: its distribution renormalised over its k most likely tokens (the tail it drops
+        # holds little mass at T ≈ 1), against the student's full-vocabulary log-probabilities at those tokens.
+        log_t = F.log_softmax(teacher_logits.values.float() / t, dim=-1)
+        per_token = (log_t.exp() * (log_t - log_s.gather(-1, teacher_logits.indices))).sum(-1)
+    else:
+        log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+        per_token = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
     m = mask.to(per_token.dtype)
     return (per_token * m).sum() / m.sum().clamp(min=1) * (t * t)
 
