@@ -83,7 +83,7 @@ def test_awq_scales_fold_into_the_norms(lm: dict[str, Path], layout: tuple[objec
     m_awq = json.loads((awq / "manifest.json").read_text())["metrics"]
     # a random tiny model has no activation outliers to protect: AWQ may only match rounding here (the SmolLM2
     # numbers are bench-llm's), but never lose much on the held-back windows
-    assert m_awq["algorithm"] == "awq" and m_awq["logits_sqnr_db"] > m_rtn["logits_sqnr_db"] - 1.0
+    assert m_awq["algorithm"] == "awq" and m_awq["logits_sqnr_db"] > m_rtn["logits_sqnr_db"] - 2.0
     # the activation scales live in the RMSNorm weights (nothing added to the graph)
     fp32 = load_model(open_artifact(lm["imported"], verb="t", accepts=("import",)))
     q = load_model(open_artifact(awq, verb="t", accepts=("quantize",)))

@@ -159,6 +159,13 @@ def awq(
                 stats[wanted[0]] = {"scale_max": round(float(s.max()), 4), "scale_min": round(float(s.min()), 4)}
             hidden = [_hidden(layer(x, *args[1:], **kwargs)) for x, (args, kwargs) in zip(hidden, captured)]
             bar.advance(task)
+        # The output head reads the final norm of the last layer's output: its clipping is searched on that (its
+        # columns are not scaled: a tied head's columns are the embedding's too).
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head_name = next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
+        final_norm = getattr(getattr(model, "model", None), "norm", None)
+        if head_name in names and final_norm is not None:
+            samples[head_name] = _sample([final_norm(h) for h in hidden])
     return samples, stats
 
 

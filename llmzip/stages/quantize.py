@@ -305,10 +305,9 @@ def quantize(
             if blocks is not None:
                 make = source_maker(blocks, rounding=make)
             if algorithm is WeightAlgorithm.AWQ:
-                usable = [n for n in names if not (tied and n == head)]  # a tied head's codes are also the table
                 base, make, gptq_stats = awq_maker(
                     fp32,
-                    usable,
+                    names,
                     fit,
                     bits_of=bits_of,
                     block=config.weight_block_size,
