@@ -33,13 +33,19 @@ SAMPLE_TOKENS = 2048  # calibration tokens each search runs on (of every window,
 FOLDABLE_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "GraniteRMSNorm")
 
 
+def _pad(t: torch.Tensor, block: int) -> torch.Tensor:
+    """The last dimension zero-padded to whole blocks (as MatMulNBits pads K)."""
+    extra = -t.shape[-1] % block
+    return torch.nn.functional.pad(t, (0, extra)) if extra else t
+
+
 def _fake_quant(w: torch.Tensor, *, bits: int, block: int, symmetric: bool, ratio: float = 1.0) -> torch.Tensor:
     """w [N, K] rounded blockwise (the block's range shrunk by `ratio`) and dequantized again."""
     n, k = w.shape
-    blocks = w.reshape(n, k // block, block)
+    blocks = _pad(w, block).reshape(n, -1, block)
     scale, zero_point, grid = block_qparams(blocks * ratio, bits=bits, symmetric=symmetric)
     codes = qmath.quantize(blocks, scale[..., None], zero_point[..., None], grid)
-    return ((codes.float() - zero_point[..., None].float()) * scale[..., None]).reshape(n, k)
+    return ((codes.float() - zero_point[..., None].float()) * scale[..., None]).reshape(n, -1)[:, :k]
 
 
 def _groups(layer: nn.Module) -> list[tuple[nn.Module | None, list[str], str]]:
@@ -88,11 +94,11 @@ def clipped_codes(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes [N, K/block, block], scales and zero points with each (row, block)'s range shrunk by the ratio that
     minimises that block's output error on the calibration inputs `x` [tokens, K]."""
-    n, k = weight.shape
-    w = weight.detach().float().reshape(n, k // block, block)
-    xb = x.float().reshape(len(x), k // block, block)
-    best_err = torch.full((n, k // block), float("inf"))
-    best_ratio = torch.ones(n, k // block)
+    n = weight.shape[0]
+    w = _pad(weight.detach().float(), block).reshape(n, -1, block)
+    xb = _pad(x.float(), block).reshape(len(x), -1, block)
+    best_err = torch.full(w.shape[:2], float("inf"))
+    best_ratio = torch.ones(w.shape[:2])
     for ratio in CLIP_RATIOS:
         scale, zp, grid = block_qparams(w * ratio, bits=bits, symmetric=symmetric)
         dq = (qmath.quantize(w, scale[..., None], zp[..., None], grid).float() - zp[..., None].float()) * scale[
@@ -190,7 +196,7 @@ def awq_maker(
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
         x = samples.get(name)
-        if x is None or linear.in_features % block:
+        if x is None:
             return rounding(name, linear)
         bits = int(bits_of(name))
         codes, scale, zp = clipped_codes(linear.weight, x, bits=bits, block=block, symmetric=symmetric)

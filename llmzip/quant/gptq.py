@@ -96,8 +96,9 @@ def gptq_codes(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
     """[N, K] weight → (codes [N, k_blocks, block], scales, zero points [N, k_blocks], stats) by GPTQ.
 
-    K must be a whole number of blocks. `damp` adds that fraction of mean(diag H) to the diagonal (the paper's
-    percdamp), which keeps the Cholesky factorisation stable when some inputs are (nearly) constant.
+    A partial last block is padded with always-zero inputs (as MatMulNBits pads K). `damp` adds that fraction of
+    mean(diag H) to the diagonal (the paper's percdamp), which keeps the Cholesky factorisation stable when some
+    inputs are (nearly) constant.
 
     `act_order` rounds the columns with the largest Hessian diagonal first (the inputs whose error costs most are
     rounded while the most columns are left to absorb it). MatMulNBits needs each block's inputs contiguous, so
@@ -105,10 +106,12 @@ def gptq_codes(
     the order in which columns are rounded onto them; without act_order each block's scale is fitted when the
     walk reaches it, on the error-corrected weights. Either way the scales used in the sweep are the ones stored.
     """
-    n, k = weight.shape
-    assert k % block_size == 0, (k, block_size)
-    w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
+    n, k0 = weight.shape
+    k = -(-k0 // block_size) * block_size  # a partial last block is padded with inputs that are always 0
+    w = torch.zeros(n, k)
+    w[:, :k0] = weight.detach().float()
+    h = torch.zeros(k, k)
+    h[:k0, :k0] = hessian.detach().float()
     dead = torch.diag(h) == 0  # an input that is always 0: its weights cannot matter; zero them
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -151,7 +154,7 @@ def gptq_codes(
         if hinv is not None:
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     deq = (codes.float().reshape(n, blocks, block_size) - zero_points[..., None]) * scales[..., None]
-    deq = deq.reshape(n, k)
+    deq = deq.reshape(n, k)[:, :k0]
     weight = weight.detach().float()
     diff = deq - weight
     stats = {
@@ -275,7 +278,7 @@ def weight_only_maker(
         return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
 
     def build(name: str, linear: nn.Linear, hessian: torch.Tensor) -> nn.Module:
-        if linear.in_features % block_size or name in rounded:
+        if name in rounded:
             return rounding(name, linear)
         bits = int(bits_of(name))
         codes, scale, zp, layer_stats = gptq_codes(
