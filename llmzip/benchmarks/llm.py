@@ -6,9 +6,9 @@ exactly: MatMulNBits + block-offset corrections), llmzip-gguf-exact-float-zp (th
 the slow exact form), llmzip-int4 / -gptq / -awq (int4 block 32 symmetric, lm_head and the tied embedding too:
 rounding, GPTQ, AWQ), llmzip-int4-g128-rtn / -gptq / -awq (block 128 asymmetric, the common GPTQ/AWQ setting),
 llmzip-int4-traced (the GPTQ model as the traced graph: what the fused decoder ops are worth), genai-int4 /
-genai-fp32 (onnxruntime-genai's model builder, built and run in .venv-genai), and for each distilled student given
-with --student NAME=DIR: student-NAME-llmzip-int4 and student-NAME-torch-fp32 (--student-fp32 NAME=DIR: that row
-only). The block-32/128 rows re-round float weights: they stand in for a bf16/fp16 source, since neither grid
+genai-fp32 (onnxruntime-genai's model builder, built and run in .venv-genai), the quarter-smaller student
+(student-22l-torch-fp32, student-22l-llmzip-int4-awq: see STUDENT), and for each distilled student given with
+--student NAME=DIR: student-NAME-llmzip-int4 and student-NAME-torch-fp32 (--student-fp32 NAME=DIR: that row only). The block-32/128 rows re-round float weights: they stand in for a bf16/fp16 source, since neither grid
 lines up with the GGUF's.
 Data: WikiText-2 raw test (../shared/data/wikitext-2-raw/wiki.test.raw). Perplexity on its first 20
 non-overlapping 512-token windows; calibration windows come from the text after them (--skip-tokens), so the
@@ -46,6 +46,34 @@ INT4_ROWS = {  # name → quantize settings (block 32 symmetric: the builder's d
         for a in ("rtn", "gptq", "awq")
     },
 }
+
+
+# The quarter-smaller student: 22 of the 30 layers, the most influential by block influence, healed by KD on the
+# teacher's cached top-64 logits (800 windows of 128 tokens after the scored ones, 500 steps of 4 windows: each
+# window seen 2.5 times, 256k tokens in all).
+STUDENT = {
+    "num_layers": 22,
+    "layer_selection": "influence",
+    "teacher_top_k": 64,
+    "alpha": 0.5,
+    "temperature": 1.0,
+    "learning_rate": 2e-4,
+    "batch_size": 4,
+    "max_steps": 500,
+}
+STUDENT_DATA = {"max_length": 128, "max_train_samples": 800}
+
+
+def student(teacher: Path, out: Path, quick: bool) -> Path:
+    from llmzip.config import DistillConfig
+    from llmzip.stages.distill import distill
+
+    data = DataConfig(dataset=str(WIKITEXT), skip_tokens=SCORED_TOKENS, **STUDENT_DATA)
+    if quick:
+        data = DataConfig(dataset=str(WIKITEXT), skip_tokens=SCORED_TOKENS, max_length=128, max_train_samples=16)
+    steps = 5 if quick else STUDENT["max_steps"]
+    config = DistillConfig(data=data, cache_dir=str(out / "teacher-cache"), **{**STUDENT, "max_steps": steps})
+    return _stage(out / "student-22l", lambda: distill(str(teacher), out / "student-22l", config=config))
 
 
 def second_corpus(out: Path) -> Path:
@@ -131,12 +159,14 @@ def targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     if "rtn" in g128:
         out["block128_beats_rtn"] = {**g128, "met": min(g128.get("gptq", 1e9), g128.get("awq", 1e9)) < g128["rtn"]}
-    teacher_int4 = rows.get("llmzip-int4")
+    teacher_int4 = rows.get("llmzip-int4-awq")
     for name, row in rows.items():
-        if name.startswith("student-") and name.endswith("-llmzip-int4") and teacher_int4 is not None:
+        if name.startswith("student-") and "-llmzip-int4" in name and teacher_int4 is not None:
+            fp32_row = rows.get(name.split("-llmzip-")[0] + "-torch-fp32")
             out[f"{name}_vs_teacher"] = {
                 "perplexity_ratio_vs_fp32_teacher": round(row["perplexity"] / fp32, 3),
-                "decode_speedup_vs_teacher_int4": round(
+                "student_fp32_perplexity_ratio": round(fp32_row["perplexity"] / fp32, 3) if fp32_row else None,
+                "decode_speedup_vs_teacher_int4_awq": round(
                     row["decode_tokens_per_s"] / teacher_int4["decode_tokens_per_s"], 2
                 ),
                 "met_1.3x_ppl_and_1.25x_decode": row["perplexity"] <= 1.3 * fp32
@@ -191,6 +221,11 @@ def main() -> None:
         )
     for name, quant in INT4_ROWS.items():
         dirs[name] = quantized_export(teacher, out, name, quant, calib_windows)
+    small = student(teacher, out, args.quick)
+    dirs["student-22l-torch-fp32"] = small
+    dirs["student-22l-llmzip-int4-awq"] = quantized_export(
+        small, out, "student-22l-llmzip-int4-awq", INT4_ROWS["llmzip-int4-awq"], calib_windows
+    )
     # the GPTQ model as a traced graph: what onnxruntime's fused decoder ops are worth
     traced = ExportConfig(lm_graph="traced")  # type: ignore[arg-type]
     dirs["llmzip-int4-traced"] = _stage(
