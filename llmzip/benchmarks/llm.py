@@ -8,8 +8,9 @@ rounding, GPTQ, AWQ), llmzip-int4-g128-rtn / -gptq / -awq (block 128 asymmetric,
 llmzip-int4-traced (the GPTQ model as the traced graph: what the fused decoder ops are worth), genai-int4 /
 genai-fp32 (onnxruntime-genai's model builder, built and run in .venv-genai), the quarter-smaller student
 (student-22l-torch-fp32, student-22l-llmzip-int4-awq: see STUDENT), and for each distilled student given with
---student NAME=DIR: student-NAME-llmzip-int4 and student-NAME-torch-fp32 (--student-fp32 NAME=DIR: that row only). The block-32/128 rows re-round float weights: they stand in for a bf16/fp16 source, since neither grid
-lines up with the GGUF's.
+--student NAME=DIR: student-NAME-llmzip-int4 and student-NAME-torch-fp32 (--student-fp32 NAME=DIR: that row only).
+The block-32/128 rows re-round float weights: they stand in for a bf16/fp16 source, since neither grid lines up
+with the GGUF's.
 Data: WikiText-2 raw test (../shared/data/wikitext-2-raw/wiki.test.raw). Perplexity on its first 20
 non-overlapping 512-token windows; calibration windows come from the text after them (--skip-tokens), so the
 scored tokens are never calibrated or trained on. Every variant is also scored on a second text that no choice
