@@ -151,7 +151,9 @@ def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source:
     for i in range(5, ids.shape[1]):
         logits, state = runner.step(ids[:, i : i + 1], state)
         steps.append(logits[:, -1])
-    np.testing.assert_allclose(np.stack(steps[:-1], 1), full[:, 4:-1], atol=1e-4)
+    # accuracy_level 4 quantizes each call's activations (a prefill and a step see different blocks of rows):
+    # a few 1e-3 apart; a cache that lost the past is off by whole logits
+    np.testing.assert_allclose(np.stack(steps[:-1], 1), full[:, 4:-1], atol=2e-2)
 
 
 def test_generate_prints_text_from_the_export(lm: dict[str, Path]) -> None:

@@ -260,13 +260,11 @@ def weight_only_maker(
     symmetric: bool,
     gptq: bool,
     damp: float,
-    rounded: frozenset[str] = frozenset(),
 ) -> tuple[Any, dict[str, dict[str, float]]]:
     """`make(name, linear)` building each WeightOnlyLinear (GPTQ codes when `gptq`, else rounding), and the per-layer
     GPTQ statistics it fills in. GPTQ runs once, layer by layer over the calibration batches (sequential_gptq);
-    `make` then hands out copies. Layers in `rounded` get plain rounding even with GPTQ (a tied head whose codes
-    are also the embedding table: GPTQ's compensation is for its output, and as embedding rows those codes are
-    further from the weights)."""
+    `make` then hands out copies. A tied head is GPTQ'd like any layer although its codes are also the embedding
+    rows: measured on SmolLM2 (block 32), perplexity 42.40 with the head GPTQ'd vs 45.06 with it rounded."""
     import copy
 
     from llmzip.quant.weight_only import WeightOnlyLinear
@@ -278,8 +276,6 @@ def weight_only_maker(
         return WeightOnlyLinear.from_float(linear, block_size=block_size, symmetric=symmetric, bits=bits)
 
     def build(name: str, linear: nn.Linear, hessian: torch.Tensor) -> nn.Module:
-        if name in rounded:
-            return rounding(name, linear)
         bits = int(bits_of(name))
         codes, scale, zp, layer_stats = gptq_codes(
             linear.weight, hessian, bits=bits, block_size=block_size, symmetric=symmetric, damp=damp
@@ -291,7 +287,7 @@ def weight_only_maker(
 
     if not gptq:
         return rounding, stats
-    built = sequential_gptq(fp32, [n for n in names if n not in rounded], batches, build=build)
+    built = sequential_gptq(fp32, names, batches, build=build)
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
         return copy.deepcopy(built[name]) if name in built else rounding(name, linear)

@@ -300,7 +300,6 @@ def quantize(
                 symmetric=config.weight_symmetric,
                 gptq=algorithm is WeightAlgorithm.GPTQ,
                 damp=config.gptq_damp,
-                rounded=frozenset([str(head)]) if tied else frozenset(),
             )
             if blocks is not None:
                 make = source_maker(blocks, rounding=make)
@@ -443,7 +442,6 @@ def quantize(
             "weight_bits": config.weight_bits if blocks is None else None,  # a source's blocks: per layer
             "weight_only": weight_only,
             "algorithm": algorithm.value if weight_only else None,
-            "rounded_layers": [str(head)] if tied and algorithm is WeightAlgorithm.GPTQ else [],
             **(_source_metrics(blocks, names) if blocks is not None else {}),
             "head_bits": bits_of(head) if head in names else None,
             "exclude": exclude,
