@@ -283,3 +283,10 @@ def encode(
     from datasets import Dataset as HFDataset
 
     return HFDataset.from_dict(columns)
+
+
+def token_windows(tokenizer: Any, text: str, length: int, skip: int = 0) -> list[list[int]]:
+    """The text's token ids (after the first `skip`) cut into non-overlapping windows of `length` (a shorter tail
+    is dropped)."""
+    ids = tokenizer(text, add_special_tokens=True).input_ids[skip:]
+    return [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]

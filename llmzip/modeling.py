@@ -69,27 +69,6 @@ def refuse_remote_code(source: str | Path, err: Exception | None = None) -> None
         )
 
 
-# Families whose position ids start after the padding index (RoBERTa's convention): 2 fewer usable tokens.
-_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "data2vec-text"}
-
-
-def max_tokens(config: Any) -> int | None:
-    """How many tokens the model's position embeddings can take (None when it has no absolute limit)."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int):
-        return None
-    if getattr(config, "model_type", "") in _PADDING_OFFSET_POSITIONS:
-        positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1
-    return positions
-
-
-def check_length(config: Any, length: int, option: str, source: str | Path) -> None:
-    """Refuse a sequence length beyond the model's positions before it becomes an index error mid-run."""
-    limit = max_tokens(config)
-    if limit is not None and length > limit:
-        raise ModelError(f"{option} {length} exceeds the {limit} token positions of {source}; use {option} {limit}")
-
-
 def check_finite(model: nn.Module, source: str | Path) -> None:
     """Refuse NaN/Inf weights (a corrupt checkpoint or a diverged training run) before they reach any result."""
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
@@ -121,7 +100,7 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
     only (pickle can run code when unpickled) unless `llmzip --allow-pickle`, and a head that the checkpoint
     lacks is initialised from `seed`, so every stage that loads the same folder gets the same model.
     """
-    from llmzip import structure
+    from llmzip.shrink import restore, structure
     from llmzip.tasks import task_of
 
     quiet_libraries()
@@ -136,7 +115,7 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
         )
     if structure.has_structure(config):
         # Pruned layers are smaller than the config implies, which from_pretrained refuses as a size mismatch.
-        model = structure.load_structured(auto, source, seed=seed, **kwargs)
+        model = restore.load_structured(auto, source, seed=seed, **kwargs)
         check_finite(model, source)
         return model.eval()
     try:
@@ -183,9 +162,9 @@ def load_quantized(path: Path) -> PreTrainedModel:
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from llmzip import structure
     from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears, scaled_like
     from llmzip.quant.weight_only import SharedEmbedding, WeightOnlyLinear
+    from llmzip.shrink import restore
     from llmzip.tasks import task_of
 
     quiet_libraries()
@@ -204,7 +183,7 @@ def load_quantized(path: Path) -> PreTrainedModel:
         )
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = task_of(config).auto_class().from_config(config)
-    structure.restore(model)  # a pruned model's smaller layers, before they are swapped for quantized ones
+    restore.restore(model)  # a pruned model's smaller layers, before they are swapped for quantized ones
     conv1d_as_linear(model)  # the quantized layers were Linears when quantize saw them
     scheme = spec["scheme"]
 

@@ -21,7 +21,6 @@ from llmzip.config import (
     DataConfig,
     DistillConfig,
     ExportConfig,
-    Provider,
     QuantizeConfig,
     WeightAlgorithm,
 )
@@ -70,7 +69,6 @@ QAT = Rule(lambda c, s: c.qat_steps > 0, "quantization-aware training (--qat-ste
 ENCODER_STUDENT = Rule(
     lambda c, s: not s.is_lm, "encoder students (BERT-style classifiers); a causal-LM student is a layer subset"
 )
-CPU_ONLY = Rule(lambda c, s: not s.is_lm or c.provider is Provider.CPU, "classifiers so far (the LM bench runs on CPU)")
 
 
 def _baselines(config: BenchConfig, scope: Scope) -> bool:
@@ -156,7 +154,6 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
                 "max_accuracy_drop",
             )
         },
-        "provider": (CPU_ONLY,),
         "baselines": (BASELINES,),
     },
 }

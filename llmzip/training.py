@@ -22,8 +22,8 @@ import torch
 from llmzip import data as data_mod
 from llmzip.artifact import Artifact, carry_forward, write_manifest
 from llmzip.config import TrainConfig, to_dict
-from llmzip.losses import SEQUENCE_LOSSES, PredictionLosses
 from llmzip.outputs import check_output, staging
+from llmzip.shrink.losses import SEQUENCE_LOSSES, PredictionLosses
 
 
 @dataclass

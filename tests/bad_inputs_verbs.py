@@ -330,7 +330,12 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "bench-lm-workload-on-a-classifier": lambda e: Case(
         ["bench", e.chain["onnx_int8"], "--data", DEMO_VALIDATION, "--new-tokens", 8], "new_tokens=8"
     ),
-    "bench-lm-gpu-provider": lambda e: Case(_lm_bench(e, "--provider", "cuda"), "provider=cuda"),
+    "bench-lm-gpu-provider-missing": lambda e: Case(
+        _lm_bench(e, "--provider", "cuda"), "onnxruntime here has no CUDAExecutionProvider"
+    ),
+    "generate-gpu-provider-missing": lambda e: Case(
+        ["generate", e.lm["onnx"], "good", "--provider", "cuda"], "onnxruntime here has no CUDAExecutionProvider"
+    ),
     "bench-lm-decode-beyond-positions": lambda e: Case(
         _lm_bench(e, "--max-eval-samples", 10, "--prompt-tokens", 250, "--new-tokens", 10), "token positions"
     ),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmzip.augment import joined_texts
 from llmzip.errors import ConfigError
+from llmzip.shrink.augment import joined_texts
 from tests.conftest import invoke
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmzip import bench_report as br
+from llmzip.bench import report as br
 
 
 def _draws(n: int, seed: int, scale: float = 1.0) -> np.ndarray:

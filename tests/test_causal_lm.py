@@ -141,7 +141,7 @@ def test_export_has_a_kv_cache_that_matches_pytorch(lm: dict[str, Path], source:
         assert metrics["weight_only_kernels"] == (layers - 3 * 4 if graph == "auto" else layers)
         assert "GroupQueryAttention" in metrics["runtime_ops"] or graph == "traced"
     # the cache really carries the past: decoding token by token gives the logits of one full prefill
-    from llmzip.lm_runtime import OrtRunner, read_config
+    from llmzip.runtime.lm import OrtRunner, read_config
 
     runner = OrtRunner(out / "model.onnx", read_config(out))
     ids = np.arange(3, 15, dtype=np.int64)[None, :]

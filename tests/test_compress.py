@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmzip.choices import Objective
+from llmzip.config.choices import Objective
 from llmzip.errors import ConfigError
 from llmzip.search.pareto import best_within, latency_score, pareto
 from llmzip.search.plan import build_plan, default_plan

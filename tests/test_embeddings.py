@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmzip.embeddings import (
+from llmzip.errors import ArtifactError, ConfigError
+from llmzip.shrink.embeddings import (
     STRUCTURE_ATTR,
     FactorizedEmbedding,
     RemappedEmbedding,
@@ -23,7 +24,6 @@ from llmzip.embeddings import (
     trim_positions,
     unknown_rate,
 )
-from llmzip.errors import ArtifactError, ConfigError
 from llmzip.testing import build_tiny_bert
 
 TRAIN: list[str | tuple[str, str]] = [
@@ -192,7 +192,7 @@ def test_onnx_graph_reads_the_original_ids(tiny: tuple[Any, Any], tmp_path: Path
     import onnx
     import onnxruntime as ort
 
-    from llmzip.onnx_export import input_names, write_onnx
+    from llmzip.onnx.export import input_names, write_onnx
 
     tokenizer = tiny[1]
     compressed = _compressed(tiny)
@@ -255,7 +255,7 @@ def test_chain_calibrate_quantize_export(tiny: tuple[Any, Any], tmp_path: Path) 
     import json
 
     from llmzip.artifact import read_manifest
-    from llmzip.embeddings import EMBEDDINGS_KEY
+    from llmzip.shrink.embeddings import EMBEDDINGS_KEY
     from tests.conftest import int8_chain
 
     tokenizer = tiny[1]

@@ -33,8 +33,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("family", DECODER_FAMILIES)
 def test_family_through_the_chain(family: str, corpus: Path, tmp_path: Path) -> None:
-    from llmzip.lm_runtime import OrtRunner, TorchRunner, read_config
     from llmzip.modeling import load_pretrained
+    from llmzip.runtime.lm import OrtRunner, TorchRunner, read_config
 
     base = build_tiny_decoder(tmp_path / "base", family)
     d = {k: tmp_path / k for k in ("imported", "calib", "int8", "int4")}

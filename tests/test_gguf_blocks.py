@@ -1,4 +1,4 @@
-"""GGUF blocks kept exactly: llmzip/gguf_blocks.py against the gguf package's own dequantization, and the chain
+"""GGUF blocks kept exactly: llmzip/sources/gguf_blocks.py against the gguf package's own dequantization, and the chain
 import → quantize (source) → export (fused, traced, float zero points) on tiny GGUF files of every kept type."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmzip import gguf_blocks
+from llmzip.sources import gguf_blocks
 from llmzip.testing import build_tiny_gguf, demo_text
 from tests.conftest import invoke_json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmzip.config import CpuTarget
-from llmzip.hardware import cpu_class, resolve, saturates
+from llmzip.runtime.hardware import cpu_class, resolve, saturates
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from llmzip.artifact import read_manifest
 from llmzip.config import DataConfig, DistillConfig, TrainConfig
 from llmzip.modeling import layer_stack, load_pretrained, load_tokenizer
-from llmzip.students import build, cut_layers, plan
+from llmzip.shrink.students import build, cut_layers, plan
 from llmzip.tasks import TaskKind, task_of
 from llmzip.tasks.lm_training import IGNORE, next_token_ce, prepare, token_kl
 from llmzip.testing import build_tiny_llama, demo_text
@@ -65,7 +65,7 @@ def test_token_kl_matches_hand_computed_values() -> None:
 
 
 def test_token_kl_on_a_full_top_k_equals_the_dense_kl() -> None:
-    from llmzip.teacher_cache import TopK
+    from llmzip.shrink.teacher_cache import TopK
 
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from llmzip.losses import distillation_loss, soft_target_kl
+from llmzip.shrink.losses import distillation_loss, soft_target_kl
 
 
 def test_kl_hand_computed_at_t1() -> None:
@@ -43,7 +43,7 @@ def test_gradient_flows_to_student_only() -> None:
 
 
 def test_hidden_losses_ignore_padding() -> None:
-    from llmzip.losses import hidden_cosine, hidden_mse
+    from llmzip.shrink.losses import hidden_cosine, hidden_mse
 
     s = torch.tensor([[[1.0, 0.0], [5.0, 5.0]]])  # second token is padding
     t = torch.tensor([[[0.0, 1.0], [-9.0, 9.0]]])
@@ -54,7 +54,7 @@ def test_hidden_losses_ignore_padding() -> None:
 
 
 def test_attention_mse_over_real_pairs_and_head_mismatch() -> None:
-    from llmzip.losses import attention_mse
+    from llmzip.shrink.losses import attention_mse
 
     t = torch.zeros(1, 2, 2, 2)
     s = torch.zeros(1, 2, 2, 2)

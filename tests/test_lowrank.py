@@ -1,4 +1,4 @@
-"""Low-rank factorization of Linear layers (llmzip/lowrank.py) and its persistence through the structure spec."""
+"""Low-rank factorization of Linear layers (llmzip/shrink/lowrank.py) and its persistence through the structure spec."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from llmzip import pruning, structure
 from llmzip.errors import ConfigError, ModelError
-from llmzip.lowrank import FFN_PATTERN, LOWRANK_KEY, LowRankLinear, factorize_linears, restore_lowrank
 from llmzip.modeling import load_pretrained
+from llmzip.shrink import pruning, restore, structure
+from llmzip.shrink.lowrank import FFN_PATTERN, LOWRANK_KEY, LowRankLinear, factorize_linears, restore_lowrank
 from llmzip.testing import build_tiny_bert
 
 # The tiny BERT: hidden 32, FFN 64, 2 layers. A 32↔64 layer saves weights below rank 21.33, a 32×32 one below 16.
@@ -137,7 +137,7 @@ def test_saved_model_loads_back_exactly(tiny: tuple[Any, Any], tmp_path: Path) -
     loaded = load_pretrained(tmp_path)
     assert all(isinstance(loaded.get_submodule(n), LowRankLinear) for n in FFN_NAMES)
     factors = [loaded.get_submodule(n) for n in FFN_NAMES]
-    structure.restore(loaded)  # a second restore finds the layers rebuilt and keeps them (and their weights)
+    restore.restore(loaded)  # a second restore finds the layers rebuilt and keeps them (and their weights)
     assert [loaded.get_submodule(n) for n in FFN_NAMES] == factors
     for got, want in zip(_outputs(loaded, tokenizer), _outputs(factorized, tokenizer), strict=True):
         assert torch.equal(got, want)
@@ -175,7 +175,7 @@ def test_a_malformed_spec_is_refused(tiny: tuple[Any, Any], entry: Any, message:
 def test_onnx_export_matches_pytorch(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from llmzip.onnx_export import input_names, write_onnx
+    from llmzip.onnx.export import input_names, write_onnx
 
     model, tokenizer = tiny
     factorized = copy.deepcopy(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from llmzip import machine
+from llmzip.runtime import machine
 
 
 def test_machine_info_shape() -> None:

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from llmzip.onnx_graph import fold_int8_matmul_bias
+from llmzip.onnx.graph import fold_int8_matmul_bias
 from llmzip.quant.kernels import worst_case_pairs
 
 # 7-bit weights: 255·(63 + 63) < 32,767, so the int16 pair sums of AVX2 kernels cannot saturate and the folded and

@@ -1,4 +1,5 @@
-"""Structured pruning (llmzip/pruning.py) and the structure spec that lets a pruned model load (llmzip/structure.py)."""
+"""Structured pruning (llmzip/shrink/pruning.py) and the structure spec that lets a pruned model load
+(llmzip/shrink/structure.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmzip import pruning, structure
 from llmzip.errors import ConfigError, ModelError
 from llmzip.modeling import load_pretrained
+from llmzip.shrink import pruning, structure
 from llmzip.testing import build_tiny_bert, demo_vocabulary
 
 HEADS, HEAD_SIZE, FFN, LAYERS = 4, 8, 64, 2

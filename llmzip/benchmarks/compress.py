@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip import plots
 from llmzip.artifact import EXTERNAL, open_artifact
-from llmzip.bench_variants import ort_dynamic_int8
+from llmzip.bench import plots
+from llmzip.bench.variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SHARED, TEACHER, model_accuracy, require_shared, write_json
 from llmzip.config import BenchConfig
-from llmzip.machine import machine_info
 from llmzip.modeling import source_config
 from llmzip.progress import console, stdout_console
 from llmzip.recipe import read_yaml
+from llmzip.runtime.machine import machine_info
 from llmzip.search import pareto
 from llmzip.search.compress import compress
 from llmzip.search.measure import TEACHER_NAME, shape_key
@@ -115,10 +115,10 @@ def vocabulary_effect() -> dict[str, Any]:
     """What dropping the token ids SST-2's training split never uses costs by itself: the teacher, untrained after
     the change, on SST-2 dev — full vocabulary, dropped ids read as [UNK], dropped ids read as their nearest kept
     row (PyTorch fp32, max length 64)."""
-    from llmzip import embeddings
     from llmzip.config import DataConfig
     from llmzip.data import load_split, texts
     from llmzip.modeling import load_pretrained, load_tokenizer
+    from llmzip.shrink import embeddings
 
     tokenizer = load_tokenizer(TEACHER)
     data = DataConfig(dataset=str(SHARED / "data" / "sst2"))

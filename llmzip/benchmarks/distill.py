@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llmzip.artifact import dir_size_mb, read_manifest
+from llmzip.bench.plots import scatter_png
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, test_accuracy, write_json
 from llmzip.config import DataConfig, DistillConfig
-from llmzip.machine import machine_info
-from llmzip.plots import scatter_png
 from llmzip.progress import stdout_console
+from llmzip.runtime.machine import machine_info
 from llmzip.stages.distill import distill
 
 # Intermediate-loss weights put each term at roughly the scale of the KD term on this teacher

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 
 from llmzip.artifact import read_manifest
-from llmzip.bench_variants import ort_dynamic_int8
+from llmzip.bench.variants import ort_dynamic_int8
 from llmzip.benchmarks import avx2
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
-from llmzip.calibration import read_samples
 from llmzip.config import CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
-from llmzip.machine import machine_info
 from llmzip.modeling import load_tokenizer
 from llmzip.progress import console, stdout_console
+from llmzip.quant.calibration import read_samples
 from llmzip.quant.qmath import sqnr_db
+from llmzip.runtime.machine import machine_info
 from llmzip.stages.calibrate import calibrate
 from llmzip.stages.export import export
 from llmzip.stages.quantize import quantize

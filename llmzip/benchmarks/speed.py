@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, open_artifact
-from llmzip.bench_variants import ort_dynamic_int8
+from llmzip.bench.variants import ort_dynamic_int8
 from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
 from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.progress import console, stdout_console
@@ -319,7 +319,7 @@ def main() -> None:
 
 def write_markdown(report: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
     """report.md (+ latency_vs_accuracy.png of the 1-thread ×128 cell): bench's report per cell, then the verdicts."""
-    from llmzip import bench_report
+    from llmzip.bench import report as bench_report
 
     main_cell = next(r for r in runs if r["config"]["threads"] == 1 and r["config"]["seq_len"] == 128)
     bench_report.write_report(main_cell, out)
@@ -338,7 +338,7 @@ def write_markdown(report: dict[str, Any], runs: list[dict[str, Any]], out: Path
 def render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from llmzip import bench_report
+    from llmzip.bench import report as bench_report
 
     table = Table(title=f"bench-speed: reference teacher, {report['machine'].get('cpu')}")
     for col in (

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from llmzip.cli.common import Json, Out, Overwrite, _execute, _render_stage, _stage_result
+from llmzip.config.choices import Provider
 
 
 def import_model(
@@ -45,6 +46,9 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate (greedy, stops early at EOS).")] = 32,
     threads: Annotated[int, typer.Option(help="Intra-op threads.")] = 1,
+    provider: Annotated[
+        Provider, typer.Option(help="onnxruntime execution provider (PyTorch: cuda/tensorrt run on the CUDA device).")
+    ] = Provider.CPU,
     json_out: Json = False,
 ) -> None:
     """Greedy text generation with the KV cache: onnxruntime for an export, PyTorch for a model folder.
@@ -55,9 +59,9 @@ def generate(
     """
 
     def work() -> dict[str, Any]:
-        from llmzip.lm_runtime import generate_text
+        from llmzip.runtime.lm import generate_text
 
-        return generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, threads=threads)
+        return generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, threads=threads, provider=provider.value)
 
     def render(result: dict[str, Any]) -> None:
         from rich.console import Console

@@ -34,8 +34,8 @@ from llmzip.errors import GateError
 
 
 def _render_bench(result: dict[str, Any]) -> None:
-    if "workload" in result:  # a causal LM's bench (llmzip/lm_bench.py)
-        from llmzip.lm_bench import render_markdown
+    if "workload" in result:  # a causal LM's bench (llmzip/bench/lm.py)
+        from llmzip.bench.lm import render_markdown
         from llmzip.progress import stdout_console
 
         stdout_console().print(render_markdown(result), markup=False, highlight=False)
@@ -43,7 +43,7 @@ def _render_bench(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from llmzip.bench_report import isa_summary, saturation_text, speedup_text
+    from llmzip.bench.report import isa_summary, saturation_text, speedup_text
     from llmzip.progress import stdout_console
 
     m, c = result["machine"], result["config"]
@@ -260,7 +260,7 @@ def run(
     """
 
     def work() -> dict[str, Any]:
-        from llmzip.stages.run import run as stage
+        from llmzip.pipeline.run import run as stage
 
         values = recipes.read_yaml(recipe_file)
         if model is not None:

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmzip import recipe as recipes
-from llmzip.choices import Objective
 from llmzip.cli.common import Data, Json, Out, Overwrite, _execute, _fail
+from llmzip.config.choices import Objective
 from llmzip.errors import GateError
 
 

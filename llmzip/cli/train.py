@@ -6,7 +6,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmzip.choices import LayerSelection, Vocabulary
 from llmzip.cli.common import (
     DATA_FLAGS,
     TRAIN_FLAGS,
@@ -41,6 +40,7 @@ from llmzip.cli.common import (
     _render_stage,
     _stage_result,
 )
+from llmzip.config.choices import LayerSelection, Vocabulary
 
 
 def finetune(

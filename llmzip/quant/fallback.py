@@ -14,8 +14,8 @@ import numpy as np
 from torch import nn
 
 from llmzip import data as data_mod
-from llmzip import plots
 from llmzip.artifact import strict_json
+from llmzip.bench import plots
 from llmzip.config import QuantizeConfig
 from llmzip.progress import progress
 from llmzip.quant import sensitivity
@@ -97,7 +97,7 @@ def measure_latencies(
     Each configuration is exported to a scratch ONNX file: the fake-quantized PyTorch model's speed says nothing
     about the integer kernels'.
     """
-    from llmzip.onnx_export import for_export, input_names, ort_latency_ms, write_onnx
+    from llmzip.onnx.export import for_export, input_names, ort_latency_ms, write_onnx
 
     inputs = input_names(tokenizer)
     feeds = {n: batch[n][:1].numpy().astype(np.int64) for n in inputs}

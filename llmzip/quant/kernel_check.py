@@ -21,18 +21,16 @@ from llmzip.quant.kernels import avx2_u8s8_matmul, batched_saturation_excess, ex
 
 
 def _session(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> Any:
-    import onnxruntime as ort
     from onnx import helper
+
+    from llmzip.runtime.sessions import session as ort_session
 
     graph = helper.make_graph(nodes, "kernel_check", inputs, outputs, inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(model.SerializeToString(), threads=1)
 
 
 def _matmul_integer(a: np.ndarray, b: np.ndarray, a_zero: int | None, *, constant_b: bool = True) -> np.ndarray:
@@ -128,7 +126,7 @@ def cases() -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    from llmzip.hardware import this_cpu
+    from llmzip.runtime.hardware import this_cpu
 
     here = this_cpu()
     print(json.dumps({"cpu_class": here.value if here else None, "cases": cases()}, indent=1))

@@ -39,11 +39,12 @@ def units(names: list[str]) -> dict[str, list[str]]:
 
 def eval_windows(config: QuantizeConfig, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
     from llmzip import data as data_mod
-    from llmzip.tasks.causal_lm import windows
 
     d = config.data
     text, _ = data_mod.load_text(d, d.eval_split)
-    chunks = windows(tokenizer, text, d.max_length, d.skip_tokens)[: d.max_eval_samples or DEFAULT_WINDOWS]
+    chunks = data_mod.token_windows(tokenizer, text, d.max_length, d.skip_tokens)[
+        : d.max_eval_samples or DEFAULT_WINDOWS
+    ]
     if not chunks:
         raise DataError(f"{data_mod.dataset_location(d)} ({d.eval_split}): no window of {d.max_length} tokens")
     return [{"input_ids": torch.tensor([c]), "attention_mask": torch.ones(1, len(c), dtype=torch.long)} for c in chunks]

@@ -80,8 +80,8 @@ def train(
 
     from llmzip import training
     from llmzip.config import TrainConfig
-    from llmzip.kd import StudentWithProjections, distill_trainer_class
     from llmzip.progress import trainer_callback
+    from llmzip.shrink.kd import StudentWithProjections, distill_trainer_class
 
     model = copy.deepcopy(fp32)
     replace_linears(model, names, lambda n, lin: QATLinear(lin, make(n, lin), config))

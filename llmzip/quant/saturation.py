@@ -325,7 +325,7 @@ def target_report(model: nn.Module, batches: list[Batch], quantized_for: str) ->
     """export: per CPU class, whether the model's int8 matmuls saturate on `batches` and what that does to the
     logits; also returns the saturating CPU's logits (for telling a hardware mismatch from a bug)."""
     from llmzip.config import CpuTarget
-    from llmzip.hardware import KERNELS, saturates
+    from llmzip.runtime.hardware import KERNELS, saturates
 
     exact, saturated, stats = emulate(model, batches)
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]

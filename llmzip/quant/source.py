@@ -1,6 +1,6 @@
 """quantize --algorithm source: a model imported from a GGUF file keeps the file's own blocks, exactly.
 
-`llmzip import` writes every weight whose GGUF blocks map exactly onto MatMulNBits (llmzip/gguf_blocks.py) into
+`llmzip import` writes every weight whose GGUF blocks map exactly onto MatMulNBits (llmzip/sources/gguf_blocks.py) into
 `source_blocks.safetensors` beside the float weights. Here each Linear (and the word embedding) is rebuilt from
 those codes, scales and offsets instead of being rounded again onto a second grid; a weight that was float in
 the file stays float, and one whose GGUF type has no exact form is rounded like `--algorithm rtn`, named in
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from llmzip.errors import ArtifactError, ModelError
-from llmzip.gguf_blocks import BLOCKS_FILE
 from llmzip.quant.weight_only import WeightOnlyLinear
+from llmzip.sources.gguf_blocks import BLOCKS_FILE
 
 
 def available(model_dir: Path) -> bool:

@@ -165,7 +165,7 @@ class WeightOnlyLinear(nn.Module):
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor | None
     # A float per block added to every weight of the block: a GGUF type's minimum (Q4_1, Q4_K ...), kept exactly
-    # (llmzip/gguf_blocks.py). Exported as a small correction product beside the integer kernel (or, with
+    # (llmzip/sources/gguf_blocks.py). Exported as a small correction product beside the integer kernel (or, with
     # `float_zero_points`, folded into float zero points, which onnxruntime's CPU kernel runs much slower).
     weight_offset: torch.Tensor | None
 

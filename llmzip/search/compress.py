@@ -25,7 +25,7 @@ from llmzip.artifact import (
     sha256_paths,
     strict_json,
 )
-from llmzip.bench_variants import onnx_size_mb
+from llmzip.bench.variants import onnx_size_mb
 from llmzip.config import BenchConfig, ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError, Terminated
@@ -343,7 +343,7 @@ def _write_model(
 
 
 def _plot(path: Path, result: dict[str, Any]) -> None:
-    from llmzip import plots
+    from llmzip.bench import plots
 
     ok = [r for r in result["candidates"] if "error" not in r]
     if not ok or not plots.available():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from llmzip.choices import Objective
+from llmzip.config.choices import Objective
 
 
 def latency_score(candidate: dict[str, Any]) -> float:

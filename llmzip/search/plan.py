@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmzip import scope
-from llmzip.choices import Objective, as_enum
 from llmzip.config import (
     BenchConfig,
     CalibrateConfig,
@@ -23,7 +22,8 @@ from llmzip.config import (
     ExportConfig,
     QuantizeConfig,
 )
-from llmzip.config_data import _check
+from llmzip.config.choices import Objective, as_enum
+from llmzip.config.data import _check
 from llmzip.errors import ConfigError
 from llmzip.recipe import from_dict, merge
 

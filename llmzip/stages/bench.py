@@ -3,7 +3,7 @@
 Variants are timed round-robin (one call each, order rotated every round) so that machine noise lands on all
 of them alike instead of on whichever happened to run during a busy second. The pieces are public so a
 benchmark script can time variants it built itself (a bare .onnx from onnxruntime's quantizer, a bf16 copy):
-`load_variant` / `onnx_file_variant` (llmzip/bench_variants.py, re-exported here) → `eval_inputs` → `measure`.
+`load_variant` / `onnx_file_variant` (llmzip/bench/variants.py, re-exported here) → `eval_inputs` → `measure`.
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from llmzip import bench_report as report
 from llmzip import data as data_mod
-from llmzip import hardware
 from llmzip.artifact import EXTERNAL, open_artifact, strict_json, write_manifest
-from llmzip.bench_variants import Variant as Variant
-from llmzip.bench_variants import int8_saturation, ort_dynamic_int8
-from llmzip.bench_variants import load_variant as load_variant
-from llmzip.bench_variants import onnx_file_variant as onnx_file_variant
+from llmzip.bench import report
+from llmzip.bench.variants import Variant as Variant
+from llmzip.bench.variants import int8_saturation, ort_dynamic_int8
+from llmzip.bench.variants import load_variant as load_variant
+from llmzip.bench.variants import onnx_file_variant as onnx_file_variant
 from llmzip.config import BenchConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ConfigError, ModelError
-from llmzip.machine import CpuLoad, machine_info
 from llmzip.modeling import source_config
 from llmzip.outputs import check_output, staging
 from llmzip.progress import progress, quiet_libraries, step
+from llmzip.runtime import hardware
+from llmzip.runtime.machine import CpuLoad, machine_info
 from llmzip.tasks import TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
@@ -245,9 +245,9 @@ def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Pat
 def _bench_lm(
     artifacts: list[Any], names: list[str], config: BenchConfig, out_dir: Path | None, overwrite: bool, started: float
 ) -> dict[str, Any]:
-    """Causal LMs: perplexity, prefill, decode tokens/s, peak RSS and size per variant (llmzip/lm_bench.py),
+    """Causal LMs: perplexity, prefill, decode tokens/s, peak RSS and size per variant (llmzip/bench/lm.py),
     plus onnxruntime-genai's builds of the first fp32 PyTorch directory when --baseline genai-* asks for them."""
-    from llmzip.lm_bench import bench_causal_lm, render_markdown
+    from llmzip.bench.lm import bench_causal_lm, render_markdown
 
     dirs, labels = [a.path for a in artifacts], list(names)
     notes: list[str] = []
@@ -298,7 +298,7 @@ def _write_results(
 
 def genai_baseline(artifacts: list[Any], precision: str, scratch: Path) -> tuple[Path | None, str]:
     """onnxruntime-genai's model builder run on the first fp32 PyTorch directory, in its own venv."""
-    from llmzip.benchmarks import genai
+    from llmzip.bench import genai
 
     source = next((a.path for a in artifacts if a.stage not in ("export", "quantize")), None)
     if source is None:

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
-from llmzip.calibration import (
+from llmzip.config import CalibrateConfig, to_dict
+from llmzip.data import data_paths
+from llmzip.modeling import load_model, load_tokenizer, source_config
+from llmzip.outputs import staging
+from llmzip.positions import check_length
+from llmzip.progress import step
+from llmzip.quant.attention import observing
+from llmzip.quant.calibration import (
     HISTOGRAMS_FILE,
     SAMPLES_FILE,
     STATS_FILE,
@@ -15,12 +22,6 @@ from llmzip.calibration import (
     linear_names,
     record,
 )
-from llmzip.config import CalibrateConfig, to_dict
-from llmzip.data import data_paths
-from llmzip.modeling import check_length, load_model, load_tokenizer, source_config
-from llmzip.outputs import staging
-from llmzip.progress import step
-from llmzip.quant.attention import observing
 from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)

@@ -12,13 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip import students, teacher_cache, training
+from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import DistillConfig, LayerSelection
 from llmzip.data import data_paths
-from llmzip.kd import StudentWithProjections, distill_trainer_class
-from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer, source_config
+from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, source_config
+from llmzip.positions import check_length
 from llmzip.progress import quiet_libraries, step, trainer_callback
+from llmzip.shrink import students, teacher_cache
+from llmzip.shrink.kd import StudentWithProjections, distill_trainer_class
 from llmzip.tasks import checked_task, task_of
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
@@ -185,9 +187,9 @@ def distill(
 
 
 def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -> tuple[Any, Any]:
-    from llmzip import augment
     from llmzip.data import load_split
     from llmzip.errors import ConfigError
+    from llmzip.shrink import augment
     from llmzip.tasks import TaskKind
 
     if task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:

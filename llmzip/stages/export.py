@@ -11,15 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmzip import hardware
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
-from llmzip.calibration import SAMPLES_FILE, read_samples
 from llmzip.config import ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
-from llmzip.lm_export import export_causal_lm
-from llmzip.modeling import check_length, load_model, load_tokenizer, max_tokens, source_config
-from llmzip.onnx_export import (
+from llmzip.modeling import load_model, load_tokenizer, source_config
+from llmzip.onnx.export import (
     INT8_OPS,
     float_weight_matmuls,
     for_export,
@@ -27,10 +24,14 @@ from llmzip.onnx_export import (
     optimized_graph,
     write_onnx,
 )
-from llmzip.onnx_graph import fold_int8_matmul_bias
+from llmzip.onnx.graph import fold_int8_matmul_bias
+from llmzip.onnx.lm_export import export_causal_lm
 from llmzip.outputs import staging
+from llmzip.positions import check_length, max_tokens
 from llmzip.progress import quiet_libraries, step
+from llmzip.quant.calibration import SAMPLES_FILE, read_samples
 from llmzip.quant.saturation import target_report
+from llmzip.runtime import hardware
 from llmzip.tasks import TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
@@ -63,11 +64,9 @@ def _mismatch(result: dict[str, float], tolerance: float, kernels: dict[str, Any
 
 
 def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
-    import onnxruntime as ort
+    from llmzip.runtime.sessions import session as ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     got = session.run(["logits"], feeds)[0]
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
@@ -90,9 +89,8 @@ def task_accuracy(
     onnx_path: Path, model: Any, tokenizer: Any, names: list[str], config: ExportConfig
 ) -> dict[str, Any]:
     """Accuracy of onnxruntime and of PyTorch on the eval split, and how often their predictions agree."""
-    import onnxruntime as ort
-
     from llmzip import data as data_mod
+    from llmzip.runtime.sessions import session as ort_session
 
     d = config.data
     loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
@@ -100,7 +98,7 @@ def task_accuracy(
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
     check_length(model.config, d.max_length, "--max-length", "the model")
     enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     hits = {"onnx": 0, "pytorch": 0, "agree": 0}
     for i in range(0, len(enc), 64):
         rows = enc[i : i + 64]
@@ -154,7 +152,7 @@ def _finish(
 def _export_lm(
     model: Any, tokenizer: Any, source: Any, tmp: Path, config: ExportConfig, started: float, attention: str
 ) -> None:
-    """A causal LM: one graph with a KV cache (llmzip/lm_export.py), checked on prefill and decode steps."""
+    """A causal LM: one graph with a KV cache (llmzip/onnx/lm_export.py), checked on prefill and decode steps."""
     quantized = source.stage == "quantize"
     measured = source.manifest["metrics"] if quantized else {}
     weight_bits = int(measured.get("weight_bits") or 8) if quantized else 32

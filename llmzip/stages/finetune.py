@@ -13,7 +13,8 @@ from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import FinetuneConfig
 from llmzip.data import data_paths
-from llmzip.modeling import check_length, count_parameters, load_pretrained, load_tokenizer, source_config
+from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, source_config
+from llmzip.positions import check_length
 from llmzip.progress import quiet_libraries, step, trainer_callback
 from llmzip.tasks import checked_task
 

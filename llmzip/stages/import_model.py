@@ -18,10 +18,10 @@ import torch
 
 from llmzip.artifact import EXTERNAL, open_model_source, resolve_pip_model, sha256_file, write_manifest
 from llmzip.errors import ArtifactError, ModelError
-from llmzip.ggufio import check_gguf, gguf_source
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.outputs import staging
 from llmzip.progress import quiet_libraries, step
+from llmzip.sources.gguf import check_gguf, gguf_source
 from llmzip.tasks import task_of
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -112,11 +112,11 @@ def import_model(source: str, out_dir: Path, *, dtype: str = "float32", overwrit
 
 
 def _keep_blocks(path: Path, model: Any, tmp: Path, dtype: str) -> dict[str, Any]:
-    """The GGUF's quantized blocks of every weight that maps exactly (llmzip/gguf_blocks.py), written beside the
+    """The GGUF's quantized blocks of every weight that maps exactly (llmzip/sources/gguf_blocks.py), written beside the
     float weights for `quantize --algorithm source`; per tensor: its GGUF type and whether it is kept exactly."""
     from safetensors.numpy import save_file
 
-    from llmzip import gguf_blocks
+    from llmzip.sources import gguf_blocks
 
     if dtype != "float32":
         return {"kept": False, "why": f"--dtype {dtype} rounds the weights; import as float32 to keep the blocks"}

@@ -11,9 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip import hardware
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
-from llmzip.calibration import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 from llmzip.config import (
     Activations,
     CalibrationMethod,
@@ -24,13 +22,13 @@ from llmzip.config import (
     to_dict,
 )
 from llmzip.data import data_paths
-from llmzip.embeddings import inner_table
 from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer, source_config
 from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.awq import awq_maker
+from llmzip.quant.calibration import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
 from llmzip.quant.lm_fallback import perplexity_aware
@@ -41,6 +39,8 @@ from llmzip.quant.saturation import SCORES, fix_saturation
 from llmzip.quant.source import SourceBlocks, embedding_table
 from llmzip.quant.source import available as source_blocks_available
 from llmzip.quant.weight_only import BlockEmbedding, SharedEmbedding, WeightOnlyLinear
+from llmzip.runtime import hardware
+from llmzip.shrink.embeddings import inner_table
 from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
@@ -346,7 +346,7 @@ def quantize(
         embeddings: list[str] = []
         shared = None
         if config.embeddings:
-            # A pruned/factorized table (llmzip/embeddings.py) keeps its wrapper: only the inner id → row table
+            # A pruned/factorized table (llmzip/shrink/embeddings.py) keeps its wrapper: only the inner id → row table
             # becomes int8 rows, recorded by its own name so that load_quantized finds it after structure.restore.
             table: Any = inner_table(fp32.get_input_embeddings())
             embeddings = [n for n, m in fp32.named_modules() if m is table]

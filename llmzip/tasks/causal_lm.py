@@ -16,13 +16,6 @@ if TYPE_CHECKING:
     from llmzip.training import Head, TaskTraining
 
 
-def windows(tokenizer: Any, text: str, length: int, skip: int = 0) -> list[list[int]]:
-    """The text's token ids (after the first `skip`) cut into non-overlapping windows of `length` (a shorter tail
-    is dropped)."""
-    ids = tokenizer(text, add_special_tokens=True).input_ids[skip:]
-    return [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
-
-
 class CausalLM(Task):
     kind = TaskKind.CAUSAL_LM
     weight_only = True
@@ -38,7 +31,7 @@ class CausalLM(Task):
         self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
     ) -> tuple[list[Row], dict[str, Any]]:
         text, source = data_mod.load_text(cfg, cfg.train_split)
-        chunks = windows(tokenizer, text, cfg.max_length, cfg.skip_tokens)
+        chunks = data_mod.token_windows(tokenizer, text, cfg.max_length, cfg.skip_tokens)
         if not chunks:
             raise DataError(
                 f"{data_mod.dataset_location(cfg)} ({cfg.train_split}): fewer than {cfg.max_length} tokens of text; "

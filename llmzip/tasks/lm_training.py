@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from llmzip import data as data_mod
 from llmzip.config import DataConfig, TrainConfig
 from llmzip.errors import DataError
-from llmzip.losses import PredictionLosses
-from llmzip.tasks.causal_lm import windows
-from llmzip.teacher_cache import TopK
+from llmzip.shrink.losses import PredictionLosses
+from llmzip.shrink.teacher_cache import TopK
 from llmzip.training import Metric, Prepared, TaskTraining
 
 IGNORE = -100  # label of a position that is not scored (padding), as transformers' LM losses expect
@@ -72,7 +71,7 @@ PERPLEXITY = Metric("perplexity", "loss", greater_is_better=False, value=perplex
 
 def split_windows(tokenizer: Any, cfg: DataConfig, split: str, skip: int = 0) -> tuple[list[list[int]], dict[str, Any]]:
     text, source = data_mod.load_text(cfg, split)
-    chunks = windows(tokenizer, text, cfg.max_length, skip)
+    chunks = data_mod.token_windows(tokenizer, text, cfg.max_length, skip)
     if not chunks:
         skipped = f" after skipping {skip}" if skip else ""
         raise DataError(

@@ -87,8 +87,8 @@ def test_the_portable_chain_model_runs_unsaturated_on_its_calibration_samples(ch
     import json
 
     from llmzip.artifact import open_artifact
-    from llmzip.calibration import batches_from_rows, read_samples
     from llmzip.modeling import load_model, load_tokenizer
+    from llmzip.quant.calibration import batches_from_rows, read_samples
 
     manifest = json.loads((chain["int8"] / "manifest.json").read_text())
     assert manifest["metrics"]["target_cpu"] == "any"

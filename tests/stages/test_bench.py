@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llmzip import plots
 from llmzip.artifact import open_artifact, read_manifest
-from llmzip.bench_report import PLOT_FILE, REPORT_FILE, WITHIN_NOISE
+from llmzip.bench import plots
+from llmzip.bench.report import PLOT_FILE, REPORT_FILE, WITHIN_NOISE
 from llmzip.config import BenchConfig, DataConfig
 from llmzip.errors import ArtifactError
-from llmzip.machine import has_fast_bf16
+from llmzip.runtime.machine import has_fast_bf16
 from llmzip.stages import bench as stage
 from tests.conftest import DEMO_VALIDATION, invoke, invoke_json
 
@@ -233,8 +233,8 @@ def test_warns_when_an_int8_variant_saturates_on_this_cpu(
     chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On an AVX2 host (simulated: the check itself runs the kernel model), a model quantized for VNNI saturates."""
-    from llmzip import hardware
     from llmzip.config import CpuTarget
+    from llmzip.runtime import hardware
 
     native, onnx_dir = tmp_path / "vnni", tmp_path / "vnni-onnx"
     assert invoke("quantize", chain["student"], chain["calib"], "-o", native, "--target-cpu", "vnni").exit_code == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from llmzip.artifact import read_manifest
-from llmzip.calibration import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, record
 from llmzip.modeling import load_pretrained, load_tokenizer
 from llmzip.quant.attention import attention_module_names
+from llmzip.quant.calibration import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, record
 from tests.conftest import invoke
 
 
@@ -49,7 +49,7 @@ def test_refuses_quantized_dir(chain: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_histograms_are_saved_and_reload(chain: dict[str, Path]) -> None:
-    from llmzip.calibration import HISTOGRAMS_FILE, read_observers
+    from llmzip.quant.calibration import HISTOGRAMS_FILE, read_observers
 
     assert (chain["calib"] / HISTOGRAMS_FILE).is_file()
     observers = read_observers(chain["calib"])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from llmzip.artifact import open_artifact, read_manifest
 from llmzip.modeling import load_model, load_tokenizer
-from llmzip.onnx_export import INT8_OPS, optimized_op_counts
+from llmzip.onnx.export import INT8_OPS, optimized_op_counts
 from tests.conftest import invoke
 
 SENTENCES = ["an utterly charming film", "dull , slow and far too long", "fine", "the best meal i have had all year"]
@@ -105,7 +105,7 @@ def test_refuses_calibration_dir(chain: dict[str, Path], tmp_path: Path) -> None
 
 
 def test_no_fp32_matmul_where_int8_was_asked_for(chain: dict[str, Path]) -> None:
-    from llmzip.onnx_export import float_weight_matmuls, optimized_graph
+    from llmzip.onnx.export import float_weight_matmuls, optimized_graph
 
     int8 = read_manifest(chain["onnx_int8"])
     quantized = read_manifest(chain["int8"])
@@ -149,9 +149,9 @@ def _simulate_avx2_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
     The kernel model itself is checked bit for bit against onnxruntime's real AVX2 kernel in test_kernels.py.
     """
-    from llmzip import hardware
     from llmzip.config import CpuTarget
     from llmzip.quant.saturation import emulate
+    from llmzip.runtime import hardware
     from llmzip.stages import export as export_stage
 
     real = export_stage.parity

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from llmzip.artifact import open_artifact, read_manifest
-from llmzip.calibration import STATS_FILE
 from llmzip.modeling import load_model, load_pretrained
+from llmzip.quant.calibration import STATS_FILE
 from llmzip.quant.modules import QuantLinear
 from tests.conftest import invoke, refresh_manifest
 
@@ -193,7 +193,7 @@ def test_quantization_aware_training(chain: dict[str, Path], tmp_path: Path) -> 
 
 
 def test_dynamic_activations_run_as_dynamic_int8_kernels(chain: dict[str, Path], tmp_path: Path) -> None:
-    from llmzip.onnx_export import optimized_op_counts
+    from llmzip.onnx.export import optimized_op_counts
 
     out, onnx_dir = tmp_path / "dyn", tmp_path / "dyn-onnx"
     assert invoke("quantize", chain["student"], chain["calib"], "-o", out, "--activations", "dynamic").exit_code == 0
@@ -244,7 +244,7 @@ def test_int8_embeddings_are_the_default_shrink_the_model_and_keep_parity(
 
 
 def test_int4_weight_only_runs_as_matmulnbits(chain: dict[str, Path], tmp_path: Path) -> None:
-    from llmzip.onnx_export import optimized_op_counts
+    from llmzip.onnx.export import optimized_op_counts
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     out, onnx_dir = tmp_path / "w4", tmp_path / "w4-onnx"
@@ -265,7 +265,7 @@ def test_int4_weight_only_runs_as_matmulnbits(chain: dict[str, Path], tmp_path: 
 
 
 def test_attention_matmuls_run_as_integer_kernels(chain: dict[str, Path], tmp_path: Path) -> None:
-    from llmzip.onnx_export import optimized_op_counts
+    from llmzip.onnx.export import optimized_op_counts
     from llmzip.quant.attention import ATTR, AttentionQuant, attention_module_names
 
     out, onnx_dir = tmp_path / "att", tmp_path / "att-onnx"
@@ -290,7 +290,7 @@ def test_attention_matmuls_run_as_integer_kernels(chain: dict[str, Path], tmp_pa
 def test_saturation_fix_all_gives_7_bits_to_every_row_and_key_and_exports_a_clip(
     chain: dict[str, Path], tmp_path: Path
 ) -> None:
-    from llmzip.onnx_export import optimized_op_counts
+    from llmzip.onnx.export import optimized_op_counts
     from llmzip.quant.attention import attention_module_names
 
     out, onnx_dir = tmp_path / "all7", tmp_path / "all7-onnx"

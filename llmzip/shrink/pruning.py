@@ -3,7 +3,7 @@
 Scores are first-order Taylor estimates of how much the loss changes when a unit is removed: |Σ a·∂L/∂a| over a
 unit's activations a (Michel et al. 2019, "Are Sixteen Heads Really Better than One?", for heads; Molchanov et
 al. 2017/2019 for neurons). Removal slices the Linear layers; the new shapes go into the model's structure spec
-(llmzip/structure.py) so the pruned model loads again. BERT-style encoders only (bert, roberta, xlm-roberta,
+(llmzip/shrink/structure.py) so the pruned model loads again. BERT-style encoders only (bert, roberta, xlm-roberta,
 electra, ...): their attention reshapes with `view(..., -1, head_size)`, so fewer heads need only narrower q/k/v
 and attention-output layers, and config.num_attention_heads (which sets the head size) stays as it is.
 """
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from llmzip import structure
 from llmzip.errors import ConfigError, DataError, ModelError
 from llmzip.modeling import count_parameters, layer_stack
+from llmzip.shrink import structure
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -1,6 +1,6 @@
 """bench for causal LMs: perplexity, prefill latency, decode tokens/s, peak memory and size, variant by variant.
 
-Each variant runs in a fresh worker process (`python -m llmzip.lm_bench`) so that its peak RSS is its own, not
+Each variant runs in a fresh worker process (`python -m llmzip.bench.lm`) so that its peak RSS is its own, not
 the largest model's loaded earlier in the same process, and an onnxruntime variant never pays for importing
 torch. Latency noise is handled as in the classifier bench: every number is a median over repeats with its min
 and max beside it, and the machine's load during the run is recorded.
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from llmzip.lm_runtime import OrtRunner, Runner, TorchRunner, greedy, perplexity, read_config, timed
+from llmzip.runtime.lm import OrtRunner, greedy, load_runner, perplexity, read_config, timed
 
 WINDOWS_FILE, PROMPT_FILE = "windows.npy", "prompt.npy"
 
@@ -44,20 +44,6 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def load_runner(directory: Path, *, threads: int, name: str, verb: str = "bench") -> Runner:
-    """An export in onnxruntime or a model folder in PyTorch, after the artifact's integrity check."""
-    from llmzip.artifact import EXTERNAL, open_artifact
-
-    accepts = ("import", "finetune", "distill", "quantize", "export", EXTERNAL)
-    artifact = open_artifact(directory, verb=verb, accepts=accepts, role="model directory")
-    if artifact.stage == "export":
-        model_file = str(artifact.manifest.get("model_file", "model.onnx"))
-        return OrtRunner(directory / model_file, read_config(directory), threads=threads, name=name)
-    from llmzip.modeling import load_model
-
-    return TorchRunner(load_model(artifact), threads=threads, name=name)
-
-
 def measure_variant(
     directory: Path,
     windows: np.ndarray,
@@ -68,12 +54,13 @@ def measure_variant(
     new_tokens: int,
     prefill_lengths: list[int],
     repeats: int,
+    provider: str = "cpu",
     extra: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Everything the causal-LM bench reports for one model directory, measured in this process (`extra`: more
     window sets, named, whose perplexity is also measured)."""
     started = time.time()
-    runner = load_runner(directory, threads=threads, name=name)
+    runner = load_runner(directory, threads=threads, name=name, provider=provider)
     load_s = time.time() - started
     stream = windows.reshape(-1)
     prefill = {
@@ -106,9 +93,9 @@ def measure_variant(
 
 
 def run_worker(directory: Path, work: Path, *, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """measure_variant in a fresh `python -m llmzip.lm_bench` process; raises RuntimeError with its last line."""
+    """measure_variant in a fresh `python -m llmzip.bench.lm` process; raises RuntimeError with its last line."""
     out = work / f"{name}.json"
-    cmd = [sys.executable, "-m", "llmzip.lm_bench", str(directory), str(work), name, json.dumps(params), str(out)]
+    cmd = [sys.executable, "-m", "llmzip.bench.lm", str(directory), str(work), name, json.dumps(params), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()] or ["no output"]
@@ -121,12 +108,11 @@ def eval_windows(config: Any, tokenizer: Any) -> tuple[np.ndarray, dict[str, Any
     """The first data.max_eval_samples (default 20) windows of data.max_length tokens of the eval split's text."""
     from llmzip import data as data_mod
     from llmzip.errors import DataError
-    from llmzip.tasks.causal_lm import windows
 
     d = config.data
     text, source = data_mod.load_text(d, d.eval_split)
     count = d.max_eval_samples or 20
-    chunks = windows(tokenizer, text, d.max_length, d.skip_tokens)[:count]
+    chunks = data_mod.token_windows(tokenizer, text, d.max_length, d.skip_tokens)[:count]
     if len(chunks) < count:
         raise DataError(
             f"{data_mod.dataset_location(d)} ({d.eval_split}): {len(chunks)} windows of {d.max_length} tokens, "
@@ -140,8 +126,8 @@ def _check_workload(model_config: Any, config: Any, window: int, directory: Path
     """Every sequence the bench runs must fit the model's positions: the perplexity windows, each prefill
     length, and the decode prompt + new tokens."""
     from llmzip.errors import ConfigError
-    from llmzip.lm_runtime import check_positions
-    from llmzip.modeling import max_tokens
+    from llmzip.positions import max_tokens
+    from llmzip.runtime.lm import check_positions
 
     limit = max_tokens(model_config)
     if limit is None:
@@ -164,10 +150,12 @@ def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work
     """Every directory measured by its own worker process on the same windows and prompt; the machine's load
     during the run is recorded beside the numbers."""
     from llmzip.config import to_dict
-    from llmzip.machine import CpuLoad, machine_info
     from llmzip.modeling import load_tokenizer
     from llmzip.progress import step
+    from llmzip.runtime.machine import CpuLoad, machine_info
+    from llmzip.runtime.sessions import providers
 
+    providers(config.provider)  # refused here, in one line, not inside a measuring process
     tokenizer = load_tokenizer(directories[0])
     windows, described = eval_windows(config, tokenizer)
     stream = windows.reshape(-1)
@@ -196,6 +184,7 @@ def bench_causal_lm(directories: list[Path], names: list[str], config: Any, work
         "new_tokens": config.new_tokens,
         "prefill_lengths": config.prefill_lengths,
         "repeats": config.lm_repeats,
+        "provider": config.provider.value,
         "extra": extra,
     }
     variants = []
@@ -258,9 +247,9 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def genai_row(directory: Path, work: Path, *, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """An onnxruntime-genai build measured by its own runtime in .venv-genai (llmzip/benchmarks/genai.py), as a
+    """An onnxruntime-genai build measured by its own runtime in .venv-genai (llmzip/bench/genai.py), as a
     row of the same table: same windows, prompt, token counts, threads and repeats."""
-    from llmzip.benchmarks import genai
+    from llmzip.bench import genai
 
     got = genai.measure(
         directory,

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip import students
-from llmzip.losses import SEQUENCE_LOSSES, PredictionLosses, attention_mse, hidden_cosine, hidden_mse
+from llmzip.shrink import students
+from llmzip.shrink.losses import SEQUENCE_LOSSES, PredictionLosses, attention_mse, hidden_cosine, hidden_mse
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -73,16 +73,15 @@ class _OrtState:
 
 
 class OrtRunner:
-    """An llmzip causal-LM export (see llmzip/lm_export.py) in an onnxruntime session."""
+    """An llmzip causal-LM export (see llmzip/onnx/lm_export.py) in an onnxruntime session."""
 
-    def __init__(self, path: Path, config: Any, *, threads: int = 1, name: str = "onnxruntime") -> None:
-        import onnxruntime as ort
+    def __init__(
+        self, path: Path, config: Any, *, threads: int = 1, name: str = "onnxruntime", provider: Any = None
+    ) -> None:
+        from llmzip.config import Provider
+        from llmzip.runtime.sessions import session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = session(path, provider=provider or Provider.CPU, threads=threads)
         self.config, self.name = config, name
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -110,19 +109,19 @@ class OrtRunner:
 class TorchRunner:
     """A transformers causal LM (fp32, or llmzip's weight-only layers) with its DynamicCache."""
 
-    def __init__(self, model: Any, *, threads: int = 1, name: str = "pytorch") -> None:
+    def __init__(self, model: Any, *, threads: int = 1, name: str = "pytorch", device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.model, self.name = model.eval(), name
+        self.model, self.name, self.device = model.eval().to(device), name, device
 
     def _run(self, ids: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
         import torch
 
         with torch.no_grad():
-            ids_t = torch.from_numpy(ids.astype(np.int64))
+            ids_t = torch.from_numpy(ids.astype(np.int64)).to(self.device)
             out = self.model(input_ids=ids_t, use_cache=True, **with_cache(self.model, cache))
-        return out.logits.float().numpy(), returned_cache(out)
+        return out.logits.float().cpu().numpy(), returned_cache(out)
 
     def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
         from transformers import DynamicCache
@@ -184,12 +183,44 @@ def timed(fn: Any, repeats: int) -> dict[str, float]:
     return {"median": float(np.median(times)), "min": float(min(times)), "max": float(max(times))}
 
 
+def load_runner(directory: Path, *, threads: int, name: str, verb: str = "bench", provider: str = "cpu") -> Runner:
+    """An export in onnxruntime (on `provider`, through the one session factory) or a model folder in PyTorch
+    (on the CUDA device for a GPU provider), after the artifact's integrity check."""
+    from llmzip.artifact import EXTERNAL, open_artifact
+    from llmzip.config import Provider
+
+    accepts = ("import", "finetune", "distill", "quantize", "export", EXTERNAL)
+    artifact = open_artifact(directory, verb=verb, accepts=accepts, role="model directory")
+    if artifact.stage == "export":
+        model_file = str(artifact.manifest.get("model_file", "model.onnx"))
+        return OrtRunner(
+            directory / model_file, read_config(directory), threads=threads, name=name, provider=Provider(provider)
+        )
+    from llmzip.modeling import load_model
+
+    return TorchRunner(load_model(artifact), threads=threads, name=name, device=_torch_device(Provider(provider)))
+
+
+def _torch_device(provider: Any) -> str:
+    from llmzip.config import Provider
+
+    if provider is Provider.CPU:
+        return "cpu"
+    import torch
+
+    from llmzip.errors import ProviderError
+
+    if not torch.cuda.is_available():
+        raise ProviderError("PyTorch here has no CUDA device; use --provider cpu")
+    return "cuda"
+
+
 def check_positions(config: Any, prompt_tokens: int, new_tokens: int, source: Path) -> None:
     """Refuse a prompt + continuation beyond the model's positions before it becomes a garbage continuation
     (PyTorch) or an error deep inside onnxruntime's GroupQueryAttention (whose rotary cache has that many rows).
     The last new token is never fed back, so `prompt + new − 1` positions are used."""
     from llmzip.errors import ConfigError
-    from llmzip.modeling import max_tokens
+    from llmzip.positions import max_tokens
 
     limit = max_tokens(config)
     if limit is None or prompt_tokens + new_tokens - 1 <= limit:
@@ -204,10 +235,11 @@ def check_positions(config: Any, prompt_tokens: int, new_tokens: int, source: Pa
     )
 
 
-def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads: int) -> dict[str, Any]:
+def generate_text(
+    directory: Path, prompt: str, *, max_new_tokens: int, threads: int, provider: str = "cpu"
+) -> dict[str, Any]:
     """`llmzip generate`: greedy continuation of `prompt` (stops at EOS) with its timings."""
     from llmzip.errors import ConfigError
-    from llmzip.lm_bench import load_runner
     from llmzip.modeling import load_tokenizer, source_config
     from llmzip.tasks import TaskKind, task_of
 
@@ -229,7 +261,7 @@ def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads:
     if len(ids) == 0:
         raise ConfigError("the prompt is empty after tokenization; give some text")
     check_positions(config, len(ids), max_new_tokens, directory)
-    runner = load_runner(directory, threads=threads, name=directory.name, verb="generate")
+    runner = load_runner(directory, threads=threads, name=directory.name, verb="generate", provider=provider)
     tokens, times = greedy(runner, ids, max_new_tokens, eos=tokenizer.eos_token_id)
     steps, decode_s = times["decode_steps"], times["decode_s"]
     return {
@@ -241,4 +273,5 @@ def generate_text(directory: Path, prompt: str, *, max_new_tokens: int, threads:
         "decode_tokens_per_s": steps / decode_s if steps and decode_s > 0 else 0.0,
         "runtime": "onnxruntime" if isinstance(runner, OrtRunner) else "pytorch",
         "threads": threads,
+        "provider": provider,
     }

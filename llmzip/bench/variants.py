@@ -17,14 +17,11 @@ import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb
 from llmzip.config import BenchConfig, Provider, TorchDtype, as_enum
-from llmzip.errors import ArtifactError, ModelError, ProviderError
-from llmzip.modeling import check_length, load_model, load_tokenizer
+from llmzip.errors import ArtifactError, ProviderError
+from llmzip.modeling import load_model, load_tokenizer
+from llmzip.positions import check_length
+from llmzip.runtime import sessions
 
-ORT_PROVIDERS = {
-    Provider.CPU: ["CPUExecutionProvider"],
-    Provider.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    Provider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Graph ops that mean integer weights, for ONNX files that come without an llmzip manifest.
 INT8_OPS = {
@@ -66,30 +63,7 @@ def onnx_size_mb(path: Path) -> float:
 
 def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
     """A session on one ONNX file and the input names its graph takes."""
-    import onnxruntime as ort
-
-    wanted = ORT_PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if wanted[0] not in available:
-        raise ProviderError(
-            f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}); "
-            f"install the matching onnxruntime build or use --provider cpu"
-        )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if threads > 1:
-        # onnxruntime's workers spin after each call by default. Timed round-robin beside other variants, that
-        # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads measured
-        # 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=[p for p in wanted if p in available])
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types for one problem
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{path}: onnxruntime cannot load it ({first}); re-run `llmzip export`") from None
+    session = sessions.session(path, provider=provider, threads=threads, load_error="re-run `llmzip export`")
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
 
@@ -188,8 +162,8 @@ SATURATION_EXAMPLES = 64  # eval examples the emulator check runs per int8 varia
 def int8_saturation(variant: Variant, feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """For an int8 ONNX variant: whether its u8×s8 matmuls saturate under AVX2-class kernels on real eval
     examples, and whether this CPU runs such kernels (None for other variants)."""
-    from llmzip import hardware
-    from llmzip.onnx_saturation import saturation_check
+    from llmzip.onnx.saturation import saturation_check
+    from llmzip.runtime import hardware
 
     if variant.kind != "onnx" or variant.onnx_path is None or not variant.precision.startswith("int8"):
         return None

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from llmzip import plots
-from llmzip.machine import has_fast_bf16
+from llmzip.bench import plots
+from llmzip.runtime.machine import has_fast_bf16
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "latency_vs_accuracy.png"

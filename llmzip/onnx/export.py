@@ -102,15 +102,13 @@ FLOAT_GEMMS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
 def optimized_graph(onnx_path: Path) -> Any:
     """The graph onnxruntime actually executes on CPU after all its fusions (via optimized_model_filepath)."""
     import onnx
-    import onnxruntime as ort
+
+    from llmzip.runtime.sessions import session
 
     with tempfile.TemporaryDirectory() as scratch:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
-        opts.log_severity_level = 3
-        ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        return onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+        optimized = Path(scratch) / "optimized.onnx"
+        session(onnx_path, optimized_path=optimized)
+        return onnx.load(str(optimized), load_external_data=False).graph
 
 
 def optimized_op_counts(onnx_path: Path) -> Counter[str]:
@@ -134,7 +132,7 @@ def ort_latency_ms(path: Path, feeds: dict[str, np.ndarray], *, iterations: int 
     """Median onnxruntime CPU latency of one input (a quick probe; `llmzip bench` is the real measurement)."""
     import time
 
-    from llmzip.bench_variants import ort_runner
+    from llmzip.bench.variants import ort_runner
     from llmzip.config import Provider
 
     run, _ = ort_runner(path, Provider.CPU, threads)

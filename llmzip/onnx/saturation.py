@@ -48,8 +48,9 @@ def saturation_check(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
     graph computes, since quantization is elementwise arithmetic that onnxruntime does not reorder.
     """
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
+
+    from llmzip.runtime.sessions import session as ort_session
 
     model = onnx.load(str(path))
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -57,10 +58,7 @@ def saturation_check(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str
     wanted = sorted({x for m in matmuls for x in (m.a, m.b) if x not in constants})
     existing = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=x) for x in wanted if x not in existing)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(model.SerializeToString(), optimize=False)
     nodes: dict[str, dict[str, Any]] = {}
     for m in matmuls:
         b = constants.get(m.b)

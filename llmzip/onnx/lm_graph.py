@@ -1,6 +1,6 @@
 """A Llama-family decoder written directly as onnxruntime's fused CPU graph, with llmzip's own weights.
 
-Why not only the traced export (llmzip/lm_export.py): tracing keeps attention as ~30 small ops per layer (rotary
+Why not only the traced export (llmzip/onnx/lm_export.py): tracing keeps attention as ~30 small ops per layer (rotary
 slices, repeat_kv, masking, softmax) and RMSNorm as 6; onnxruntime fuses none of them for a decoder, and at one
 token per step those ops, not the matmuls, dominate decode time (measured: ~2× slower per token than the same
 MatMulNBits weights in the fused form). onnxruntime's contrib ops do the whole thing in a few kernels:
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from llmzip.errors import ExportError
-from llmzip.lm_runtime import CACHE_INPUT, CACHE_OUTPUT, cache_shape
+from llmzip.runtime.lm import CACHE_INPUT, CACHE_OUTPUT, cache_shape
 
 MS = "com.microsoft"
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")

@@ -52,7 +52,7 @@ def cpu_flags() -> set[str]:
 
         return {k for k, v in torch.cpu.get_capabilities().items() if v is True}
     except (ImportError, AttributeError):
-        from llmzip.machine import cpu_flags as proc_flags
+        from llmzip.runtime.machine import cpu_flags as proc_flags
 
         return proc_flags()
 

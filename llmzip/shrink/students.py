@@ -212,8 +212,8 @@ def shrink(
     trained on) → low-rank Linear layers. Returns what was done, for the manifest; the model records its new
     shapes in its config.
     """
-    from llmzip import embeddings
     from llmzip.data import load_split, texts
+    from llmzip.shrink import embeddings
 
     info: dict[str, Any] = {}
     if config.vocabulary in (Vocabulary.TASK, Vocabulary.TASK_NEAREST):
@@ -241,15 +241,15 @@ def shrink(
     if config.keep_heads is not None or config.keep_ffn is not None:
         info["pruning"] = _prune(config, student, teacher, train, collator)
     if config.linear_rank is not None:  # after pruning: it factorizes the layers pruning already shrank
-        from llmzip.lowrank import factorize_linears
+        from llmzip.shrink.lowrank import factorize_linears
 
         info["lowrank"] = factorize_linears(student, config.linear_rank, pattern=config.linear_rank_pattern)
     return info
 
 
 def _prune(config: DistillConfig, student: Any, teacher: Any, train: Any, collator: Any) -> dict[str, Any]:
-    from llmzip import pruning
-    from llmzip.losses import distillation_loss
+    from llmzip.shrink import pruning
+    from llmzip.shrink.losses import distillation_loss
 
     rows = train.shuffle(seed=config.seed).select(range(min(len(train), config.prune_batches * config.batch_size)))
     columns = [c for c in rows.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]

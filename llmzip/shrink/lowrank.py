@@ -2,7 +2,7 @@
 
 A factorized layer is a `LowRankLinear` whose `down` (in → rank) and `up` (rank → out) are ordinary nn.Linear
 modules, so calibrate, quantize (one int8 MatMul each) and export treat them like any other Linear. The ranks
-travel in the structure spec (llmzip/structure.py) as `"lowrank": {"<module name>": rank, ...}`; the shapes come
+travel in the structure spec (llmzip/shrink/structure.py) as `"lowrank": {"<module name>": rank, ...}`; the shapes come
 from the Linear that `from_config` (and a pruned model's "linears" entry) builds under that name.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip import structure
 from llmzip.errors import ConfigError, ModelError
+from llmzip.shrink import structure
 
 LOWRANK_KEY = "lowrank"
 # The FFN pair of every BERT-family layer (layer.N.intermediate.dense, layer.N.output.dense), not the attention
@@ -98,7 +98,7 @@ def factorize_linears(model: nn.Module, rank: int, *, pattern: str) -> dict[str,
     if not matched:
         raise ConfigError(
             f"pattern '{pattern}' matches no Linear layer of {type(model).__name__}; check the module names "
-            "(model.named_modules()), e.g. llmzip.lowrank.FFN_PATTERN for BERT's feed-forward layers"
+            "(model.named_modules()), e.g. llmzip.shrink.lowrank.FFN_PATTERN for BERT's feed-forward layers"
         )
     model_before = _parameters(model)
     layers: dict[str, dict[str, Any]] = {}

@@ -11,23 +11,23 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmzip.choices import Activations as Activations
-from llmzip.choices import CalibrationMethod as CalibrationMethod
-from llmzip.choices import CpuTarget as CpuTarget
-from llmzip.choices import Granularity as Granularity
-from llmzip.choices import LayerSelection as LayerSelection
-from llmzip.choices import LmGraph as LmGraph
-from llmzip.choices import Provider as Provider
-from llmzip.choices import SaturationFix as SaturationFix
-from llmzip.choices import TorchDtype as TorchDtype
-from llmzip.choices import Vocabulary as Vocabulary
-from llmzip.choices import WeightAlgorithm as WeightAlgorithm
-from llmzip.choices import as_enum as as_enum
-from llmzip.config_data import DataConfig as DataConfig
-from llmzip.config_data import _check
-from llmzip.config_outputs import BENCH_BASELINES as BENCH_BASELINES
-from llmzip.config_outputs import BenchConfig as BenchConfig
-from llmzip.config_outputs import ExportConfig as ExportConfig
+from llmzip.config.choices import Activations as Activations
+from llmzip.config.choices import CalibrationMethod as CalibrationMethod
+from llmzip.config.choices import CpuTarget as CpuTarget
+from llmzip.config.choices import Granularity as Granularity
+from llmzip.config.choices import LayerSelection as LayerSelection
+from llmzip.config.choices import LmGraph as LmGraph
+from llmzip.config.choices import Provider as Provider
+from llmzip.config.choices import SaturationFix as SaturationFix
+from llmzip.config.choices import TorchDtype as TorchDtype
+from llmzip.config.choices import Vocabulary as Vocabulary
+from llmzip.config.choices import WeightAlgorithm as WeightAlgorithm
+from llmzip.config.choices import as_enum as as_enum
+from llmzip.config.data import DataConfig as DataConfig
+from llmzip.config.data import _check
+from llmzip.config.outputs import BENCH_BASELINES as BENCH_BASELINES
+from llmzip.config.outputs import BenchConfig as BenchConfig
+from llmzip.config.outputs import ExportConfig as ExportConfig
 
 
 @dataclass
@@ -97,18 +97,18 @@ class DistillConfig(TrainConfig):
     layer_map: list[int] | None = None  # teacher layer (1-based output) for each student layer; default uniform
     intermediate_epochs: float = 0.0
     # Structured pruning and embedding compression of the student, before its training (which recovers the
-    # accuracy by KD): llmzip/pruning.py, llmzip/embeddings.py.
+    # accuracy by KD): llmzip/shrink/pruning.py, llmzip/shrink/embeddings.py.
     keep_heads: int | None = None  # attention heads kept per layer, by first-order Taylor importance
     keep_ffn: int | None = None  # FFN neurons kept per layer, same ranking
     prune_batches: int = 32  # training batches the importance is measured on
     vocabulary: Vocabulary = Vocabulary.FULL  # task: only the token ids the training data uses keep a row
     embedding_rank: int | None = None  # word embeddings factorized E ≈ A·B (ALBERT) at this rank
     max_positions: int | None = None  # keep this many position embeddings (the rest is never used)
-    # LadaBERT's low-rank Linear layers: W ≈ up·down from the SVD, then KD (llmzip/lowrank.py); by default the FFN
-    # pair. Saves parameters below rank in·out/(in+out) (307 for MiniLM's FFN); the latency gain is small where
+    # LadaBERT's low-rank Linear layers: W ≈ up·down from the SVD, then KD (llmzip/shrink/lowrank.py); by default
+    # the FFN pair. Saves parameters below rank in·out/(in+out) (307 for MiniLM's FFN); the latency gain is small where
     # int8 GEMMs are cheap (README).
     linear_rank: int | None = None
-    # Teacher-labelled training rows made by joining two random training texts (llmzip/augment.py): KD needs no
+    # Teacher-labelled training rows made by joining two random training texts (llmzip/shrink/augment.py): KD needs no
     # gold label, and longer mixed inputs bring phrase-level training data (SST-2) closer to full sentences.
     augment_pairs: int = 0
     linear_rank_pattern: str = r"\.layer\.\d+\.(intermediate|output)\.dense$"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmzip.choices import LmGraph, Provider, TorchDtype, as_enum
-from llmzip.config_data import DataConfig, _check
+from llmzip.config.choices import LmGraph, Provider, TorchDtype, as_enum
+from llmzip.config.data import DataConfig, _check
 
 
 @dataclass

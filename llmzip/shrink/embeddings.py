@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip import structure
 from llmzip.errors import ArtifactError, ConfigError
+from llmzip.shrink import structure
 
 STRUCTURE_ATTR = structure.SPEC_ATTR  # the config attribute save_pretrained writes into config.json
 EMBEDDINGS_KEY = "embeddings"
@@ -309,7 +309,7 @@ def trim_positions(model: Any, length: int) -> dict[str, Any]:
     `length` counts table rows, as the config field does (RoBERTa-family models use 2 rows for padding offset:
     llmzip.modeling.max_tokens says how many tokens that leaves).
     """
-    from llmzip.modeling import max_tokens
+    from llmzip.positions import max_tokens
 
     config = model.config
     current = getattr(config, "max_position_embeddings", None)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmzip.errors import ExportError
-from llmzip.lm_runtime import CACHE_INPUT, CACHE_OUTPUT, cache_shape, empty_cache, returned_cache, with_cache
+from llmzip.runtime.lm import CACHE_INPUT, CACHE_OUTPUT, cache_shape, empty_cache, returned_cache, with_cache
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -176,7 +176,7 @@ def parity(session: Any, model: nn.Module, prompts: np.ndarray, decode_steps: in
 
 def probe_prompts(directory: Path, tokenizer: Any, *, count: int = 2, length: int = 32) -> np.ndarray:
     """Parity prompts: the start of the calibration windows a quantized model carries, else the demo sentences."""
-    from llmzip.calibration import SAMPLES_FILE, read_samples
+    from llmzip.quant.calibration import SAMPLES_FILE, read_samples
 
     if (directory / SAMPLES_FILE).is_file():
         rows = [r["input_ids"] for r in read_samples(directory) if "input_ids" in r]
@@ -210,13 +210,13 @@ def export_causal_lm(
     """Write the KV-cache graph to `path`, check it against PyTorch on prefill and decode, and say what
     onnxruntime runs. Returns the export metrics (raises ExportError when parity or the kernels fail)."""
     import onnx
-    import onnxruntime as ort
 
-    from llmzip.choices import LmGraph
-    from llmzip.lm_graph import supports, write_fused_graph
-    from llmzip.onnx_export import float_weight_matmuls, optimized_graph
-    from llmzip.onnx_graph import fp16_initializers
+    from llmzip.config.choices import LmGraph
+    from llmzip.onnx.export import float_weight_matmuls, optimized_graph
+    from llmzip.onnx.graph import fp16_initializers
+    from llmzip.onnx.lm_graph import supports, write_fused_graph
     from llmzip.quant.weight_only import BlockEmbedding, WeightOnlyLinear
+    from llmzip.runtime.sessions import session as ort_session
 
     # weight-only products (a table an embedding owns is read by a Gather, not multiplied)
     tables = {id(m.table) for m in model.modules() if isinstance(m, BlockEmbedding)}
@@ -249,9 +249,7 @@ def export_causal_lm(
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:
             raise ExportError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     prompts = probe_prompts(source, tokenizer)
     result = parity(session, model, prompts, decode_steps=4)
     scale = max(1.0, result["max_abs_logit"])
@@ -270,7 +268,7 @@ def export_causal_lm(
         # accuracy_level 4 quantizes each block of activations to int8 inside MatMulNBits (onnxruntime's fast CPU
         # path): a declared approximation, switched on after parity and measured on the same prompts, not gated.
         _set_accuracy_level(path, level)
-        fast = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        fast = ort_session(path)
         approximation = parity(fast, model, prompts, decode_steps=4)
     runtime = optimized_graph(path)
     runtime_ops: dict[str, int] = {}

@@ -16,10 +16,10 @@ from llmzip import scope
 from llmzip.artifact import atomic_write_text, read_manifest, resolve_pip_model, strict_json
 from llmzip.config import to_dict
 from llmzip.data import data_paths
-from llmzip.ggufio import gguf_source
 from llmzip.outputs import check_output, rebuilt
 from llmzip.progress import console
 from llmzip.recipe import Recipe
+from llmzip.sources.gguf import gguf_source
 
 RUN_FILE = "run.json"
 # Variant names the benchmarks and README quote; keep them stable.

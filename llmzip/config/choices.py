@@ -36,7 +36,7 @@ class Activations(str, enum.Enum):
 
 
 class CpuTarget(str, enum.Enum):
-    """The x86 CPU class an int8 model must be right on (see llmzip/hardware.py for what each class runs).
+    """The x86 CPU class an int8 model must be right on (see llmzip/runtime/hardware.py for what each class runs).
 
     any: every x86 CPU (the default): u8×s8 products must not saturate the int16 pair sums of AVX2 kernels.
     avx2 / avx512: AVX2, or AVX-512 without VNNI (Skylake-SP): the same saturating kernels, so the same rule.

@@ -1,0 +1,77 @@
+"""The one place an onnxruntime session is made: provider (with a one-line error naming what this build has),
+threads, logging, idle spinning, and the optimized-graph dump — for export's parity checks, bench, the causal-LM
+runners, generate, the saturation and kernel checks alike, so `--provider` and thread settings mean the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmzip.config import Provider
+from llmzip.errors import ModelError, ProviderError
+
+ORT_PROVIDERS = {
+    Provider.CPU: ["CPUExecutionProvider"],
+    Provider.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    Provider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def providers(provider: Provider) -> list[str]:
+    """The execution providers (with fallbacks) a session on `provider` uses; refused when this build lacks it."""
+    import onnxruntime as ort
+
+    wanted = ORT_PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise ProviderError(
+            f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}); "
+            "install the matching onnxruntime build or use --provider cpu"
+        )
+    return [p for p in wanted if p in available]
+
+
+def session(
+    model: Path | str | bytes,
+    *,
+    provider: Provider = Provider.CPU,
+    threads: int | None = None,
+    optimized_path: Path | None = None,
+    optimize: bool = True,
+    load_error: str | None = None,
+) -> Any:
+    """An InferenceSession on an ONNX file (or serialized model). `threads` sets intra-op threads (None: onnxruntime
+    decides) with one inter-op thread and no idle spinning beyond one thread; `optimized_path` writes the graph
+    onnxruntime really runs after its fusions; `optimize=False` runs the graph as written (no fusions: what a
+    check of the graph's own numbers needs); `load_error` turns a model that does not load into a one-line
+    ModelError (else onnxruntime's own exception propagates)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads > 1:
+            # onnxruntime's workers spin after each call by default. Timed round-robin beside other variants, that
+            # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads
+            # measured 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path is not None:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(optimized_path)
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, opts, providers=providers(provider))
+    except ProviderError:
+        raise
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types for one problem
+        if load_error is None:
+            raise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{model}: onnxruntime cannot load it ({first}); {load_error}") from None
