@@ -92,7 +92,7 @@ def load_tokenizer(source: str | Path) -> Any:
         ) from None
 
 
-def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreTrainedModel:
+def load_pretrained(source: str | Path, *, seed: int = 0, task: Any = None, **kwargs: Any) -> PreTrainedModel:
     """The task's model (classifier or causal LM) from a folder or hub id (a classifier's new head is initialised
     when num_labels is given).
 
@@ -106,7 +106,7 @@ def load_pretrained(source: str | Path, *, seed: int = 0, **kwargs: Any) -> PreT
     quiet_libraries()
     refuse_remote_code(source)
     config = source_config(source)
-    auto = task_of(config).auto_class()
+    auto = (task or task_of(config)).auto_class()  # `task`: finetune --task gives an encoder another task's head
     local = Path(source)
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")) and not pickle_allowed():
         raise ModelError(

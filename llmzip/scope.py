@@ -27,13 +27,14 @@ from llmzip.config import (
 from llmzip.errors import ConfigError
 
 CAUSAL_LM = "causal-lm"
+SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
 @dataclass(frozen=True)
 class Scope:
     """What the options are applied to: the model's task and, for quantize, whether activations stay float."""
 
-    task: str  # a TaskKind value: "sequence-classification" or "causal-lm"
+    task: str  # a TaskKind value: "sequence-classification", "token-classification" or "causal-lm"
     task_weight_only: bool = False  # the task quantizes weights only whatever the flags say (causal LMs)
     where: str = "the model"  # named in the error
 
@@ -54,6 +55,10 @@ def _weight_only(config: Any, scope: Scope) -> bool:
 
 LM = Rule(lambda c, s: s.is_lm, "causal LMs")
 CLASSIFIER = Rule(lambda c, s: not s.is_lm, "classifiers (a causal LM is measured by perplexity and tokens/s)")
+SEQUENCE = Rule(
+    lambda c, s: s.task == SEQUENCE_CLASSIFICATION,
+    "sequence classifiers (one label per text; a token classifier reads one sentence's words and scores every word)",
+)
 WEIGHT_ONLY = Rule(_weight_only, "weight-only quantization (--weight-bits 4 or --weight-only; implied for a causal LM)")
 INT8_ACTIVATIONS = Rule(
     lambda c, s: not _weight_only(c, s),
@@ -84,7 +89,7 @@ BASELINES = Rule(
 RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
     DataConfig: {
         "skip_tokens": (LM,),
-        "text_pair_column": (CLASSIFIER,),
+        "text_pair_column": (SEQUENCE,),
         "label_column": (CLASSIFIER,),
     },
     DistillConfig: {
@@ -99,11 +104,15 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
                 "max_positions",
                 "linear_rank",
                 "linear_rank_pattern",
-                "augment_pairs",
+                # narrower students: a causal LM's embeddings, head and KV heads would need resizing
+                "hidden_size",
+                "intermediate_size",
+                "num_attention_heads",
             )
         },
-        # A causal-LM teacher always runs online (llmzip/tasks/lm_training.py): there is no logit cache to set.
-        "teacher_cache": (CLASSIFIER,),
+        "augment_pairs": (SEQUENCE,),  # joined texts have no per-word tags
+        # Causal-LM and token-classifier teachers run online (llmzip/tasks): there is no logit cache to set.
+        "teacher_cache": (SEQUENCE,),
         "teacher_top_k": (LM,),
     },
     QuantizeConfig: {

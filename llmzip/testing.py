@@ -6,6 +6,7 @@ WordLevel tokenizer.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -63,6 +64,27 @@ def build_tiny_bert(
     model = BertForSequenceClassification(config) if classifier else BertModel(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_tiny_ner(directory: Path) -> Path:
+    """The demo sentences as a CoNLL-style token-classification set (train/validation.jsonl with `tokens` and
+    `ner_tags`): each word's entity type is a fixed function of the word, so a tiny model can learn it."""
+    import zlib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    kinds = ["PER", "LOC", None, None, None]
+    for split in ("train", "validation"):
+        rows = []
+        for line in (DEMO_DATASET / f"{split}.tsv").read_text().splitlines()[1:]:
+            words = re.findall(r"\w+|[^\w\s]", line.split("\t")[0])
+            tags, previous = [], None
+            for w in words:
+                kind = kinds[zlib.crc32(w.lower().encode()) % len(kinds)] if w.isalpha() else None
+                tags.append("O" if kind is None else ("I-" if kind == previous else "B-") + kind)
+                previous = kind
+            rows.append(json.dumps({"tokens": words, "ner_tags": tags}))
+        (directory / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
     return directory
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from llmzip import data as data_mod
+from llmzip import metrics
 from llmzip.artifact import Artifact, carry_forward, write_manifest
 from llmzip.config import TrainConfig, to_dict
 from llmzip.outputs import check_output, staging
@@ -65,7 +66,15 @@ class TaskTraining:
     cache_teacher: bool
 
 
-def prepare(cfg: TrainConfig, tokenizer: Any, label2id: dict[str, int], *, train_loaded: Any = None) -> Prepared:
+def prepare(
+    cfg: TrainConfig,
+    tokenizer: Any,
+    label2id: dict[str, int],
+    *,
+    train_loaded: Any = None,
+    encode: Callable[..., Any] = data_mod.encode,
+) -> Prepared:
+    """The train (and, when the data has one, eval) split of labelled data, tokenized by the task's `encode`."""
     d = cfg.data
     loaded = train_loaded or data_mod.load_split(
         d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True
@@ -78,15 +87,15 @@ def prepare(cfg: TrainConfig, tokenizer: Any, label2id: dict[str, int], *, train
     if evaluated is not None:
         eval_ds, eval_src = evaluated
         inputs["eval"] = {**eval_src.describe(), "split": d.eval_split, "rows": len(eval_ds)}
-        eval_enc = data_mod.encode(tokenizer, eval_ds, d, label2id, max_length=d.max_length)
-    train_enc = data_mod.encode(tokenizer, train_ds, d, label2id, max_length=d.max_length)
+        eval_enc = encode(tokenizer, eval_ds, d, label2id, max_length=d.max_length)
+    train_enc = encode(tokenizer, train_ds, d, label2id, max_length=d.max_length)
     return Prepared(train=train_enc, eval=eval_enc, inputs=inputs)
 
 
 def accuracy(eval_pred: Any) -> dict[str, float]:
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    return {"accuracy": metrics.accuracy(np.argmax(logits, axis=-1), labels)}
 
 
 ACCURACY = Metric("accuracy", "accuracy", True, value=lambda r: float(r["eval_accuracy"]), compute=accuracy)

@@ -13,6 +13,7 @@ LAYERS = [
         "core",
         {
             "errors",
+            "metrics",
             "progress",
             "positions",
             "config",

@@ -181,12 +181,13 @@ def _accuracy_text(value: float | None) -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     m, c = result["machine"], result["config"]
     lines = ["# llmzip bench", ""]
+    metric = str(result["variants"][0].get("metric") or "accuracy") if result["variants"] else "accuracy"
     if "data" in result:
         samples = result["variants"][0]["eval_samples"]
-        lines += [f"Accuracy on {samples} examples of `{result['data'].get('split', '?')}`.", ""]
+        lines += [f"{metric.capitalize()} on {samples} examples of `{result['data'].get('split', '?')}`.", ""]
     lines += [
         "| variant | precision | batch×seq | p50 ms | p90 ms | p99 ms | spread (IQR) ms | samples/s | "
-        f"speedup vs {result['baseline']} (95% CI) | size MB | accuracy | int8 saturates here |",
+        f"speedup vs {result['baseline']} (95% CI) | size MB | {metric} | int8 saturates here |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for v in result["variants"]:

@@ -21,6 +21,7 @@ from llmzip.errors import ArtifactError, ProviderError
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.positions import check_length
 from llmzip.runtime import sessions
+from llmzip.tasks import TASKS, Task, TaskKind, task_of
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Graph ops that mean integer weights, for ONNX files that come without an llmzip manifest.
@@ -54,6 +55,7 @@ class Variant:
     label2id: dict[str, int] | None  # None: the model names no labels, so it gets no accuracy
     warnings: list[str] = field(default_factory=list)
     onnx_path: Path | None = None  # the graph onnxruntime runs (ONNX variants)
+    task: Task = field(default_factory=lambda: TASKS[TaskKind.SEQUENCE_CLASSIFICATION])  # encodes eval data, scores
 
 
 def onnx_size_mb(path: Path) -> float:
@@ -95,6 +97,16 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: To
     return run
 
 
+def _task(model_dir: Path) -> Task:
+    """The task of the model whose config.json sits in `model_dir` (a sequence classifier when there is none)."""
+    config_file = model_dir / "config.json"
+    try:
+        architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        architectures = None  # load_variant reports an unreadable config in one line
+    return task_of(SimpleNamespace(architectures=architectures or []))
+
+
 def _label2id(model_dir: Path) -> dict[str, int] | None:
     config_file = model_dir / "config.json"
     if not config_file.is_file():
@@ -131,6 +143,7 @@ def load_variant(
             tokenizer,
             label2id,
             onnx_path=onnx_file,
+            task=_task(artifact.path),
         )
     names = [n for n in tokenizer.model_input_names if n in MODEL_INPUTS]
     warnings = []
@@ -153,6 +166,7 @@ def load_variant(
         tokenizer,
         label2id,
         warnings,
+        task=_task(artifact.path),
     )
 
 
@@ -219,4 +233,5 @@ def onnx_file_variant(
         load_tokenizer(tokenizer_dir),
         _label2id(Path(tokenizer_dir)),
         onnx_path=path,
+        task=_task(Path(tokenizer_dir)),
     )

@@ -40,12 +40,22 @@ from llmzip.cli.common import (
     _render_stage,
     _stage_result,
 )
-from llmzip.config.choices import LayerSelection, Vocabulary
+from llmzip.config.choices import LayerSelection, TaskKind, Vocabulary
+
+FINETUNE_FLAGS = {**TRAIN_FLAGS, "task": "task"}
 
 
 def finetune(
     model: Annotated[str, typer.Argument(help="Pretrained model folder or hub id.")],
     out: Out,
+    task: Annotated[
+        Optional[TaskKind],
+        typer.Option(
+            help="The task head to train (default: the model's own architecture; a bare encoder becomes a "
+            "sequence classifier). token-classification reads word lists and one tag per word (--text-column "
+            "tokens --label-column ner_tags for conll2003).",
+        ),
+    ] = None,
     data: Data = None,
     subset: Subset = None,
     text_column: TextColumn = None,
@@ -80,18 +90,20 @@ def finetune(
 
         llmzip finetune ./bert-base --data ../shared/data/sst2 -o runs/teacher
 
+        llmzip finetune ./minilm --task token-classification --data ../shared/data/conll2003 --text-column tokens
+        --label-column ner_tags --eval-split validation -o runs/ner-teacher
+
         llmzip finetune ./smollm2 --data ./wikitext-2-raw --eval-split valid --max-length 512 -o runs/lm
 
         llmzip finetune nyu-mll/glue --subset sst2 --epochs 1 -o runs/teacher --json
     """
-    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in TRAIN_FLAGS}
+    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in FINETUNE_FLAGS}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.finetune import finetune as stage
 
-        return _stage_result(
-            stage(model, out, config=_build("finetune", recipe, flags, TRAIN_FLAGS), overwrite=overwrite, resume=resume)
-        )
+        config = _build("finetune", recipe, flags, FINETUNE_FLAGS)
+        return _stage_result(stage(model, out, config=config, overwrite=overwrite, resume=resume))
 
     _execute(work, _render_stage, json_out)
 

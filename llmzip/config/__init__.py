@@ -19,6 +19,7 @@ from llmzip.config.choices import LayerSelection as LayerSelection
 from llmzip.config.choices import LmGraph as LmGraph
 from llmzip.config.choices import Provider as Provider
 from llmzip.config.choices import SaturationFix as SaturationFix
+from llmzip.config.choices import TaskKind as TaskKind
 from llmzip.config.choices import TorchDtype as TorchDtype
 from llmzip.config.choices import Vocabulary as Vocabulary
 from llmzip.config.choices import WeightAlgorithm as WeightAlgorithm
@@ -67,8 +68,18 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """Fine-tune a pretrained model for its task: an encoder into a sequence classifier (cross-entropy on labels), or a
-    causal LM on raw text in data.max_length-token windows (next-token cross-entropy; max_train_samples = windows)."""
+    """Fine-tune a pretrained model for its task: an encoder into a sequence classifier (cross-entropy on labels) or a
+    token classifier (one label per word, e.g. NER), or a causal LM on raw text in data.max_length-token windows
+    (next-token cross-entropy; max_train_samples = windows)."""
+
+    # None: the model's own architecture says (a *ForTokenClassification model is one; a bare encoder becomes a
+    # sequence classifier). Set it to give a pretrained encoder another task's head.
+    task: TaskKind | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task is not None:
+            self.task = as_enum(TaskKind, self.task, "task")
 
 
 @dataclass

@@ -11,6 +11,15 @@ from typing import Any, TypeVar
 from llmzip.errors import ConfigError
 
 
+class TaskKind(str, enum.Enum):
+    """What a model does (llmzip/tasks has one module each); a model's architecture names it, `finetune --task`
+    chooses it for a pretrained encoder that has no task head yet."""
+
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    TOKEN_CLASSIFICATION = "token-classification"
+    CAUSAL_LM = "causal-lm"
+
+
 class Provider(str, enum.Enum):
     """onnxruntime execution provider (torch variants map cuda/tensorrt to the CUDA device)."""
 

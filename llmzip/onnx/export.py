@@ -67,16 +67,24 @@ def input_names(tokenizer: Any) -> list[str]:
 
 
 def write_onnx(
-    model: nn.Module, names: list[str], feeds: dict[str, np.ndarray], path: Path, *, opset: int, source: Path
+    model: nn.Module,
+    names: list[str],
+    feeds: dict[str, np.ndarray],
+    path: Path,
+    *,
+    opset: int,
+    source: Path,
+    logits_axes: dict[int, str] | None = None,
 ) -> None:
-    """torch.onnx.export with dynamic batch and sequence axes and one `logits` output."""
+    """torch.onnx.export with dynamic batch and sequence axes and one `logits` output (whose dynamic axes the task
+    names: batch only for one vector per sequence, batch and sequence for one per token)."""
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
     # MatMulNBits (4-bit weights) lives in onnxruntime's domain; declaring it unused makes torch warn.
     custom = {"com.microsoft": 1} if any(isinstance(m, WeightOnlyLinear) for m in model.modules()) else None
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = logits_axes or {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -80,16 +80,6 @@ def record(
     return observers
 
 
-def batches_from_rows(
-    tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int, batch_size: int
-) -> list[dict[str, torch.Tensor]]:
-    """Model inputs for kept calibration rows: token windows (causal LM) or labelled text (classification)."""
-    from llmzip.tasks import TaskKind, get
-
-    kind = TaskKind.CAUSAL_LM if rows and "input_ids" in rows[0] else TaskKind.SEQUENCE_CLASSIFICATION
-    return get(kind).batches(tokenizer, rows, max_length=max_length, batch_size=batch_size)
-
-
 def read_observers(directory: Path) -> dict[str, HistogramObserver]:
     """The per-tensor input histograms a calibration directory holds, keyed by Linear name."""
     from safetensors.torch import load_file

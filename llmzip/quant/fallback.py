@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from llmzip import data as data_mod
@@ -25,12 +26,21 @@ FALLBACK_FILE = "fallback.json"
 
 
 def eval_batches(config: QuantizeConfig, tokenizer: Any, model: Any, size: int = 64) -> list[dict[str, Any]]:
+    """The eval split as labelled tensor batches, encoded by the model's task."""
+    from llmzip.tasks import task_of
+
     d = config.data
     loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
     assert loaded is not None
+    ds, task = loaded[0], task_of(model.config)
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
-    enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
-    return [dict(tokenizer.pad(enc[i : i + size], return_tensors="pt")) for i in range(0, len(enc), size)]
+    out = []
+    for i in range(0, len(ds), size):
+        enc = task.encode(
+            tokenizer, ds.select(range(i, min(i + size, len(ds)))), d, label2id, max_length=d.max_length, padding=True
+        )
+        out.append({k: torch.tensor(enc[k]) for k in enc.column_names})
+    return out
 
 
 def accuracy_aware(

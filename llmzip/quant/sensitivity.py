@@ -28,8 +28,13 @@ def logits(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
 
 
 def accuracy(model: nn.Module, batches: list[Batch]) -> float:
-    labels = torch.cat([b["labels"] for b in batches])
-    return float((logits(model, batches).argmax(-1) == labels).float().mean())
+    """The model's task metric (accuracy, entity F1) on labelled batches: the task's one implementation."""
+    from llmzip.tasks import task_of
+
+    config: Any = model.config
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    outs = [logits(model, [b]).float().numpy() for b in batches]
+    return task_of(config).score(outs, [b["labels"].numpy() for b in batches], id2label)
 
 
 def with_quantized(fp32: nn.Module, names: list[str], make: Make) -> nn.Module:

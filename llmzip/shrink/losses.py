@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmzip.shrink.teacher_cache import TopK
+
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)), averaged over the batch (Hinton et al. 2015).
@@ -54,6 +56,36 @@ def sequence_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 SEQUENCE_LOSSES = PredictionLosses(kd=sequence_kd, ce=sequence_ce)
+
+
+def token_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)) per token position, averaged over real (mask = 1) tokens.
+
+    Every position predicts a next token, the last one included, so all real positions are scored. Averaging over
+    tokens (not sequences) keeps the loss on the scale of the token-level CE whatever the window length.
+    """
+    t = temperature
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    if isinstance(teacher_logits, TopK):
+        # A cached top-k teacher: its distribution renormalised over its k most likely tokens (the tail it drops
+        # holds little mass at T ≈ 1), against the student's full-vocabulary log-probabilities at those tokens.
+        log_t = F.log_softmax(teacher_logits.values.float() / t, dim=-1)
+        per_token = (log_t.exp() * (log_t - log_s.gather(-1, teacher_logits.indices))).sum(-1)
+    else:
+        log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+        per_token = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp(min=1) * (t * t)
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each labelled position (a token classifier's; positions labelled -100 are not scored)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+TOKEN_LOSSES = PredictionLosses(kd=token_kl, ce=token_ce)
 
 
 def _token_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

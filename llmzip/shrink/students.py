@@ -105,13 +105,8 @@ def build(config: DistillConfig, teacher: PreTrainedModel, p: StudentPlan) -> tu
         # deepcopy keeps shared parameters shared).
         student = cut_layers(copy.deepcopy(teacher), p.layers)
         return student, {"init": "teacher layers", "copied_tensors": len(student.state_dict())}
-    from llmzip.tasks import TaskKind, task_of
-
-    if task_of(teacher.config).kind is TaskKind.CAUSAL_LM:
-        raise ConfigError(
-            "a narrower causal-LM student is not supported yet (its embeddings, head and KV heads would need "
-            "resizing); drop --hidden-size/--intermediate-size/--num-attention-heads to keep the teacher's width"
-        )
+    # A narrower causal-LM student is refused up front (llmzip/scope.py: its embeddings, head and KV heads would
+    # need resizing).
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers = len(p.layers)
     cfg.hidden_size = p.hidden_size

@@ -55,7 +55,7 @@ def load_eval_data(config: BenchConfig) -> tuple[Any, Any]:
 
 def eval_inputs(variant: Variant, eval_ds: Any, config: BenchConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The eval set as this variant's padded int64 feeds, and its labels (None when the model names none)."""
-    enc = data_mod.encode(
+    enc = variant.task.encode(
         variant.tokenizer, eval_ds, config.data, variant.label2id, max_length=config.seq_len, padding="max_length"
     )
     missing = [k for k in variant.input_names if k not in enc.column_names]
@@ -66,13 +66,16 @@ def eval_inputs(variant: Variant, eval_ds: Any, config: BenchConfig) -> tuple[di
 
 
 def accuracy(variant: Variant, feeds: dict[str, np.ndarray], labels: np.ndarray, batch: int) -> float:
-    correct = 0
+    """The variant's task metric (accuracy for a classifier, entity F1 for a token classifier) on the eval set."""
+    outs, golds = [], []
     for i in range(0, len(labels), batch):
         logits = variant.run({k: v[i : i + batch] for k, v in feeds.items()})
         if not np.isfinite(logits).all():
             raise ModelError(f"{variant.name}: NaN/Inf logits on the eval data; its accuracy would mean nothing")
-        correct += int((logits.argmax(-1) == labels[i : i + batch]).sum())
-    return correct / len(labels)
+        outs.append(logits)
+        golds.append(labels[i : i + batch])
+    id2label = {v: k for k, v in (variant.label2id or {}).items()}
+    return variant.task.score(outs, golds, id2label)
 
 
 def _batch(feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -185,6 +188,7 @@ def measure(
                         **summary(ms, batch),
                         "size_mb": v.size_mb,
                         "accuracy": None if acc is None else round(acc, 4),
+                        "metric": v.task.metric,  # what `accuracy` holds: accuracy, or entity F1
                         "eval_samples": None if y is None else len(y),
                         **report.speedup_fields(latencies[0], ms, seed=config.seed),
                         **({"int8_saturation": sat} if sat is not None else {}),

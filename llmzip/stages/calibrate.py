@@ -18,7 +18,6 @@ from llmzip.quant.calibration import (
     HISTOGRAMS_FILE,
     SAMPLES_FILE,
     STATS_FILE,
-    batches_from_rows,
     linear_names,
     record,
 )
@@ -41,7 +40,7 @@ def calibrate(model_dir: Path, out_dir: Path, *, config: CalibrateConfig, overwr
         step(f"loading {model_dir}")
         model = load_model(source)
         names = linear_names(model)
-        batches = batches_from_rows(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
+        batches = task.batches(tokenizer, rows, max_length=config.data.max_length, batch_size=config.batch_size)
         # Attention matmul inputs (query/key/value, keyed "<attention module>:query" …) are observed in the same
         # pass, so `quantize --attention` needs no second calibration.
         with observing(model, config.bins) as attention:

@@ -188,12 +188,9 @@ def distill(
 
 def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -> tuple[Any, Any]:
     from llmzip.data import load_split
-    from llmzip.errors import ConfigError
     from llmzip.shrink import augment
-    from llmzip.tasks import TaskKind
 
-    if task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:
-        raise ConfigError("augment_pairs: joined-text augmentation is for classifiers; drop it for a causal LM")
+    # Only a sequence classifier gets here: llmzip/scope.py refuses augment_pairs for the other tasks up front.
     d = config.data
     loaded = load_split(d, d.train_split, limit=d.max_train_samples, seed=config.seed, shuffle=True)
     assert loaded is not None

@@ -15,6 +15,7 @@ from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact,
 from llmzip.config import ExportConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
+from llmzip.metrics import IGNORED
 from llmzip.modeling import load_model, load_tokenizer, source_config
 from llmzip.onnx.export import (
     INT8_OPS,
@@ -32,20 +33,21 @@ from llmzip.progress import quiet_libraries, step
 from llmzip.quant.calibration import SAMPLES_FILE, read_samples
 from llmzip.quant.saturation import target_report
 from llmzip.runtime import hardware
-from llmzip.tasks import TaskKind, checked_task
+from llmzip.tasks import Task, TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
 ONNX_FILE = "model.onnx"
 
 
-def probe_texts(directory: Path, count: int) -> list[str]:
-    """Parity inputs: the calibration samples a quantized model carries, else the demo sample's sentences."""
+def probe_rows(directory: Path, task: Task, count: int) -> list[dict[str, Any]]:
+    """Parity inputs: the calibration samples a quantized model carries, else the demo sample's sentences (in the
+    task's row form)."""
     if (directory / SAMPLES_FILE).is_file():
-        return [r["text"] for r in read_samples(directory)][:count]
+        return read_samples(directory)[:count]
     from llmzip.data import DEMO_DATASET
 
     lines = (DEMO_DATASET / "validation.tsv").read_text().splitlines()[1:]
-    return [line.split("\t")[0] for line in lines][:count]
+    return task.probe_rows([line.split("\t")[0] for line in lines][:count])
 
 
 def _mismatch(result: dict[str, float], tolerance: float, kernels: dict[str, Any] | None, model_dir: Path) -> str:
@@ -86,9 +88,10 @@ def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> t
 
 
 def task_accuracy(
-    onnx_path: Path, model: Any, tokenizer: Any, names: list[str], config: ExportConfig
+    onnx_path: Path, model: Any, tokenizer: Any, names: list[str], config: ExportConfig, task: Task
 ) -> dict[str, Any]:
-    """Accuracy of onnxruntime and of PyTorch on the eval split, and how often their predictions agree."""
+    """The task metric (accuracy, entity F1) of onnxruntime and of PyTorch on the eval split, and how often their
+    predictions agree."""
     from llmzip import data as data_mod
     from llmzip.runtime.sessions import session as ort_session
 
@@ -96,30 +99,39 @@ def task_accuracy(
     loaded = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples)
     assert loaded is not None
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    id2label = {v: k for k, v in label2id.items()}
     check_length(model.config, d.max_length, "--max-length", "the model")
-    enc = data_mod.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length)
+    enc = task.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length, padding=False)
     session = ort_session(onnx_path)
-    hits = {"onnx": 0, "pytorch": 0, "agree": 0}
+    got, want, labels = [], [], []
     for i in range(0, len(enc), 64):
         rows = enc[i : i + 64]
         padded = tokenizer.pad({k: rows[k] for k in names}, return_tensors="np")
         feeds = {k: padded[k].astype(np.int64) for k in names}
-        got = session.run(["logits"], feeds)[0].argmax(-1)
+        got.append(session.run(["logits"], feeds)[0])
         with torch.no_grad():
-            want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy().argmax(-1)
-        labels = np.asarray(rows["labels"])
-        hits["onnx"] += int((got == labels).sum())
-        hits["pytorch"] += int((want == labels).sum())
-        hits["agree"] += int((got == want).sum())
-    n = len(enc)
+            want.append(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy())
+        labels.append(_padded_labels(rows["labels"], feeds[names[0]].shape[1]))
+    agree = np.concatenate([task.predictions(a, y) == task.predictions(b, y) for a, b, y in zip(got, want, labels)])
     return {
-        "onnx": round(hits["onnx"] / n, 4),
-        "pytorch": round(hits["pytorch"] / n, 4),
-        "prediction_agreement": round(hits["agree"] / n, 4),
-        "samples": n,
+        "metric": task.metric,
+        "onnx": round(task.score(got, labels, id2label), 4),
+        "pytorch": round(task.score(want, labels, id2label), 4),
+        "prediction_agreement": round(float(agree.mean()), 4),
+        "samples": len(enc),
         "split": d.eval_split,
         "data": loaded[1].describe(),
     }
+
+
+def _padded_labels(labels: list[Any], width: int) -> np.ndarray:
+    """One label per example as is; one per token (a list each) right-padded with the ignored label to `width`."""
+    if not labels or not isinstance(labels[0], list):
+        return np.asarray(labels)
+    out = np.full((len(labels), width), IGNORED, dtype=np.int64)
+    for i, row in enumerate(labels):
+        out[i, : len(row)] = row
+    return out
 
 
 def _finish(
@@ -192,13 +204,13 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             _export_lm(model, tokenizer, source, tmp, config, started, attention)
             return out_dir
         names = input_names(tokenizer)
-        texts = probe_texts(source.path, config.parity_samples)
+        rows = probe_rows(source.path, task, config.parity_samples)
         probe_length = min(128, max_tokens(model.config) or 128)
-        enc = tokenizer(texts, truncation=True, max_length=probe_length, padding=True, return_tensors="np")
-        feeds = {n: enc[n].astype(np.int64) for n in names}
+        enc = task.batches(tokenizer, rows, max_length=probe_length, batch_size=len(rows))[0]
+        feeds = {n: enc[n].numpy().astype(np.int64) for n in names}
         path = tmp / ONNX_FILE
         step(f"exporting {'quantized' if quantized else 'fp32'} ONNX (opset {config.opset})")
-        write_onnx(model, names, feeds, path, opset=config.opset, source=model_dir)
+        write_onnx(model, names, feeds, path, opset=config.opset, source=model_dir, logits_axes=task.logits_axes)
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:
@@ -229,8 +241,8 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             raise ExportError(_mismatch(result, tolerance, kernels, model_dir))
         accuracy: dict[str, Any] | None = None
         if config.eval_accuracy:
-            step(f"task accuracy of onnxruntime and PyTorch on {config.data.eval_split}")
-            accuracy = task_accuracy(path, model, tokenizer, names, config)
+            step(f"task {task.metric} of onnxruntime and PyTorch on {config.data.eval_split}")
+            accuracy = task_accuracy(path, model, tokenizer, names, config, task)
         graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
         runtime = optimized_graph(path)
         runtime_ops = Counter(n.op_type for n in runtime.node)
@@ -268,5 +280,5 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
                     f"onnxruntime runs {len(float_linears)} fp32 MatMuls with constant weights where quantize kept "
                     f"{kept} layers fp32 (e.g. {float_linears[0]}): int8 was asked for; report it with the manifest"
                 )
-        _finish(tmp, source, tokenizer, config, metrics, started, TaskKind.SEQUENCE_CLASSIFICATION, names)
+        _finish(tmp, source, tokenizer, config, metrics, started, task.kind, names)
     return out_dir

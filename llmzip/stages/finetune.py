@@ -41,7 +41,7 @@ def finetune(
     prepared = job.prepared
     with training.stage_output(out_dir, overwrite=overwrite, inputs=[base.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model}")
-        net = load_pretrained(str(base.path), seed=config.seed, **head.model_kwargs)
+        net = load_pretrained(str(base.path), seed=config.seed, task=task, **head.model_kwargs)
         base.revision = getattr(net.config, "_commit_hash", None)  # a hub id is pinned to what was downloaded
         has_eval = prepared.eval is not None
         work = training.work_dir(out_dir)

@@ -28,7 +28,7 @@ from llmzip.outputs import staging
 from llmzip.progress import step
 from llmzip.quant import attention, qmath, ranges, sensitivity
 from llmzip.quant.awq import awq_maker
-from llmzip.quant.calibration import SAMPLES_FILE, batches_from_rows, linear_names, read_observers, read_samples, record
+from llmzip.quant.calibration import SAMPLES_FILE, linear_names, read_observers, read_samples, record
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
 from llmzip.quant.lm_fallback import perplexity_aware
@@ -248,12 +248,12 @@ def quantize(
             names = [n for n in names if blocks.has(f"{n}.weight") or not blocks.entry(f"{n}.weight").get("exact")]
         if not names:
             raise ConfigError(f"exclude: the patterns {exclude} leave no Linear layer to quantize")
-        perplexity_metric = task.kind.value == "causal-lm"
+        perplexity_metric = task.metric == "perplexity"  # next-token logits: the perplexity report and gate
         missing = [n for n in names if n not in observers]
         if missing:
             raise ArtifactError(f"{calibration_dir} has no statistics for {missing[0]}; re-run `llmzip calibrate`")
         tokenizer = load_tokenizer(source.path)
-        batches = batches_from_rows(
+        batches = task.batches(
             tokenizer,
             samples,
             max_length=calib.manifest["config"]["data"]["max_length"],

@@ -12,22 +12,27 @@ from typing import Any
 from llmzip.tasks.base import Task, TaskKind
 from llmzip.tasks.causal_lm import CausalLM
 from llmzip.tasks.classification import SequenceClassification
+from llmzip.tasks.token_classification import TokenClassification
 
 TASKS: dict[TaskKind, Task] = {
     TaskKind.SEQUENCE_CLASSIFICATION: SequenceClassification(),
+    TaskKind.TOKEN_CLASSIFICATION: TokenClassification(),
     TaskKind.CAUSAL_LM: CausalLM(),
 }
 
 
 def task_of(config: Any) -> Task:
     """The task a model config describes: an architecture transformers maps as a causal LM (`*ForCausalLM`, and older
-    names such as GPT2LMHeadModel) is one, anything else a classifier."""
+    names such as GPT2LMHeadModel) is one, a `*ForTokenClassification` a token classifier, anything else a sequence
+    classifier."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    archs = getattr(config, "architectures", None) or []
+    archs = [str(a) for a in getattr(config, "architectures", None) or []]
     lm_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    if any(str(a).endswith("ForCausalLM") or str(a) in lm_names for a in archs):
+    if any(a.endswith("ForCausalLM") or a in lm_names for a in archs):
         return TASKS[TaskKind.CAUSAL_LM]
+    if any(a.endswith("ForTokenClassification") for a in archs):
+        return TASKS[TaskKind.TOKEN_CLASSIFICATION]
     return TASKS[TaskKind.SEQUENCE_CLASSIFICATION]
 
 
@@ -40,9 +45,20 @@ def checked_task(config: Any, model_config: Any, where: Any) -> Task:
     (the one table in llmzip/scope.py)."""
     from llmzip import scope
 
-    task = task_of(model_config)
+    chosen = getattr(config, "task", None)  # finetune --task: a pretrained encoder gets this task's head
+    task = TASKS[TaskKind(chosen)] if chosen is not None else task_of(model_config)
     scope.check(config, scope.Scope(task.kind.value, task_weight_only=task.weight_only, where=str(where)))
     return task
 
 
-__all__ = ["TASKS", "CausalLM", "SequenceClassification", "Task", "TaskKind", "checked_task", "get", "task_of"]
+__all__ = [
+    "TASKS",
+    "CausalLM",
+    "SequenceClassification",
+    "Task",
+    "TaskKind",
+    "TokenClassification",
+    "checked_task",
+    "get",
+    "task_of",
+]

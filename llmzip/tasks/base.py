@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from llmzip.config import DataConfig, TrainConfig
+from llmzip.config import DataConfig, TaskKind, TrainConfig
 
 if TYPE_CHECKING:
     from llmzip.training import Head, TaskTraining
@@ -18,9 +18,7 @@ Row = dict[str, Any]
 Described = dict[str, Any]  # what was read, for the manifest
 
 
-class TaskKind(str, enum.Enum):
-    SEQUENCE_CLASSIFICATION = "sequence-classification"
-    CAUSAL_LM = "causal-lm"
+__all__ = ["Batch", "Described", "Row", "Task", "TaskKind"]
 
 
 class Task(ABC):
@@ -34,6 +32,10 @@ class Task(ABC):
     # Batches of the calibration samples quantize's error report re-runs (None: all); a causal LM's report runs
     # fp32 and quantized side by side over [tokens × vocabulary] logits, so a few windows say enough.
     report_batches: int | None = None
+    # The name of the score `score` returns (0–1, higher is better): bench's and export's accuracy column.
+    metric: str = "accuracy"
+    # The dynamic axes of the exported graph's `logits` (one vector per sequence: batch only).
+    logits_axes: dict[int, str] = {0: "batch"}
 
     def output_head(self, model: Any) -> str | None:
         """The module name of the output projection (whose --head-bits may differ), if the model has one."""
@@ -63,3 +65,30 @@ class Task(ABC):
         self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
     ) -> TaskTraining:
         """Tokenized train/eval data, collator, metric and prediction losses for finetune and distill."""
+
+    # Scoring a model on labelled data: one implementation per task, used by export's ONNX-vs-PyTorch check, bench
+    # and quantize's fallback (finetune and distill get the same function through `training(...).metric`).
+    def encode(
+        self,
+        tokenizer: Any,
+        ds: Any,
+        cfg: DataConfig,
+        label2id: dict[str, int] | None,
+        *,
+        max_length: int,
+        padding: Any,
+    ) -> Any:
+        """The split as a datasets.Dataset of model inputs and (with `label2id`) `labels`."""
+        raise NotImplementedError(f"{self.kind.value} models are scored by their own bench (llmzip/bench/lm.py)")
+
+    def score(self, logits: list[np.ndarray], labels: list[np.ndarray], id2label: dict[int, str]) -> float:
+        """The task metric (0–1) of batches of logits against their labels."""
+        raise NotImplementedError(f"{self.kind.value} models are scored by their own bench (llmzip/bench/lm.py)")
+
+    def predictions(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The predictions the metric reads, flattened (how often two runtimes agree is measured on these)."""
+        return np.asarray(logits.argmax(-1)).reshape(-1)
+
+    def probe_rows(self, texts: list[str]) -> list[Row]:
+        """Calibration-style rows (for `batches`) made from plain sentences: export's parity probe."""
+        return [{"text": t, "text_pair": None, "label": None} for t in texts]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from llmzip import data as data_mod
+from llmzip import metrics
 from llmzip.config import DEFAULT_EXCLUDE, DataConfig, TrainConfig
 from llmzip.tasks.base import Batch, Row, Task, TaskKind
 
@@ -66,3 +69,20 @@ class SequenceClassification(Task):
         from llmzip.training import classification_training
 
         return classification_training(cfg, tokenizer, label2id, train_loaded=train_loaded)
+
+    def encode(
+        self,
+        tokenizer: Any,
+        ds: Any,
+        cfg: DataConfig,
+        label2id: dict[str, int] | None,
+        *,
+        max_length: int,
+        padding: Any,
+    ) -> Any:
+        return data_mod.encode(tokenizer, ds, cfg, label2id, max_length=max_length, padding=padding)
+
+    def score(self, logits: list[np.ndarray], labels: list[np.ndarray], id2label: dict[int, str]) -> float:
+        if not labels:
+            return 0.0
+        return metrics.accuracy(np.concatenate([x.argmax(-1) for x in logits]), np.concatenate(labels))

@@ -88,13 +88,14 @@ def test_the_portable_chain_model_runs_unsaturated_on_its_calibration_samples(ch
 
     from llmzip.artifact import open_artifact
     from llmzip.modeling import load_model, load_tokenizer
-    from llmzip.quant.calibration import batches_from_rows, read_samples
+    from llmzip.quant.calibration import read_samples
+    from llmzip.tasks import task_of
 
     manifest = json.loads((chain["int8"] / "manifest.json").read_text())
     assert manifest["metrics"]["target_cpu"] == "any"
     assert manifest["metrics"]["saturation"]["saturated_pairs_after"] == 0
     model = load_model(open_artifact(chain["int8"], verb="test", accepts=("quantize",)))
-    batches = batches_from_rows(
+    batches = task_of(model.config).batches(
         load_tokenizer(chain["int8"]), read_samples(chain["int8"]), max_length=128, batch_size=16
     )
     exact, saturated, stats = emulate(model, batches)

@@ -10,7 +10,8 @@ import torch
 from llmzip.artifact import read_manifest
 from llmzip.modeling import load_pretrained, load_tokenizer
 from llmzip.quant.attention import attention_module_names
-from llmzip.quant.calibration import SAMPLES_FILE, STATS_FILE, batches_from_rows, linear_names, record
+from llmzip.quant.calibration import SAMPLES_FILE, STATS_FILE, linear_names, record
+from llmzip.tasks import task_of
 from tests.conftest import invoke
 
 
@@ -36,8 +37,10 @@ def test_padding_positions_are_not_observed(chain: dict[str, Path]) -> None:
         {"text": "the plot drags on and on and on", "text_pair": None},
     ]
     names = ["bert.encoder.layer.0.attention.self.query"]
-    together = record(model, batches_from_rows(tokenizer, rows, max_length=32, batch_size=2), names)[names[0]]
-    apart = record(model, batches_from_rows(tokenizer, rows, max_length=32, batch_size=1), names)[names[0]]
+    together = record(model, task_of(model.config).batches(tokenizer, rows, max_length=32, batch_size=2), names)[
+        names[0]
+    ]
+    apart = record(model, task_of(model.config).batches(tokenizer, rows, max_length=32, batch_size=1), names)[names[0]]
     assert together.count == apart.count  # same real tokens whatever the padding
     assert abs(together.min - apart.min) < 1e-5 and abs(together.max - apart.max) < 1e-5
     assert torch.isfinite(torch.tensor([together.min, together.max])).all()
