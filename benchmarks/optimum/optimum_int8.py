@@ -159,9 +159,17 @@ def _read_texts(path: Path) -> list[str]:
 
 
 def check_load(
-    onnx_dir: Path, *, texts_file: Path, expect_logits: Path, atol: float, file_name: str = "model.onnx"
+    onnx_dir: Path,
+    *,
+    texts_file: Path,
+    expect_logits: Path,
+    atol: float,
+    file_name: str = "model.onnx",
+    task: str = "sequence-classification",
 ) -> dict[str, Any]:
-    """Load ONNX_DIR/FILE_NAME with ORTModelForSequenceClassification and compare its logits with NPY."""
+    """Load ONNX_DIR/FILE_NAME with optimum's ORTModelFor<task> and compare its logits with NPY.
+
+    A token classifier's texts are space-separated words, tokenized with is_split_into_words."""
     import numpy as np
 
     if not (onnx_dir / file_name).is_file():
@@ -171,14 +179,19 @@ def check_load(
     if expected.shape[0] != len(texts):
         raise BaselineError(f"{expect_logits} has {expected.shape[0]} rows but {texts_file} has {len(texts)} texts")
 
-    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTModelForTokenClassification
     from transformers import AutoTokenizer
 
-    model = ORTModelForSequenceClassification.from_pretrained(
+    loader = ORTModelForTokenClassification if task == "token-classification" else ORTModelForSequenceClassification
+    model = loader.from_pretrained(
         onnx_dir, file_name=file_name, provider="CPUExecutionProvider", local_files_only=True
     )
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir, local_files_only=True)
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+    if task == "token-classification":
+        words = [t.split() for t in texts]
+        batch = tokenizer(words, is_split_into_words=True, padding=True, truncation=True, return_tensors="np")
+    else:
+        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
     logits = np.asarray(model(**batch).logits, dtype=np.float64)
     if logits.shape != expected.shape:
         raise BaselineError(f"logits shape {logits.shape} differs from expected {expected.shape}")
@@ -211,12 +224,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default: per-tensor)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
-    c = sub.add_parser("check-load", help="load an ONNX folder with ORTModelForSequenceClassification")
+    c = sub.add_parser("check-load", help="load an ONNX folder with optimum's ORTModelFor<task>")
     c.add_argument("onnx_dir", type=Path, help="folder with model.onnx, config.json and tokenizer files")
     c.add_argument("--texts-file", type=Path, required=True, help="UTF-8 texts, one per line")
     c.add_argument("--expect-logits", type=Path, required=True, help=".npy of shape (texts, labels)")
     c.add_argument("--atol", type=float, default=1e-4, help="largest allowed absolute logit difference")
     c.add_argument("--file-name", default="model.onnx", help="ONNX file inside ONNX_DIR (default: model.onnx)")
+    c.add_argument(
+        "--task",
+        choices=["sequence-classification", "token-classification"],
+        default="sequence-classification",
+        help="the model's task (token-classification: texts are space-separated words)",
+    )
     return parser
 
 
@@ -242,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             expect_logits=args.expect_logits,
             atol=args.atol,
             file_name=args.file_name,
+            task=args.task,
         )
         print(json.dumps(result))
         return 0 if result["ok"] else 1

@@ -14,7 +14,10 @@ from llmzip.config import DataConfig
 from llmzip.data import encode, load_split
 from llmzip.errors import DataError
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
+from llmzip.progress import console
 
+REPO = Path(__file__).resolve().parents[2]
+OPTIMUM_VENV = REPO / ".venv-optimum"  # optimum's own venv (benchmarks/optimum/requirements.txt)
 SHARED = Path(os.environ.get("LLMZIP_SHARED", "../shared"))
 TEACHER = SHARED / "models" / "minilm-l6-sst2"
 SST2 = SHARED / "data" / "sst2"
@@ -51,6 +54,65 @@ def model_accuracy(model: Any, tokenizer: Any, *, max_length: int = 64, batch_si
     return correct / len(enc)
 
 
+def reuse_stage(out: Path, build: Any) -> Path:
+    """Reuse a finished stage directory (it has a manifest) from an earlier run of a benchmark, else build it."""
+    if (out / "manifest.json").is_file():
+        console.print(f"· reusing {out}")
+        return out
+    result: Path = build()
+    return result
+
+
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def ensure_optimum_venv() -> str | None:
+    """Build (or reuse) optimum's venv from its pinned requirements; None when ready, else why not."""
+    import subprocess
+
+    script, requirements = REPO / "benchmarks/make_venv.sh", REPO / "benchmarks/optimum/requirements.txt"
+    done = subprocess.run(["bash", str(script), str(OPTIMUM_VENV), str(requirements)], capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"{script.name} failed: {last[0][:200]}"
+    return None
+
+
+def optimum_load_check(
+    export_dir: Path, out: Path, texts: list[str], task: str = "sequence-classification"
+) -> dict[str, Any]:
+    """Load an llmzip export with optimum's ORTModelFor<task> (a client nobody here wrote) in the optimum venv and
+    compare its logits with onnxruntime's on `texts` (a token classifier's: space-separated words)."""
+    import subprocess
+
+    import onnxruntime as ort
+
+    tokenizer = load_tokenizer(export_dir)
+    if task == "token-classification":
+        enc = tokenizer([t.split() for t in texts], is_split_into_words=True, padding=True, truncation=True,
+                        return_tensors="np")  # fmt: skip
+    else:
+        enc = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
+    (out / "check_texts.txt").write_text("\n".join(texts) + "\n")
+    np.save(out / "check_logits.npy", session.run(["logits"], feeds)[0])
+    cmd = [
+        str(OPTIMUM_VENV / "bin/python"),
+        str(REPO / "benchmarks/optimum/optimum_int8.py"),
+        "check-load",
+        str(export_dir),
+        "--texts-file",
+        str(out / "check_texts.txt"),
+        "--expect-logits",
+        str(out / "check_logits.npy"),
+        "--task",
+        task,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode not in (0, 1) or not lines:
+        return {"ok": False, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return dict(json.loads(lines[-1]))

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmzip.benchmarks.common import SHARED, write_json
+from llmzip.benchmarks.common import SHARED, reuse_stage, write_json
 from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.progress import console, stdout_console
 
@@ -74,7 +74,7 @@ def student(teacher: Path, out: Path, quick: bool) -> Path:
         data = DataConfig(dataset=str(WIKITEXT), skip_tokens=SCORED_TOKENS, max_length=128, max_train_samples=16)
     steps = 5 if quick else STUDENT["max_steps"]
     config = DistillConfig(data=data, cache_dir=str(out / "teacher-cache"), **{**STUDENT, "max_steps": steps})
-    return _stage(out / "student-22l", lambda: distill(str(teacher), out / "student-22l", config=config))
+    return reuse_stage(out / "student-22l", lambda: distill(str(teacher), out / "student-22l", config=config))
 
 
 def second_corpus(out: Path) -> Path:
@@ -88,20 +88,11 @@ def second_corpus(out: Path) -> Path:
     return path
 
 
-def _stage(out: Path, build: Any) -> Path:
-    """Reuse a finished stage directory (it has a manifest) from an earlier run of this benchmark."""
-    if (out / "manifest.json").is_file():
-        console.print(f"· reusing {out}")
-        return out
-    result: Path = build()
-    return result
-
-
 def calibration(model: Path, out: Path, calib_windows: int) -> Path:
     from llmzip.stages.calibrate import calibrate
 
     data = DataConfig(dataset=str(WIKITEXT), max_length=WINDOW, skip_tokens=SCORED_TOKENS)
-    return _stage(
+    return reuse_stage(
         out / f"{model.name}-calibration",
         lambda: calibrate(
             model,
@@ -118,8 +109,8 @@ def quantized_export(
     from llmzip.stages.quantize import quantize
 
     calib = calibration(model, out, calib_windows)
-    q = _stage(out / name, lambda: quantize(model, calib, out / name, config=QuantizeConfig(**quant)))
-    return _stage(
+    q = reuse_stage(out / name, lambda: quantize(model, calib, out / name, config=QuantizeConfig(**quant)))
+    return reuse_stage(
         out / f"{name}-onnx", lambda: export_stage(q, out / f"{name}-onnx", config=ExportConfig(**(export or {})))
     )
 
@@ -197,13 +188,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     calib_windows = 8 if args.quick else 32
     console.rule("[bold]building the variants")
-    teacher = _stage(out / "teacher", lambda: import_model(MODEL, out / "teacher"))
-    ort_fp32 = _stage(out / "ort-fp32", lambda: export(teacher, out / "ort-fp32", config=ExportConfig()))
+    teacher = reuse_stage(out / "teacher", lambda: import_model(MODEL, out / "teacher"))
+    ort_fp32 = reuse_stage(out / "ort-fp32", lambda: export(teacher, out / "ort-fp32", config=ExportConfig()))
     dirs = {"torch-fp32": teacher, "ort-fp32": ort_fp32}
     dirs["llmzip-int8"] = quantized_export(teacher, out, "llmzip-int8", INT8, calib_windows)
     # no flags: a GGUF import keeps its own blocks (quantize --algorithm source)
     dirs["llmzip-gguf-exact"] = quantized_export(teacher, out, "llmzip-gguf-exact", {}, calib_windows)
-    dirs["llmzip-gguf-exact-float-zp"] = _stage(
+    dirs["llmzip-gguf-exact-float-zp"] = reuse_stage(
         out / "llmzip-gguf-exact-float-zp-onnx",
         lambda: export(
             out / "llmzip-gguf-exact",
@@ -229,7 +220,7 @@ def main() -> None:
     )
     # the GPTQ model as a traced graph: what onnxruntime's fused decoder ops are worth
     traced = ExportConfig(lm_graph="traced")  # type: ignore[arg-type]
-    dirs["llmzip-int4-traced"] = _stage(
+    dirs["llmzip-int4-traced"] = reuse_stage(
         out / "llmzip-int4-traced-onnx",
         lambda: export(out / "llmzip-int4-gptq", out / "llmzip-int4-traced-onnx", config=traced),
     )

@@ -23,7 +23,16 @@ import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, open_artifact
 from llmzip.bench.variants import ort_dynamic_int8
-from llmzip.benchmarks.common import SST2, TEACHER, require_shared, write_json
+from llmzip.benchmarks.common import (
+    OPTIMUM_VENV,
+    REPO,
+    SST2,
+    TEACHER,
+    ensure_optimum_venv,
+    optimum_load_check,
+    require_shared,
+    write_json,
+)
 from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.progress import console, stdout_console
 from llmzip.stages.bench import Variant, eval_inputs, load_eval_data, load_variant, measure, onnx_file_variant
@@ -31,8 +40,6 @@ from llmzip.stages.calibrate import calibrate
 from llmzip.stages.export import export
 from llmzip.stages.quantize import quantize
 
-REPO = Path(__file__).resolve().parents[2]
-OPTIMUM_VENV = REPO / ".venv-optimum"
 SHAPES = [(32, [1]), (128, [1, 8])]  # (seq_len, batch sizes)
 # Kernels that are matrix products; everything else (quantize, layer norm, softmax, GELU, reshapes) is "other".
 GEMM_OPS = {
@@ -67,18 +74,10 @@ def build_llmzip_int8(out: Path, quick: bool) -> Path:
 def build_optimum(out: Path) -> tuple[Path | None, str]:
     """optimum's default dynamic int8 in its own venv; (None, why) when that venv cannot be built here."""
     target = out / "optimum-dynamic-int8"
+    why = ensure_optimum_venv()
+    if why is not None:
+        return None, f"optimum baseline not built: {why}"
     try:
-        subprocess.run(
-            [
-                "bash",
-                str(REPO / "benchmarks/make_venv.sh"),
-                str(OPTIMUM_VENV),
-                str(REPO / "benchmarks/optimum/requirements.txt"),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
         subprocess.run(
             [
                 str(OPTIMUM_VENV / "bin/python"),
@@ -96,36 +95,6 @@ def build_optimum(out: Path) -> tuple[Path | None, str]:
         last = (err.stderr or err.stdout or "").strip().splitlines()[-1:] or ["no output"]
         return None, f"optimum baseline not built: {' '.join(err.cmd[:2])} failed: {last[0][:200]}"
     return target / "model_quantized.onnx", "optimum-onnx in .venv-optimum (benchmarks/optimum/requirements.txt)"
-
-
-def optimum_load_check(export_dir: Path, out: Path) -> dict[str, Any]:
-    """Load an llmzip export with optimum's ORTModelForSequenceClassification (a client nobody here wrote) and
-    compare its logits with onnxruntime's on 32 test sentences, in the optimum venv."""
-    import onnxruntime as ort
-
-    from llmzip.modeling import load_tokenizer
-
-    texts = [line.split("\t")[0] for line in (SST2 / "test.tsv").read_text().splitlines()[1:33]]
-    enc = load_tokenizer(export_dir)(texts, padding=True, truncation=True, return_tensors="np")
-    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
-    (out / "check_texts.txt").write_text("\n".join(texts) + "\n")
-    np.save(out / "check_logits.npy", session.run(["logits"], feeds)[0])
-    cmd = [
-        str(OPTIMUM_VENV / "bin/python"),
-        str(REPO / "benchmarks/optimum/optimum_int8.py"),
-        "check-load",
-        str(export_dir),
-        "--texts-file",
-        str(out / "check_texts.txt"),
-        "--expect-logits",
-        str(out / "check_logits.npy"),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode not in (0, 1) or not lines:
-        return {"ok": False, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    return dict(json.loads(lines[-1]))
 
 
 def variants_for(paths: dict[str, Any], config: BenchConfig) -> list[Variant]:
@@ -258,7 +227,8 @@ def main() -> None:
     if not args.skip_optimum:
         paths["optimum-dynamic-int8"], optimum_note = build_optimum(out)
     paths["llmzip-int8"] = build_llmzip_int8(out, args.quick)
-    optimum_check = optimum_load_check(paths["llmzip-int8"], out) if OPTIMUM_VENV.exists() else None
+    texts = [line.split("\t")[0] for line in (SST2 / "test.tsv").read_text().splitlines()[1:33]]
+    optimum_check = optimum_load_check(paths["llmzip-int8"], out, texts) if OPTIMUM_VENV.exists() else None
 
     data = DataConfig(dataset=str(SST2 / "test.tsv"), max_eval_samples=64 if args.quick else None)
     iterations, warmup = (5, 1) if args.quick else (40, 5)
