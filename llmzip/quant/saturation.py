@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmzip.config import CpuTarget
 from llmzip.quant.attention import AttentionQuant
 from llmzip.quant.kernels import (
     INT16_MAX,
@@ -321,10 +322,11 @@ def _requantize(
             module.set_weight(sources[name], bits=8, symmetric=symmetric, narrow_rows=narrow[name])
 
 
-def target_report(model: nn.Module, batches: list[Batch], quantized_for: str) -> tuple[dict[str, Any], torch.Tensor]:
+def target_report(
+    model: nn.Module, batches: list[Batch], quantized_for: CpuTarget
+) -> tuple[dict[str, Any], torch.Tensor]:
     """export: per CPU class, whether the model's int8 matmuls saturate on `batches` and what that does to the
     logits; also returns the saturating CPU's logits (for telling a hardware mismatch from a bug)."""
-    from llmzip.config import CpuTarget
     from llmzip.runtime.hardware import KERNELS, saturates
 
     exact, saturated, stats = emulate(model, batches)
@@ -342,4 +344,4 @@ def target_report(model: nn.Module, batches: list[Batch], quantized_for: str) ->
         for t in CpuTarget
         if t is not CpuTarget.NATIVE
     }
-    return {"quantized_for": quantized_for, "u8s8_matmuls": len(fixable(model)), "targets": targets}, saturated
+    return {"quantized_for": quantized_for.value, "u8s8_matmuls": len(fixable(model)), "targets": targets}, saturated

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
-from llmzip.config import ExportConfig, to_dict
+from llmzip.config import CpuTarget, ExportConfig, as_enum, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
 from llmzip.metrics import IGNORED
@@ -231,7 +231,9 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             kernels, emulated = target_report(
                 model,
                 [{k: torch.from_numpy(v) for k, v in feeds.items()}],
-                str(source.manifest["metrics"].get("target_cpu", "vnni")),
+                # Typed back from the manifest; one written before --target-cpu existed was quantized without the
+                # saturation fix, i.e. for VNNI-class CPUs.
+                as_enum(CpuTarget, source.manifest["metrics"].get("target_cpu", CpuTarget.VNNI.value), "target_cpu"),
             )
             here = hardware.this_cpu()
             kernels["this_cpu"] = here.value if here else None
