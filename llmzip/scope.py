@@ -21,6 +21,7 @@ from llmzip.config import (
     DataConfig,
     DistillConfig,
     ExportConfig,
+    Provider,
     QuantizeConfig,
     WeightAlgorithm,
 )
@@ -74,6 +75,9 @@ QAT = Rule(lambda c, s: c.qat_steps > 0, "quantization-aware training (--qat-ste
 ENCODER_STUDENT = Rule(
     lambda c, s: not s.is_lm, "encoder students (BERT-style classifiers); a causal-LM student is a layer subset"
 )
+
+
+OPENVINO = Rule(lambda c, s: c.provider is Provider.OPENVINO, "--provider openvino")
 
 
 def _baselines(config: BenchConfig, scope: Scope) -> bool:
@@ -164,6 +168,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
             )
         },
         "baselines": (BASELINES,),
+        "ep_precision": (OPENVINO,),
     },
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, dir_size_mb
-from llmzip.config import BenchConfig, Provider, TorchDtype, as_enum
+from llmzip.config import BenchConfig, EpPrecision, Provider, TorchDtype, as_enum
 from llmzip.errors import ArtifactError, ProviderError
 from llmzip.modeling import load_model, load_tokenizer
 from llmzip.positions import check_length
@@ -63,9 +63,13 @@ def onnx_size_mb(path: Path) -> float:
     return dir_size_mb([path, path.with_name(path.name + ".data")])
 
 
-def ort_runner(path: Path, provider: Provider, threads: int) -> tuple[Runner, list[str]]:
+def ort_runner(
+    path: Path, provider: Provider, threads: int, precision: EpPrecision = EpPrecision.F32
+) -> tuple[Runner, list[str]]:
     """A session on one ONNX file and the input names its graph takes."""
-    session = sessions.session(path, provider=provider, threads=threads, load_error="re-run `llmzip export`")
+    session = sessions.session(
+        path, provider=provider, threads=threads, load_error="re-run `llmzip export`", precision=precision
+    )
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
 
@@ -80,7 +84,7 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: To
 
     torch.set_num_threads(threads)
     device = "cpu"
-    if provider is not Provider.CPU:
+    if provider.gpu:
         if not torch.cuda.is_available():
             raise ProviderError("PyTorch here has no CUDA device; use --provider cpu")
         device = "cuda"
@@ -131,7 +135,7 @@ def load_variant(
         check_length(model_config, config.seq_len, "--seq-len", artifact.path)
     if artifact.stage == "export":
         onnx_file = artifact.path / artifact.manifest.get("model_file", "model.onnx")
-        run, _ = ort_runner(onnx_file, config.provider, config.threads)
+        run, _ = ort_runner(onnx_file, config.provider, config.threads, config.ep_precision)
         return Variant(
             name,
             artifact,
@@ -221,7 +225,7 @@ def onnx_file_variant(
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such ONNX file")
-    run, inputs = ort_runner(path, config.provider, config.threads)
+    run, inputs = ort_runner(path, config.provider, config.threads, config.ep_precision)
     return Variant(
         name,
         Artifact(path=path, stage=EXTERNAL),

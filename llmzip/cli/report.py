@@ -125,6 +125,10 @@ def bench(
     seq_len: Annotated[Optional[int], typer.Option(help="Sequence length every input is padded/truncated to.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (onnxruntime and torch).")] = None,
     provider: Annotated[Optional[cfg.Provider], typer.Option(help="Execution provider.")] = None,
+    ep_precision: Annotated[
+        Optional[cfg.EpPrecision],
+        typer.Option(help="--provider openvino: the precision it runs fp32 graphs at (bf16: fast on AMX)."),
+    ] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed runs per variant and batch size.")] = None,
     iterations: Annotated[
         Optional[int], typer.Option(help="Timed runs per variant and batch size (round-robin).")
@@ -205,12 +209,15 @@ def bench(
         llmzip bench runs/onnx-fp32 runs/onnx-int8 --min-speedup 1.3 --max-accuracy-drop 0.5 -o runs/bench  # CI
 
         llmzip bench runs/teacher runs/onnx-fp32 runs/onnx-int8 --baseline torch-bf16 --baseline ort-dynamic-int8
+
+        llmzip bench runs/onnx-fp32 runs/onnx-int8 --provider openvino --ep-precision bf16  # llmzip[openvino]
     """
     fields = (
         "batch_sizes",
         "seq_len",
         "threads",
         "provider",
+        "ep_precision",
         "warmup",
         "iterations",
         "torch_dtype",

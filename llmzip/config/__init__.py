@@ -14,6 +14,7 @@ from typing import Any
 from llmzip.config.choices import Activations as Activations
 from llmzip.config.choices import CalibrationMethod as CalibrationMethod
 from llmzip.config.choices import CpuTarget as CpuTarget
+from llmzip.config.choices import EpPrecision as EpPrecision
 from llmzip.config.choices import Granularity as Granularity
 from llmzip.config.choices import LayerSelection as LayerSelection
 from llmzip.config.choices import LmGraph as LmGraph

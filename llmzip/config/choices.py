@@ -21,11 +21,25 @@ class TaskKind(str, enum.Enum):
 
 
 class Provider(str, enum.Enum):
-    """onnxruntime execution provider (torch variants map cuda/tensorrt to the CUDA device)."""
+    """onnxruntime execution provider (torch variants map cuda/tensorrt to the CUDA device and run openvino's
+    rows on the CPU). openvino is Intel's plugin EP (`pip install 'llmzip[openvino]'`), on the CPU device."""
 
     CPU = "cpu"
     CUDA = "cuda"
     TENSORRT = "tensorrt"
+    OPENVINO = "openvino"
+
+    @property
+    def gpu(self) -> bool:
+        return self in (Provider.CUDA, Provider.TENSORRT)
+
+
+class EpPrecision(str, enum.Enum):
+    """The inference precision an execution provider may run an fp32 graph at (OpenVINO's INFERENCE_PRECISION_HINT):
+    f32 computes what the graph says; bf16 rounds activations and weights to bfloat16 (fast on AMX/AVX512-BF16)."""
+
+    F32 = "f32"
+    BF16 = "bf16"
 
 
 class CalibrationMethod(str, enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmzip.config.choices import LmGraph, Provider, TorchDtype, as_enum
+from llmzip.config.choices import EpPrecision, LmGraph, Provider, TorchDtype, as_enum
 from llmzip.config.data import DataConfig, _check
 
 
@@ -58,6 +58,8 @@ class BenchConfig:
     seq_len: int = 128
     threads: int = 1
     provider: Provider = Provider.CPU
+    # --provider openvino: the precision OpenVINO runs fp32 graphs at (bf16 is its fast path on AMX machines).
+    ep_precision: EpPrecision = EpPrecision.F32
     warmup: int = 5
     iterations: int = 30
     # bf16 is fast only with AVX512-BF16/AMX on CPU (or a GPU); elsewhere PyTorch emulates it, slower than fp32.
@@ -81,6 +83,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         self.provider = as_enum(Provider, self.provider, "provider")
+        self.ep_precision = as_enum(EpPrecision, self.ep_precision, "ep_precision")
         self.torch_dtype = as_enum(TorchDtype, self.torch_dtype, "torch_dtype")
         unknown = [b for b in self.baselines if b not in BENCH_BASELINES]
         _check(not unknown, "baselines", f"unknown {unknown}; choose from {', '.join(BENCH_BASELINES)}")

@@ -202,9 +202,7 @@ def load_runner(directory: Path, *, threads: int, name: str, verb: str = "bench"
 
 
 def _torch_device(provider: Any) -> str:
-    from llmzip.config import Provider
-
-    if provider is Provider.CPU:
+    if not provider.gpu:  # the CPU provider and OpenVINO's rows run PyTorch on the CPU
         return "cpu"
     import torch
 

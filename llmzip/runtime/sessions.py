@@ -6,10 +6,12 @@ everywhere.
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from llmzip.config import Provider
+from llmzip.config import EpPrecision, Provider
 from llmzip.errors import ModelError, ProviderError
 
 ORT_PROVIDERS = {
@@ -17,12 +19,51 @@ ORT_PROVIDERS = {
     Provider.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     Provider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+OPENVINO_EXTRA = "pip install 'llmzip[openvino]' (the onnxruntime-ep-openvino plugin)"
+
+
+@cache
+def openvino_cpu() -> Any:
+    """The OpenVINO plugin's CPU device, its library registered with onnxruntime once per process.
+
+    A plugin EP (onnxruntime ≥ 1.23) is not in get_available_providers(): it is registered from its wheel's shared
+    library and attached to a session by device, with its options (threads, precision) in `load_config`."""
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise ProviderError(f"--provider openvino needs the OpenVINO plugin: {OPENVINO_EXTRA}") from None
+    try:
+        ort.register_execution_provider_library("openvino", plugin.get_library_path())
+    except Exception as err:  # an onnxruntime too old for plugin EPs, or a plugin built for another one
+        raise ProviderError(
+            f"onnxruntime cannot load the OpenVINO plugin ({str(err)[:160]}); {OPENVINO_EXTRA}"
+        ) from None
+    devices = [
+        d for d in ort.get_ep_devices() if d.ep_name == plugin.get_ep_name() and d.ep_metadata.get("ov_device") == "CPU"
+    ]
+    if not devices:
+        raise ProviderError("the OpenVINO plugin found no CPU device here; use --provider cpu")
+    return devices[0]
+
+
+def openvino_options(threads: int | None, precision: EpPrecision) -> dict[str, str]:
+    """OpenVINO's CPU plugin reads threads and precision from `load_config` (its `num_of_threads` option is not what
+    the CPU plugin's stream executor uses)."""
+    cpu: dict[str, str] = {"INFERENCE_PRECISION_HINT": precision.value}
+    if threads is not None:
+        cpu["INFERENCE_NUM_THREADS"] = str(threads)
+    return {"load_config": json.dumps({"CPU": cpu})}
 
 
 def providers(provider: Provider) -> list[str]:
     """The execution providers (with fallbacks) a session on `provider` uses; refused when this build lacks it."""
     import onnxruntime as ort
 
+    if provider is Provider.OPENVINO:
+        openvino_cpu()  # attached per session by device (see `session`)
+        return ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
     wanted = ORT_PROVIDERS[provider]
     available = ort.get_available_providers()
     if wanted[0] not in available:
@@ -41,12 +82,13 @@ def session(
     optimized_path: Path | None = None,
     optimize: bool = True,
     load_error: str | None = None,
+    precision: EpPrecision = EpPrecision.F32,
 ) -> Any:
     """An InferenceSession on an ONNX file (or serialized model). `threads` sets intra-op threads (None: onnxruntime
     decides) with one inter-op thread and no idle spinning beyond one thread; `optimized_path` writes the graph
     onnxruntime really runs after its fusions; `optimize=False` runs the graph as written (no fusions: what a
-    check of the graph's own numbers needs); `load_error` turns a model that does not load into a one-line
-    ModelError (else onnxruntime's own exception propagates)."""
+    check of the graph's own numbers needs); `precision` is OpenVINO's inference precision; `load_error` turns a
+    model that does not load into a one-line ModelError (else onnxruntime's own exception propagates)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -67,6 +109,9 @@ def session(
         opts.optimized_model_filepath = str(optimized_path)
     source = model if isinstance(model, bytes) else str(model)
     try:
+        if provider is Provider.OPENVINO:
+            opts.add_provider_for_devices([openvino_cpu()], openvino_options(threads, precision))
+            return ort.InferenceSession(source, opts)  # nodes OpenVINO does not take fall back to the CPU EP
         return ort.InferenceSession(source, opts, providers=providers(provider))
     except ProviderError:
         raise
