@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner lm lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-openvino lm lint clean
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ bench-quant: install
 ## PyTorch fp32 and onnxruntime quantize_dynamic; entity F1 on test, latency at 1×128 / 8×128 (~60 min on 2 cores)
 bench-ner: install
 	$(BIN)/python -m llmzip.benchmarks.ner $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-openvino [BENCH_QUICK=1]: the teacher's fp32, llmzip int8 (folded, plain QDQ) and quantize_dynamic on
+## onnxruntime's CPU provider vs the OpenVINO plugin EP at f32 and bf16, one round-robin run (installs llmzip[openvino])
+bench-openvino: install
+	$(BIN)/python -m pip install --quiet --no-deps onnxruntime-ep-openvino==1.8.1  # llmzip[openvino], pinned
+	$(BIN)/python -m llmzip.benchmarks.openvino $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 ## make bench-speed [BENCH_QUICK=1]: llmzip int8 vs onnxruntime/optimum dynamic int8 and PyTorch fp32/bf16 (~10 min)
 ## (builds optimum's baseline in .venv-optimum from benchmarks/optimum/requirements.txt: PyPI access needed once)

@@ -56,6 +56,9 @@ class Variant:
     warnings: list[str] = field(default_factory=list)
     onnx_path: Path | None = None  # the graph onnxruntime runs (ONNX variants)
     task: Task = field(default_factory=lambda: TASKS[TaskKind.SEQUENCE_CLASSIFICATION])  # encodes eval data, scores
+    # Where it runs: the provider, and for OpenVINO the precision it runs an ONNX graph at (None: as written).
+    provider: Provider = Provider.CPU
+    ep_precision: EpPrecision | None = None
 
 
 def onnx_size_mb(path: Path) -> float:
@@ -99,6 +102,12 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: To
         return out.float().cpu().numpy()
 
     return run
+
+
+def _placement(config: BenchConfig) -> dict[str, Any]:
+    """Where an ONNX variant runs: the provider, and the precision OpenVINO runs it at."""
+    precision = config.ep_precision if config.provider is Provider.OPENVINO else None
+    return {"provider": config.provider, "ep_precision": precision}
 
 
 def _task(model_dir: Path) -> Task:
@@ -148,6 +157,7 @@ def load_variant(
             label2id,
             onnx_path=onnx_file,
             task=_task(artifact.path),
+            **_placement(config),
         )
     names = [n for n in tokenizer.model_input_names if n in MODEL_INPUTS]
     warnings = []
@@ -171,6 +181,7 @@ def load_variant(
         label2id,
         warnings,
         task=_task(artifact.path),
+        provider=config.provider if config.provider.gpu else Provider.CPU,  # PyTorch runs OpenVINO's rows on the CPU
     )
 
 
@@ -238,4 +249,5 @@ def onnx_file_variant(
         _label2id(Path(tokenizer_dir)),
         onnx_path=path,
         task=_task(Path(tokenizer_dir)),
+        **_placement(config),
     )

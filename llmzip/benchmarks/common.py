@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmzip.config import DataConfig
+from llmzip.config import CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
 from llmzip.data import encode, load_split
 from llmzip.errors import DataError
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
@@ -116,3 +116,27 @@ def optimum_load_check(
     if done.returncode not in (0, 1) or not lines:
         return {"ok": False, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
     return dict(json.loads(lines[-1]))
+
+
+# The llmzip recipe measured here: bench-quant's best static range method (percentile 99.99) with int8 attention
+# matmuls too (-0.34 pt in bench-quant; 3-4% faster at 8×128 than Linear-only int8 on this CPU).
+LLMZIP_QUANT: dict[str, Any] = {"method": "percentile", "percentile": 99.99, "attention": True}
+
+
+def build_llmzip_int8(
+    out: Path, quick: bool, export_config: ExportConfig | None = None, name: str = "llmzip-int8"
+) -> Path:
+    """The reference teacher calibrated on SST-2, quantized with LLMZIP_QUANT and exported (rebuilt every run)."""
+    from llmzip.stages.calibrate import calibrate
+    from llmzip.stages.export import export
+    from llmzip.stages.quantize import quantize
+
+    data = DataConfig(dataset=str(SST2), max_length=128)
+    calib = calibrate(
+        TEACHER,
+        out / "calibration",
+        config=CalibrateConfig(data=data, num_samples=64 if quick else 256),
+        overwrite=True,
+    )
+    q = quantize(TEACHER, calib, out / "llmzip-int8-model", config=QuantizeConfig(**LLMZIP_QUANT), overwrite=True)
+    return export(q, out / name, config=export_config or ExportConfig(), overwrite=True)

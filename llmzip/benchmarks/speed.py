@@ -24,21 +24,21 @@ import numpy as np
 from llmzip.artifact import EXTERNAL, Artifact, open_artifact
 from llmzip.bench.variants import ort_dynamic_int8
 from llmzip.benchmarks.common import (
+    LLMZIP_QUANT,
     OPTIMUM_VENV,
     REPO,
     SST2,
     TEACHER,
+    build_llmzip_int8,
     ensure_optimum_venv,
     optimum_load_check,
     require_shared,
     write_json,
 )
-from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, ExportConfig, QuantizeConfig
+from llmzip.config import BenchConfig, DataConfig, ExportConfig
 from llmzip.progress import console, stdout_console
 from llmzip.stages.bench import Variant, eval_inputs, load_eval_data, load_variant, measure, onnx_file_variant
-from llmzip.stages.calibrate import calibrate
 from llmzip.stages.export import export
-from llmzip.stages.quantize import quantize
 
 SHAPES = [(32, [1]), (128, [1, 8])]  # (seq_len, batch sizes)
 # Kernels that are matrix products; everything else (quantize, layer norm, softmax, GELU, reshapes) is "other".
@@ -54,21 +54,6 @@ GEMM_OPS = {
     "QGemm",
     "MatMulNBits",
 }
-# The llmzip recipe measured here: bench-quant's best static range method (percentile 99.99) with int8 attention
-# matmuls too (-0.34 pt in bench-quant; 3-4% faster at 8×128 than Linear-only int8 on this CPU).
-LLMZIP_QUANT: dict[str, Any] = {"method": "percentile", "percentile": 99.99, "attention": True}
-
-
-def build_llmzip_int8(out: Path, quick: bool) -> Path:
-    data = DataConfig(dataset=str(SST2), max_length=128)
-    calib = calibrate(
-        TEACHER,
-        out / "calibration",
-        config=CalibrateConfig(data=data, num_samples=64 if quick else 256),
-        overwrite=True,
-    )
-    q = quantize(TEACHER, calib, out / "llmzip-int8-model", config=QuantizeConfig(**LLMZIP_QUANT), overwrite=True)
-    return export(q, out / "llmzip-int8", config=ExportConfig(), overwrite=True)
 
 
 def build_optimum(out: Path) -> tuple[Path | None, str]:

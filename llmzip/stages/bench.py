@@ -22,7 +22,7 @@ from llmzip.bench.variants import Variant as Variant
 from llmzip.bench.variants import int8_saturation, ort_dynamic_int8
 from llmzip.bench.variants import load_variant as load_variant
 from llmzip.bench.variants import onnx_file_variant as onnx_file_variant
-from llmzip.config import BenchConfig, Provider, to_dict
+from llmzip.config import BenchConfig, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ConfigError, ModelError
 from llmzip.modeling import source_config
@@ -181,13 +181,9 @@ def measure(
                         "kind": v.kind,
                         "precision": v.precision,
                         "path": str(v.artifact.path),
-                        "provider": config.provider.value,
+                        "provider": v.provider.value,
                         # the precision OpenVINO ran an ONNX row at (its bf16 hint changes an fp32 graph's numbers)
-                        **(
-                            {"ep_precision": config.ep_precision.value}
-                            if config.provider is Provider.OPENVINO and v.kind == "onnx"
-                            else {}
-                        ),
+                        **({"ep_precision": v.ep_precision.value} if v.ep_precision is not None else {}),
                         "threads": config.threads,
                         "batch": batch,
                         "seq_len": config.seq_len,
