@@ -30,7 +30,7 @@ from llmzip.outputs import check_output, staging
 from llmzip.progress import progress, quiet_libraries, step
 from llmzip.runtime import hardware
 from llmzip.runtime.machine import CpuLoad, machine_info
-from llmzip.tasks import TaskKind, checked_task
+from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", "export", EXTERNAL)
 RESULTS_FILE = "results.json"
@@ -175,27 +175,7 @@ def measure(
             batch_feeds = [_batch(f, batch) for f in feeds]
             latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
             for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, checks):
-                rows.append(
-                    {
-                        "name": v.name,
-                        "kind": v.kind,
-                        "precision": v.precision,
-                        "path": str(v.artifact.path),
-                        "provider": v.provider.value,
-                        # the precision OpenVINO ran an ONNX row at (its bf16 hint changes an fp32 graph's numbers)
-                        **({"ep_precision": v.ep_precision.value} if v.ep_precision is not None else {}),
-                        "threads": config.threads,
-                        "batch": batch,
-                        "seq_len": config.seq_len,
-                        **summary(ms, batch),
-                        "size_mb": v.size_mb,
-                        "accuracy": None if acc is None else round(acc, 4),
-                        "metric": v.task.metric,  # what `accuracy` holds: accuracy, or entity F1
-                        "eval_samples": None if y is None else len(y),
-                        **report.speedup_fields(latencies[0], ms, seed=config.seed),
-                        **({"int8_saturation": sat} if sat is not None else {}),
-                    }
-                )
+                rows.append(_row(v, ms, batch, config, acc, y, sat, latencies[0]))
                 rounds.append(ms)
     machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
     machine["cpu_load"] = load.summary()
@@ -226,6 +206,38 @@ def measure(
     return result
 
 
+def _row(
+    v: Variant,
+    ms: np.ndarray,
+    batch: int,
+    config: BenchConfig,
+    acc: float | None,
+    labels: np.ndarray | None,
+    sat: dict[str, Any] | None,
+    baseline_ms: np.ndarray,
+) -> dict[str, Any]:
+    """One results row: a variant at one batch size."""
+    return {
+        "name": v.name,
+        "kind": v.kind,
+        "precision": v.precision,
+        "path": str(v.artifact.path),
+        "provider": v.provider.value,
+        # the precision OpenVINO ran an ONNX row at (its bf16 hint changes an fp32 graph's numbers)
+        **({"ep_precision": v.ep_precision.value} if v.ep_precision is not None else {}),
+        "threads": config.threads,
+        "batch": batch,
+        "seq_len": config.seq_len,
+        **summary(ms, batch),
+        "size_mb": v.size_mb,
+        "accuracy": None if acc is None else round(acc, 4),
+        "metric": v.task.metric,  # what `accuracy` holds: accuracy, or entity F1
+        "eval_samples": None if labels is None else len(labels),
+        **report.speedup_fields(baseline_ms, ms, seed=config.seed),
+        **({"int8_saturation": sat} if sat is not None else {}),
+    }
+
+
 def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Path) -> list[Variant]:
     """The built-in baselines config.baselines asks for, derived from the fp32 variants given."""
     out = []
@@ -249,7 +261,13 @@ def baseline_variants(variants: list[Variant], config: BenchConfig, scratch: Pat
 
 
 def _bench_lm(
-    artifacts: list[Any], names: list[str], config: BenchConfig, out_dir: Path | None, overwrite: bool, started: float
+    artifacts: list[Any],
+    names: list[str],
+    config: BenchConfig,
+    out_dir: Path | None,
+    overwrite: bool,
+    started: float,
+    task: str,
 ) -> dict[str, Any]:
     """Causal LMs: perplexity, prefill, decode tokens/s, peak RSS and size per variant (llmzip/bench/lm.py),
     plus onnxruntime-genai's builds of the first fp32 PyTorch directory when --baseline genai-* asks for them."""
@@ -273,7 +291,7 @@ def _bench_lm(
             inputs = [*(a.path for a in artifacts), *data_paths(config.data)]
             with staging(Path(out_dir), overwrite=overwrite, inputs=inputs) as tmp:
                 (tmp / report.REPORT_FILE).write_text(render_markdown(result) + "\n")
-                metrics = {"variants": len(result["variants"]), "task": TaskKind.CAUSAL_LM.value}
+                metrics = {"variants": len(result["variants"]), "task": task}
                 _write_results(tmp, result, artifacts, config, metrics, [report.REPORT_FILE], started)
     return result
 
@@ -337,8 +355,9 @@ def bench(
         check_output(Path(out_dir), overwrite=overwrite, inputs=[*model_dirs, *data_paths(config.data)])
     labels_for = variant_names([Path(d) for d in model_dirs], names)
     quiet_libraries()
-    if checked_task(config, source_config(artifacts[0].path), model_dirs[0]).kind is TaskKind.CAUSAL_LM:
-        return _bench_lm(artifacts, labels_for, config, out_dir, overwrite, started)
+    task = checked_task(config, source_config(artifacts[0].path), model_dirs[0])
+    if task.generative:
+        return _bench_lm(artifacts, labels_for, config, out_dir, overwrite, started, task.kind.value)
     eval_ds, source = load_eval_data(config)
     variants, eval_feeds, eval_labels = [], [], []
     for artifact, name in zip(artifacts, labels_for):

@@ -9,6 +9,7 @@ and a causal LM (data, metric, sequence- or token-level losses, whether logits a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,143 +22,70 @@ from llmzip.positions import check_length
 from llmzip.progress import quiet_libraries, step, trainer_callback
 from llmzip.shrink import students, teacher_cache
 from llmzip.shrink.kd import StudentWithProjections, distill_trainer_class
-from llmzip.tasks import checked_task, task_of
+from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
 STUDENT_STATE = "student.safetensors"  # a finished intermediate stage, for --resume
+
+
+@dataclass
+class _Student:
+    """The student cut from the teacher, what it was built from, and the task's training job."""
+
+    model: Any
+    plan: Any
+    init: dict[str, Any]
+    job: Any
+    projections: Any
 
 
 def distill(
     teacher: str, out_dir: Path, *, config: DistillConfig, overwrite: bool = False, resume: bool = False
 ) -> Path:
     """Train a student cut from `teacher`; returns the stage directory."""
-    from accelerate import PartialState
-    from safetensors.torch import load_file, save_file
     from transformers import Trainer, set_seed
 
     started = time.time()
     source = open_model_source(teacher, verb="distill", accepts=ACCEPTS)
     quiet_libraries()
     set_seed(config.seed)
-    checked_task(config, source_config(source.path), teacher)
-    needs_attention = config.attention > 0
+    task = checked_task(config, source_config(source.path), teacher)
     with training.stage_output(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading teacher {teacher}")
         tokenizer = load_tokenizer(str(source.path))
         # Attention maps are only returned by the eager implementation (SDPA fuses them away).
-        kwargs: dict[str, Any] = {"attn_implementation": "eager"} if needs_attention else {}
+        kwargs: dict[str, Any] = {"attn_implementation": "eager"} if config.attention > 0 else {}
         teacher_model = load_pretrained(str(source.path), **kwargs)
-        source.revision = getattr(teacher_model.config, "_commit_hash", None)
-        check_length(
-            teacher_model.config, config.data.max_length, "--max-length", teacher
-        )  # a hub id: pinned to its commit
-        task = task_of(teacher_model.config)
-        label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
-        train_loaded = None
-        if config.augment_pairs:
-            train_loaded = _augmented(config, task, teacher_model, tokenizer)
-        job = task.training(config, tokenizer, label2id=label2id, train_loaded=train_loaded)
-        prepared, collator, metric = job.prepared, job.collator, job.metric
-        influence = None
-        if config.layer_selection is LayerSelection.INFLUENCE:
-            step("measuring each teacher layer's block influence on training batches")
-            influence = students.block_influence(teacher_model, prepared.train, collator, batches=config.prune_batches)
-        plan = students.plan(config, teacher_model, influence=influence)
-        student, init = students.build(config, teacher_model, plan)
-        if influence is not None:
-            init["block_influence"] = [round(v, 5) for v in influence]
-        if needs_attention:
-            student.set_attn_implementation("eager")
-        student.config.llmzip_teacher_layers = plan.layers
-        for p in teacher_model.parameters():  # after the student is cut from it: the copy must stay trainable
-            p.requires_grad_(False)
-        shrunk = students.shrink(config, student, teacher_model, tokenizer, prepared.train, collator)
-        if shrunk:
-            init["structure"] = shrunk
+        source.revision = getattr(teacher_model.config, "_commit_hash", None)  # a hub id: pinned to its commit
+        check_length(teacher_model.config, config.data.max_length, "--max-length", teacher)
+        student = _build_student(config, task, teacher_model, tokenizer)
+        prepared, metric = student.job.prepared, student.job.metric
         train_ds = prepared.train.add_column("example_id", list(range(len(prepared.train))))
         has_eval = prepared.eval is not None
-        work = training.work_dir(out_dir)
-        needs_projection = plan.narrower and any(
-            config.losses(stage=s).keys() & {"hidden_mse", "hidden_cos", "embedding"}
-            for s in ("intermediate", "prediction")
-        )
-        projections = (
-            students.Projections(plan.hidden_size, teacher_model.config.hidden_size, len(plan.layers) + 1, plan.basis)
-            if needs_projection
-            else None
-        )
         metrics: dict[str, Any] = {"stages": {}}
         schedule = [("intermediate", config.intermediate_epochs, False)] if config.intermediate_epochs > 0 else []
         schedule.append(("prediction", config.epochs, has_eval))
         trainer: Any = None
         for name, epochs, with_eval in schedule:
-            weights = config.losses(stage=name)
-            stage_work = work / name
-            if name == "intermediate" and resume and (stage_work / STUDENT_STATE).is_file():
-                student.load_state_dict(load_file(str(stage_work / STUDENT_STATE)))
-                step("intermediate stage already finished: resuming at the prediction stage")
-                continue
-            cached, cache_info = None, None
-            top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
-            caches = job.cache_teacher or top_k is not None
-            if config.teacher_cache and caches and weights.keys() <= {"kd", "ce"} and "kd" in weights:
-                with PartialState().main_process_first():
-                    cached, cache_info = teacher_cache.teacher_logits(
-                        teacher_model,
-                        source.hash,
-                        prepared.train,
-                        collator,
-                        root=teacher_cache.cache_root(config.cache_dir),
-                        batch_size=4 if top_k else config.eval_batch_size,
-                        top_k=top_k,
-                    )
-            uses_states = bool(weights.keys() & {"hidden_mse", "hidden_cos", "embedding"})
-            model = StudentWithProjections(
-                student, projections if uses_states else None, hidden=uses_states, attentions="attention" in weights
+            stage_work = training.work_dir(out_dir) / name
+            done = _train_stage(
+                name, epochs, with_eval, config, student, teacher_model, source, train_ds, stage_work, resume
             )
-            callback = trainer_callback(f"distill {name} ({', '.join(weights)})")
-            trainer = training.make_trainer(
-                distill_trainer_class(),
-                callback=callback,
-                model=model,
-                args=training.arguments(
-                    config, stage_work, num_train=len(train_ds), has_eval=with_eval, epochs=epochs, metric=metric
-                ),
-                train_dataset=train_ds,
-                eval_dataset=prepared.eval if with_eval else None,
-                data_collator=collator,
-                compute_metrics=metric.compute,
-                teacher=teacher_model,
-                weights=weights,
-                temperature=config.temperature,
-                layer_map=plan.layer_map,
-                cached_logits=cached,
-                losses=job.losses,
-            )
-            stage_started = time.time()
-            trainer.train(resume_from_checkpoint=training.checkpoint_to_resume(stage_work, resume))
-            metrics["stages"][name] = {
-                "losses": weights,
-                "wall_s": round(time.time() - stage_started, 1),
-                "teacher_cache": cache_info,
-                "teacher_logits": "cached" if cached is not None else "online" if "kd" in weights else "unused",
-                **training.summarise(trainer, callback, with_eval, metric),
-            }
-            if name == "intermediate" and training.is_main_process():
-                state = {k: v.contiguous() for k, v in student.state_dict().items()}
-                save_file(state, str(stage_work / STUDENT_STATE))
+            if done is not None:
+                trainer, metrics["stages"][name] = done
         final = metrics["stages"]["prediction"]
+        plan = student.plan
         metrics.update(
             **{f"eval_{metric.name}": final.get(f"eval_{metric.name}")},
             steps=final["steps"],
             losses=sorted({k for s in metrics["stages"].values() for k in s["losses"]}),
             teacher_params=count_parameters(teacher_model),
-            student_params=count_parameters(student),
+            student_params=count_parameters(student.model),
             teacher_layers=teacher_model.config.num_hidden_layers,
             student_layers=plan.layers,
             layer_map=plan.layer_map,
             student_hidden_size=plan.hidden_size,
-            init=init,
+            init=student.init,
         )
         if has_eval:
             judge = training.make_trainer(
@@ -165,14 +93,14 @@ def distill(
                 model=teacher_model,
                 args=trainer.args,
                 eval_dataset=prepared.eval,
-                data_collator=collator,
+                data_collator=student.job.collator,
                 compute_metrics=metric.compute,
             )
             metrics[f"teacher_eval_{metric.name}"] = metric.value(judge.evaluate())
-        if needs_attention:
-            student.set_attn_implementation("sdpa")  # the saved student should run with the fast default
+        if config.attention > 0:
+            student.model.set_attn_implementation("sdpa")  # the saved student should run with the fast default
         training.save_trained(
-            student,
+            student.model,
             tokenizer,
             tmp,
             stage="distill",
@@ -184,6 +112,120 @@ def distill(
             task=task.kind.value,
         )
     return out_dir
+
+
+def _build_student(config: DistillConfig, task: Any, teacher_model: Any, tokenizer: Any) -> _Student:
+    """The task's training data, then the student: its layers (evenly spaced, or by block influence), width,
+    structured pruning and embedding compression, and the width projections its losses need."""
+    label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
+    train_loaded = _augmented(config, task, teacher_model, tokenizer) if config.augment_pairs else None
+    job = task.training(config, tokenizer, label2id=label2id, train_loaded=train_loaded)
+    influence = None
+    if config.layer_selection is LayerSelection.INFLUENCE:
+        step("measuring each teacher layer's block influence on training batches")
+        influence = students.block_influence(
+            teacher_model, job.prepared.train, job.collator, batches=config.prune_batches
+        )
+    plan = students.plan(config, teacher_model, influence=influence)
+    student, init = students.build(config, teacher_model, plan)
+    if influence is not None:
+        init["block_influence"] = [round(v, 5) for v in influence]
+    if config.attention > 0:
+        student.set_attn_implementation("eager")
+    student.config.llmzip_teacher_layers = plan.layers
+    for p in teacher_model.parameters():  # after the student is cut from it: the copy must stay trainable
+        p.requires_grad_(False)
+    shrunk = students.shrink(config, student, teacher_model, tokenizer, job.prepared.train, job.collator)
+    if shrunk:
+        init["structure"] = shrunk
+    needs_projection = plan.narrower and any(
+        config.losses(stage=s).keys() & {"hidden_mse", "hidden_cos", "embedding"}
+        for s in ("intermediate", "prediction")
+    )
+    projections = (
+        students.Projections(plan.hidden_size, teacher_model.config.hidden_size, len(plan.layers) + 1, plan.basis)
+        if needs_projection
+        else None
+    )
+    return _Student(model=student, plan=plan, init=init, job=job, projections=projections)
+
+
+def _train_stage(
+    name: str,
+    epochs: float,
+    with_eval: bool,
+    config: DistillConfig,
+    student: _Student,
+    teacher_model: Any,
+    source: Any,
+    train_ds: Any,
+    stage_work: Path,
+    resume: bool,
+) -> tuple[Any, dict[str, Any]] | None:
+    """One training stage (TinyBERT's intermediate, or the prediction layer) under Trainer; returns the trainer and
+    the stage's summary, or None when --resume finds the intermediate stage already done."""
+    from accelerate import PartialState
+    from safetensors.torch import load_file, save_file
+
+    weights = config.losses(stage=name)
+    job = student.job
+    if name == "intermediate" and resume and (stage_work / STUDENT_STATE).is_file():
+        student.model.load_state_dict(load_file(str(stage_work / STUDENT_STATE)))
+        step("intermediate stage already finished: resuming at the prediction stage")
+        return None
+    cached, cache_info = None, None
+    top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
+    caches = job.cache_teacher or top_k is not None
+    if config.teacher_cache and caches and weights.keys() <= {"kd", "ce"} and "kd" in weights:
+        with PartialState().main_process_first():
+            cached, cache_info = teacher_cache.teacher_logits(
+                teacher_model,
+                source.hash,
+                job.prepared.train,
+                job.collator,
+                root=teacher_cache.cache_root(config.cache_dir),
+                batch_size=4 if top_k else config.eval_batch_size,
+                top_k=top_k,
+            )
+    uses_states = bool(weights.keys() & {"hidden_mse", "hidden_cos", "embedding"})
+    model = StudentWithProjections(
+        student.model,
+        student.projections if uses_states else None,
+        hidden=uses_states,
+        attentions="attention" in weights,
+    )
+    callback = trainer_callback(f"distill {name} ({', '.join(weights)})")
+    trainer = training.make_trainer(
+        distill_trainer_class(),
+        callback=callback,
+        model=model,
+        args=training.arguments(
+            config, stage_work, num_train=len(train_ds), has_eval=with_eval, epochs=epochs, metric=job.metric
+        ),
+        train_dataset=train_ds,
+        eval_dataset=job.prepared.eval if with_eval else None,
+        data_collator=job.collator,
+        compute_metrics=job.metric.compute,
+        teacher=teacher_model,
+        weights=weights,
+        temperature=config.temperature,
+        layer_map=student.plan.layer_map,
+        cached_logits=cached,
+        losses=job.losses,
+    )
+    stage_started = time.time()
+    trainer.train(resume_from_checkpoint=training.checkpoint_to_resume(stage_work, resume))
+    summary = {
+        "losses": weights,
+        "wall_s": round(time.time() - stage_started, 1),
+        "teacher_cache": cache_info,
+        "teacher_logits": "cached" if cached is not None else "online" if "kd" in weights else "unused",
+        **training.summarise(trainer, callback, with_eval, job.metric),
+    }
+    if name == "intermediate" and training.is_main_process():
+        state = {k: v.contiguous() for k, v in student.model.state_dict().items()}
+        save_file(state, str(stage_work / STUDENT_STATE))
+    return trainer, summary
 
 
 def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -> tuple[Any, Any]:

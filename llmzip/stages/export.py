@@ -162,7 +162,14 @@ def _finish(
 
 
 def _export_lm(
-    model: Any, tokenizer: Any, source: Any, tmp: Path, config: ExportConfig, started: float, attention: str
+    model: Any,
+    tokenizer: Any,
+    source: Any,
+    tmp: Path,
+    config: ExportConfig,
+    started: float,
+    attention: str,
+    task: TaskKind,
 ) -> None:
     """A causal LM: one graph with a KV cache (llmzip/onnx/lm_export.py), checked on prefill and decode steps."""
     quantized = source.stage == "quantize"
@@ -183,7 +190,7 @@ def _export_lm(
         weight_bits=weight_bits,
     )
     metrics.update(precision=precision, attention_implementation=attention)
-    _finish(tmp, source, tokenizer, config, metrics, started, TaskKind.CAUSAL_LM, metrics["signature"]["inputs"])
+    _finish(tmp, source, tokenizer, config, metrics, started, task, metrics["signature"]["inputs"])
 
 
 def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: bool = False) -> Path:
@@ -200,8 +207,8 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         model = load_model(source)
         attention = for_export(model)
         tokenizer = load_tokenizer(source.path)
-        if task.kind is TaskKind.CAUSAL_LM:
-            _export_lm(model, tokenizer, source, tmp, config, started, attention)
+        if task.generative:  # a decoder: one graph with a KV cache
+            _export_lm(model, tokenizer, source, tmp, config, started, attention, task.kind)
             return out_dir
         names = input_names(tokenizer)
         rows = probe_rows(source.path, task, config.parity_samples)
@@ -220,67 +227,83 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             graph = onnx.load(str(path))
             folded = fold_int8_matmul_bias(graph)
             onnx.save(graph, str(path))
-
-        step("checking onnxruntime against PyTorch")
-        result, got = parity(path, model, feeds)
-        scale = max(1.0, result["max_abs_logit"])
-        tolerance = round(config.int8_tolerance * scale, 6) if quantized else config.fp32_tolerance
-        kernels: dict[str, Any] | None = None
-        if quantized:
-            step("emulating each CPU class's int8 kernel on the probe sentences")
-            kernels, emulated = target_report(
-                model,
-                [{k: torch.from_numpy(v) for k, v in feeds.items()}],
-                # Typed back from the manifest; one written before --target-cpu existed was quantized without the
-                # saturation fix, i.e. for VNNI-class CPUs.
-                as_enum(CpuTarget, source.manifest["metrics"].get("target_cpu", CpuTarget.VNNI.value), "target_cpu"),
-            )
-            here = hardware.this_cpu()
-            kernels["this_cpu"] = here.value if here else None
-            if here is not None and hardware.saturates(here):
-                result["max_abs_diff_vs_this_cpu_kernel"] = float(np.abs(got - emulated.numpy()).max())
-        if result["max_abs_diff"] > tolerance:
-            raise ExportError(_mismatch(result, tolerance, kernels, model_dir))
-        accuracy: dict[str, Any] | None = None
+        parity_block, kernels = _checked_parity(path, model, feeds, source, config, Path(model_dir))
         if config.eval_accuracy:
             step(f"task {task.metric} of onnxruntime and PyTorch on {config.data.eval_split}")
-            accuracy = task_accuracy(path, model, tokenizer, names, config, task)
-        graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
-        runtime = optimized_graph(path)
-        runtime_ops = Counter(n.op_type for n in runtime.node)
-        float_linears = float_weight_matmuls(runtime)
-        int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
-        weight_bits = source.manifest["metrics"].get("weight_bits", 8) if quantized else 32
+            parity_block["task_accuracy"] = task_accuracy(path, model, tokenizer, names, config, task)
         metrics: dict[str, Any] = {
-            "precision": {32: "fp32", 8: "int8", 4: "int4-weight-only"}[weight_bits],
-            "parity": {
-                **result,
-                "tolerance": tolerance,
-                "reference": "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model",
-                **({"task_accuracy": accuracy} if accuracy is not None else {}),
-            },
-            "graph_ops": dict(sorted(graph_ops.items())),
-            "runtime_ops": dict(sorted(runtime_ops.items())),
-            "int8_kernels": int8_kernels,
-            "float_weight_matmuls": len(float_linears),
+            "parity": parity_block,
+            **_runtime_graph(path, source),
             "attention_implementation": attention,
             **({"int8_kernels_by_cpu": kernels} if kernels is not None else {}),
             "bias_folded_matmuls": folded,
         }
-        if quantized:
-            q = source.manifest["metrics"]
-            expected = int(q["quantized_layers"]) + int(q.get("quantized_attention_matmuls", 0))
-            if int8_kernels < expected:
-                raise ExportError(
-                    f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers and matmuls: "
-                    "the QDQ pattern did not fuse; report it with the manifest"
-                )
-            metrics["quantized_layers"] = expected
-            kept = int(q.get("fp32_linear_layers", 0))
-            if len(float_linears) > kept:
-                raise ExportError(
-                    f"onnxruntime runs {len(float_linears)} fp32 MatMuls with constant weights where quantize kept "
-                    f"{kept} layers fp32 (e.g. {float_linears[0]}): int8 was asked for; report it with the manifest"
-                )
         _finish(tmp, source, tokenizer, config, metrics, started, task.kind, names)
     return out_dir
+
+
+def _checked_parity(
+    path: Path, model: Any, feeds: dict[str, np.ndarray], source: Any, config: ExportConfig, model_dir: Path
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ONNX vs PyTorch logits on the probe rows, within tolerance; for int8, what each CPU class's kernel does."""
+    quantized = source.stage == "quantize"
+    step("checking onnxruntime against PyTorch")
+    result, got = parity(path, model, feeds)
+    scale = max(1.0, result["max_abs_logit"])
+    tolerance = round(config.int8_tolerance * scale, 6) if quantized else config.fp32_tolerance
+    kernels: dict[str, Any] | None = None
+    if quantized:
+        step("emulating each CPU class's int8 kernel on the probe sentences")
+        kernels, emulated = target_report(
+            model,
+            [{k: torch.from_numpy(v) for k, v in feeds.items()}],
+            # Typed back from the manifest; one written before --target-cpu existed was quantized without the
+            # saturation fix, i.e. for VNNI-class CPUs.
+            as_enum(CpuTarget, source.manifest["metrics"].get("target_cpu", CpuTarget.VNNI.value), "target_cpu"),
+        )
+        here = hardware.this_cpu()
+        kernels["this_cpu"] = here.value if here else None
+        if here is not None and hardware.saturates(here):
+            result["max_abs_diff_vs_this_cpu_kernel"] = float(np.abs(got - emulated.numpy()).max())
+    if result["max_abs_diff"] > tolerance:
+        raise ExportError(_mismatch(result, tolerance, kernels, model_dir))
+    reference = "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model"
+    return {**result, "tolerance": tolerance, "reference": reference}, kernels
+
+
+def _runtime_graph(path: Path, source: Any) -> dict[str, Any]:
+    """The graph onnxruntime really runs: its ops, and (int8) that every quantized layer became an integer kernel and
+    no constant-weight fp32 MatMul is left beyond the layers quantize kept fp32."""
+    import onnx
+
+    quantized = source.stage == "quantize"
+    graph_ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    runtime = optimized_graph(path)
+    runtime_ops = Counter(n.op_type for n in runtime.node)
+    float_linears = float_weight_matmuls(runtime)
+    int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
+    weight_bits = source.manifest["metrics"].get("weight_bits", 8) if quantized else 32
+    out: dict[str, Any] = {
+        "precision": {32: "fp32", 8: "int8", 4: "int4-weight-only"}[weight_bits],
+        "graph_ops": dict(sorted(graph_ops.items())),
+        "runtime_ops": dict(sorted(runtime_ops.items())),
+        "int8_kernels": int8_kernels,
+        "float_weight_matmuls": len(float_linears),
+    }
+    if not quantized:
+        return out
+    q = source.manifest["metrics"]
+    expected = int(q["quantized_layers"]) + int(q.get("quantized_attention_matmuls", 0))
+    if int8_kernels < expected:
+        raise ExportError(
+            f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers and matmuls: "
+            "the QDQ pattern did not fuse; report it with the manifest"
+        )
+    out["quantized_layers"] = expected
+    kept = int(q.get("fp32_linear_layers", 0))
+    if len(float_linears) > kept:
+        raise ExportError(
+            f"onnxruntime runs {len(float_linears)} fp32 MatMuls with constant weights where quantize kept "
+            f"{kept} layers fp32 (e.g. {float_linears[0]}): int8 was asked for; report it with the manifest"
+        )
+    return out

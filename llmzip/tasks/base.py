@@ -34,6 +34,8 @@ class Task(ABC):
     report_batches: int | None = None
     # The name of the score `score` returns (0–1, higher is better): bench's and export's accuracy column.
     metric: str = "accuracy"
+    # A decoder that generates: exported as one graph with a KV cache, benched by perplexity and tokens/s.
+    generative: bool = False
     # The dynamic axes of the exported graph's `logits` (one vector per sequence: batch only).
     logits_axes: dict[int, str] = {0: "batch"}
 

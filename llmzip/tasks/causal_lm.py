@@ -21,6 +21,7 @@ class CausalLM(Task):
     weight_only = True
     eval_batch_size = 1
     report_batches = 8
+    generative = True
     metric = "perplexity"  # lower is better; measured by the LM bench (llmzip/bench/lm.py), not by `score`
 
     def auto_class(self) -> Any:
