@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from llmzip import metrics
+
 CPU = "Haswell-v4"
 
 
@@ -48,7 +50,7 @@ def accuracy(
     saturation.py, seconds), or with `qemu` onnxruntime's real AVX2 kernels under QEMU (~20 minutes a model)."""
 
     def acc(logits: np.ndarray) -> float:
-        return round(float((logits.argmax(-1) == labels).mean()), 4)
+        return round(metrics.accuracy(logits.argmax(-1), labels), 4)
 
     if qemu:
         return {"avx2_accuracy": acc(_qemu_logits(onnx_file, feeds)), "avx2_source": f"onnxruntime under QEMU {CPU}"}
@@ -71,13 +73,10 @@ def accuracy(
 
 
 def _run(onnx_path: str, feeds_file: str, out: str, batch: int = 64) -> None:
-    import onnxruntime as ort
+    from llmzip.runtime.sessions import session as ort_session
 
     feeds = dict(np.load(feeds_file))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path, threads=1)
     names = {i.name for i in session.get_inputs()}
     n = len(next(iter(feeds.values())))
     parts = [

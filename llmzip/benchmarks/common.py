@@ -15,6 +15,7 @@ from llmzip.data import encode, load_split
 from llmzip.errors import DataError
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer
 from llmzip.progress import console
+from llmzip.tasks import task_of
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIMUM_VENV = REPO / ".venv-optimum"  # optimum's own venv (benchmarks/optimum/requirements.txt)
@@ -44,14 +45,15 @@ def model_accuracy(model: Any, tokenizer: Any, *, max_length: int = 64, batch_si
     assert loaded is not None
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
     enc = encode(tokenizer, loaded[0], cfg, label2id, max_length=max_length)
-    correct = 0
+    outs, golds = [], []
     with torch.inference_mode():
         for i in range(0, len(enc), batch_size):
             rows = enc[i : i + batch_size]
             feats = tokenizer.pad({k: v for k, v in rows.items() if k != "labels"}, return_tensors="pt")
-            logits = model(**feats).logits.numpy()
-            correct += int((np.argmax(logits, -1) == np.asarray(rows["labels"])).sum())
-    return correct / len(enc)
+            outs.append(model(**feats).logits.numpy())
+            golds.append(np.asarray(rows["labels"]))
+    id2label = {v: k for k, v in label2id.items()}
+    return task_of(model.config).score(outs, golds, id2label)
 
 
 def reuse_stage(out: Path, build: Any) -> Path:
@@ -87,7 +89,7 @@ def optimum_load_check(
     compare its logits with onnxruntime's on `texts` (a token classifier's: space-separated words)."""
     import subprocess
 
-    import onnxruntime as ort
+    from llmzip.runtime.sessions import session as ort_session
 
     tokenizer = load_tokenizer(export_dir)
     if task == "token-classification":
@@ -95,7 +97,7 @@ def optimum_load_check(
                         return_tensors="np")  # fmt: skip
     else:
         enc = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
-    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort_session(export_dir / "model.onnx")
     feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
     (out / "check_texts.txt").write_text("\n".join(texts) + "\n")
     np.save(out / "check_logits.npy", session.run(["logits"], feeds)[0])

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from llmzip import metrics
 from llmzip.artifact import read_manifest
 from llmzip.bench.variants import ort_dynamic_int8
 from llmzip.benchmarks import avx2
@@ -85,11 +86,9 @@ def test_feeds(model: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def ort_logits(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
-    import onnxruntime as ort
+    from llmzip.runtime.sessions import session as ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     names = {i.name for i in session.get_inputs()}
     n = len(next(iter(feeds.values())))
     parts = [
@@ -115,7 +114,7 @@ def score(
         "name": name,
         "source": source,
         "method": method,
-        "accuracy": round(float((logits.argmax(-1) == labels).mean()), 4),
+        "accuracy": round(metrics.accuracy(logits.argmax(-1), labels), 4),
         "sqnr_db": round(sqnr_db(torch.from_numpy(reference), torch.from_numpy(logits)), 2),
         "fp32_layers": fp32_layers,
         "size_mb": round(path.stat().st_size / 1e6, 1),
@@ -240,7 +239,7 @@ def study(
     reference = ort_logits(fp32 / "model.onnx", feeds)
     result: dict[str, Any] = {
         "model": str(model),
-        "fp32": {"accuracy": round(float((reference.argmax(-1) == labels).mean()), 4)},
+        "fp32": {"accuracy": round(metrics.accuracy(reference.argmax(-1), labels), 4)},
         "calibration_samples": n_calib,
         "variants": [],
     }

@@ -105,13 +105,9 @@ def variants_for(paths: dict[str, Any], config: BenchConfig) -> list[Variant]:
 
 def op_profile(path: Path, feeds: dict[str, np.ndarray], *, threads: int, runs: int) -> dict[str, Any]:
     """Per-op-type kernel time from onnxruntime's profiler (ms per inference), split GEMM vs other."""
-    import onnxruntime as ort
+    from llmzip.runtime.sessions import session as ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(path.parent / f".profile-{path.stem}")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads=threads, profile_prefix=str(path.parent / f".profile-{path.stem}"))
     names = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in feeds.items() if k in names}
     for _ in range(3):

@@ -83,12 +83,14 @@ def session(
     optimize: bool = True,
     load_error: str | None = None,
     precision: EpPrecision = EpPrecision.F32,
+    profile_prefix: str | None = None,
 ) -> Any:
     """An InferenceSession on an ONNX file (or serialized model). `threads` sets intra-op threads (None: onnxruntime
     decides) with one inter-op thread and no idle spinning beyond one thread; `optimized_path` writes the graph
     onnxruntime really runs after its fusions; `optimize=False` runs the graph as written (no fusions: what a
-    check of the graph's own numbers needs); `precision` is OpenVINO's inference precision; `load_error` turns a
-    model that does not load into a one-line ModelError (else onnxruntime's own exception propagates)."""
+    check of the graph's own numbers needs); `precision` is OpenVINO's inference precision; `profile_prefix` turns on
+    onnxruntime's per-kernel profiler (its JSON lands at that prefix); `load_error` turns a model that does not load
+    into a one-line ModelError (else onnxruntime's own exception propagates)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -102,6 +104,9 @@ def session(
             # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads
             # measured 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path is not None:
