@@ -127,7 +127,14 @@ def test_token_options_are_refused_where_they_do_not_apply(ner_chain: dict[str, 
     )  # fmt: skip
     assert one.exit_code != 0 and "one tag per word" in one.stderr and not (tmp_path / "t").exists()
     text = invoke(
-        "finetune", base, "--task", "token-classification", "--max-steps", 1, "-o", tmp_path / "t2",
+        "finetune",
+        base,
+        "--task",
+        "token-classification",
+        "--max-steps",
+        1,
+        "-o",
+        tmp_path / "t2",
     )  # the demo sample: plain sentences with one label each
     assert text.exit_code != 0 and "one tag per word" in text.stderr
     assert len(text.stderr.strip().splitlines()) == 1
