@@ -217,7 +217,7 @@ def test_narrower_lm_student_is_refused_in_one_line(tiny_llama: Path, corpus: Pa
     result = invoke("distill", tiny_llama, "-o", out, "--data", corpus, "--num-layers", 1, "--hidden-size", 16)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     errors = error_lines(result.stderr)
-    assert len(errors) == 1 and "--hidden-size" in errors[0] and not out.exists()
+    assert len(errors) == 1 and "hidden_size" in errors[0] and not out.exists()
 
 
 def error_lines(stderr: str) -> list[str]:
