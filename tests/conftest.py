@@ -114,7 +114,9 @@ def compress_recipe(path: Path, teacher: Path, candidates: list[dict[str, Any]],
         "data": {"max_length": 32},
         "distill": {"batch_size": 16, "learning_rate": 1.0e-3},
         "export": {"parity_samples": 8},
-        "bench": {"batch_sizes": [1, 4], "seq_len": 32},
+        # The demo sample has no test split: the report reads train (the search selects on validation), which the
+        # tiny search only needs to be a different split (llmzip/search/splits.py).
+        "bench": {"batch_sizes": [1, 4], "seq_len": 32, "data": {"eval_split": "train"}},
         "compress": {"max_accuracy_drop": drop, "candidates": candidates},
     }
     path.write_text(yaml.safe_dump(values))

@@ -180,3 +180,41 @@ def test_compress_exits_8_when_nothing_meets_the_budget(
     result = invoke("compress", "--recipe", recipe, "-o", tmp_path / "strict", "--quick")
     assert result.exit_code == 8
     assert "no candidate is within 1.0 pt" in result.stderr and "too-weak" in result.stdout
+
+
+def _split_folder(root: Path, *, test: bool, phrases: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    train = ["a wonderful film with a great cast", "the plot drags on and on", "an utterly charming story"]
+    held = ["a wonderful film", "drags on", "charming story"] if phrases else ["a dull mess", "great fun", "so slow"]
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(train)))
+    (root / "validation.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(held)))
+    if test:
+        (root / "test.tsv").write_text("sentence\tlabel\nnot bad at all\t1\nawful\t0\n")
+    return root
+
+
+def test_the_reported_split_defaults_to_test_and_is_never_the_selection_split(tmp_path: Path) -> None:
+    candidates = {"candidates": [{"name": "a", "distill": {"num_layers": 1}}]}
+    with_test = _split_folder(tmp_path / "with-test", test=True)
+    plan = build_plan({"model": "t", "data": {"dataset": str(with_test)}, "compress": candidates},
+                      teacher_shape=None, quick=True)  # fmt: skip
+    assert plan.config.data.eval_split == "validation" and plan.bench.data.eval_split == "test"
+    without = _split_folder(tmp_path / "no-test", test=False)
+    with pytest.raises(ConfigError, match="reported split is the selection split"):
+        build_plan({"model": "t", "data": {"dataset": str(without)}, "compress": candidates},
+                   teacher_shape=None, quick=True)  # fmt: skip
+    given = {"model": "t", "data": {"dataset": str(with_test)}, "compress": candidates,
+             "bench": {"data": {"eval_split": "validation"}}}  # fmt: skip
+    with pytest.raises(ConfigError, match="bench.data.eval_split"):  # asked for explicitly: refused, not moved
+        build_plan(given, teacher_shape=None, quick=True)
+
+
+def test_a_selection_split_of_training_phrases_is_flagged(tmp_path: Path) -> None:
+    from llmzip.config import DataConfig
+    from llmzip.search.splits import leak_warning
+
+    leaky = DataConfig(dataset=str(_split_folder(tmp_path / "phrases", test=True, phrases=True)))
+    clean = DataConfig(dataset=str(_split_folder(tmp_path / "clean", test=True)))
+    warning = leak_warning(leaky)
+    assert warning is not None and "3 of 3" in warning and "verbatim inside training rows" in warning
+    assert leak_warning(clean) is None

@@ -1,7 +1,7 @@
 """`make bench-compress`: the compress search on the reference SST-2 teacher, then every candidate and the reference
 rows (PyTorch fp32 teacher, its fp32 ONNX, onnxruntime quantize_dynamic of it) timed together in one bench run.
 
-The search (configs/compress-sst2.yaml) selects on the validation split; the targets of issue 12 are read on
+The search (configs/compress-sst2.yaml) selects on sst2-sentences validation (full held-out sentences); the targets of issue 12 are read on
 test.tsv (GLUE SST-2 dev), as the issue states them. Results: runs/bench-compress/{results.json, report.md,
 pareto_size.png, pareto_latency.png}; the search directory (resumable) is runs/bench-compress/search.
 `python -m llmzip.benchmarks.compress [--quick] [--out runs/bench-compress]` (BENCH_QUICK=1 for --quick).
@@ -121,7 +121,7 @@ def vocabulary_effect() -> dict[str, Any]:
     from llmzip.shrink import embeddings
 
     tokenizer = load_tokenizer(TEACHER)
-    data = DataConfig(dataset=str(SHARED / "data" / "sst2"))
+    data = DataConfig(dataset=str(SHARED / "data" / "sst2-sentences"))
     loaded = load_split(data, "train")
     assert loaded is not None
     kept = embeddings.task_vocabulary(tokenizer, texts(loaded[0], data)[0])
@@ -152,7 +152,7 @@ def main() -> None:
     started = time.time()
     values = read_yaml(args.recipe)
     values["model"] = str(TEACHER)
-    values.setdefault("data", {})["dataset"] = str(SHARED / "data" / "sst2")
+    values.setdefault("data", {})["dataset"] = str(SHARED / "data" / "sst2-sentences")  # the leak-free selection split
     c = source_config(TEACHER)
     plan = build_plan(values, teacher_shape=teacher_shape(c), quick=args.quick)
     search_dir = args.out / "search"

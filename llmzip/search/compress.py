@@ -31,7 +31,7 @@ from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError, Terminated
 from llmzip.outputs import rebuilt, staging
 from llmzip.progress import console, step
-from llmzip.search import pareto
+from llmzip.search import pareto, splits
 from llmzip.search.plan import Candidate, CompressConfig, Plan, key
 
 ACCEPTS = ("finetune", "distill", "import", EXTERNAL)
@@ -110,6 +110,9 @@ def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool
     out_dir = Path(out_dir)
     source = open_model_source(plan.teacher, verb="compress", accepts=ACCEPTS)
     _check_options(plan, source.path)
+    selection_warning = splits.leak_warning(config.data)
+    if selection_warning is not None:
+        console.print(f"[bold yellow]warning:[/] {selection_warning}")
     data_files = sorted({p for c in candidates for s in c.configs.values() if s for p in data_paths(s.data)})
     data_files += [p for p in data_paths(bench_config.data) if p not in data_files]
     inputs = [source.path, *data_files]
@@ -136,6 +139,8 @@ def compress(plan: Plan, out_dir: Path, *, resume: bool = False, overwrite: bool
     try:
         with rebuilt(out_dir, inputs=inputs, complete=_finished, decide=decide, keep_partial=True, start=start):
             result = _search(out_dir, plan, source.path, root)
+            result["splits"] = {"selection": config.data.eval_split, "report": bench_config.data.eval_split}
+            result["selection_warnings"] = [selection_warning] if selection_warning else []
             result["wall_s"] = round(time.time() - started, 1)
             atomic_write_text(out_dir / RESULTS, strict_json(result, where=RESULTS))
             _plot(out_dir / "pareto.png", result)

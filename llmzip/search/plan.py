@@ -26,6 +26,7 @@ from llmzip.config.choices import Objective, as_enum
 from llmzip.config.data import _check
 from llmzip.errors import ConfigError
 from llmzip.recipe import from_dict, merge
+from llmzip.search import splits
 
 # The stages a candidate is made by, in order; `distill: null` in a candidate means "the teacher itself".
 BUILD_STAGES = {"distill": DistillConfig, "calibrate": CalibrateConfig, "quantize": QuantizeConfig}
@@ -257,4 +258,7 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None,
     )
     bench_section = {**sections["bench"], "data": merge(shared, sections["bench"].get("data") or {})}
     bench = from_dict(BenchConfig, bench_section, prefix="bench.")
+    # The reported split is never the selection split (llmzip/search/splits.py): unset, it becomes the data's test.
+    given = "eval_split" in (((values.get("bench") or {}).get("data")) or {})
+    bench = splits.report_split(config.data, bench, bench_split_given=given)
     return Plan(teacher=model, config=config, candidates=candidates, export=export, bench=bench)

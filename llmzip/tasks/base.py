@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from llmzip import data as data_mod
 from llmzip.config import DataConfig, TaskKind, TrainConfig
 
 if TYPE_CHECKING:
@@ -18,7 +19,34 @@ Row = dict[str, Any]
 Described = dict[str, Any]  # what was read, for the manifest
 
 
-__all__ = ["Batch", "Described", "Row", "Task", "TaskKind"]
+__all__ = ["Batch", "Described", "Row", "Task", "TaskKind", "labelled_head", "sampled_train_split"]
+
+
+def sampled_train_split(cfg: DataConfig, num: int, seed: int) -> tuple[Any, Described]:
+    """`num` seeded training examples (calibration rows) and what was read."""
+    loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
+    assert loaded is not None  # a required split: load_split raised otherwise
+    ds, source = loaded
+    return ds, {**source.describe(), "split": cfg.train_split, "rows": len(ds)}
+
+
+def labelled_head(cfg: TrainConfig, names_of: Any) -> Head:
+    """A classifier head sized from the label set `names_of(train split, data config)` reads; a head of another
+    shape (a sequence classifier's, for a token classifier) is replaced."""
+    from llmzip.training import Head
+
+    d = cfg.data
+    loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True)
+    assert loaded is not None
+    names = names_of(loaded[0], d)
+    label2id = {name: i for i, name in enumerate(names)}
+    kwargs = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": label2id,
+        "ignore_mismatched_sizes": True,
+    }
+    return Head(model_kwargs=kwargs, label2id=label2id, train_loaded=loaded)
 
 
 class Task(ABC):

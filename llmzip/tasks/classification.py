@@ -9,7 +9,7 @@ import numpy as np
 from llmzip import data as data_mod
 from llmzip import metrics
 from llmzip.config import DEFAULT_EXCLUDE, DataConfig, TrainConfig
-from llmzip.tasks.base import Batch, Row, Task, TaskKind
+from llmzip.tasks.base import Batch, Row, Task, TaskKind, labelled_head, sampled_train_split
 
 if TYPE_CHECKING:
     from llmzip.training import Head, TaskTraining
@@ -27,15 +27,13 @@ class SequenceClassification(Task):
     def calibration_rows(
         self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
     ) -> tuple[list[Row], dict[str, Any]]:
-        loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
-        assert loaded is not None
-        ds, source = loaded
+        ds, described = sampled_train_split(cfg, num, seed)
         first, second = data_mod.texts(ds, cfg)
         labels = ds[cfg.label_column] if cfg.label_column in ds.column_names else [None] * len(first)
         rows = [
             {"text": t, "text_pair": second[i] if second else None, "label": labels[i]} for i, t in enumerate(first)
         ]
-        return rows, {**source.describe(), "split": cfg.train_split, "rows": len(rows)}
+        return rows, described
 
     def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
         out = []
@@ -48,20 +46,7 @@ class SequenceClassification(Task):
         return out
 
     def finetune_head(self, cfg: TrainConfig) -> Head:
-        from llmzip.training import Head
-
-        d = cfg.data
-        loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True)
-        assert loaded is not None  # a required split: load_split raised otherwise
-        names = data_mod.label_names(loaded[0], d)
-        label2id = {name: i for i, name in enumerate(names)}
-        kwargs = {
-            "num_labels": len(names),
-            "id2label": dict(enumerate(names)),
-            "label2id": label2id,
-            "ignore_mismatched_sizes": True,
-        }
-        return Head(model_kwargs=kwargs, label2id=label2id, train_loaded=loaded)
+        return labelled_head(cfg, data_mod.label_names)
 
     def training(
         self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None

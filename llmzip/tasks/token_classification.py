@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmzip import data as data_mod
 from llmzip import metrics
 from llmzip.config import DEFAULT_EXCLUDE, DataConfig, TrainConfig
 from llmzip.errors import DataError
-from llmzip.tasks.base import Batch, Row, Task, TaskKind
+from llmzip.tasks.base import Batch, Row, Task, TaskKind, labelled_head, sampled_train_split
 
 if TYPE_CHECKING:
     from llmzip.training import Head, Metric, TaskTraining
@@ -122,11 +121,8 @@ class TokenClassification(Task):
     def calibration_rows(
         self, cfg: DataConfig, num: int, seed: int, tokenizer: Any
     ) -> tuple[list[Row], dict[str, Any]]:
-        loaded = data_mod.load_split(cfg, cfg.train_split, limit=num, seed=seed, shuffle=True)
-        assert loaded is not None
-        ds, source = loaded
-        rows = [{"words": w} for w in _words(ds, cfg)]
-        return rows, {**source.describe(), "split": cfg.train_split, "rows": len(rows)}
+        ds, described = sampled_train_split(cfg, num, seed)
+        return [{"words": w} for w in _words(ds, cfg)], described
 
     def batches(self, tokenizer: Any, rows: list[Row], *, max_length: int, batch_size: int) -> list[Batch]:
         out = []
@@ -147,20 +143,7 @@ class TokenClassification(Task):
         return [{"words": t.split()} for t in texts]
 
     def finetune_head(self, cfg: TrainConfig) -> Head:
-        from llmzip.training import Head
-
-        d = cfg.data
-        loaded = data_mod.load_split(d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True)
-        assert loaded is not None
-        names = tag_names(loaded[0], d)
-        label2id = {name: i for i, name in enumerate(names)}
-        kwargs = {
-            "num_labels": len(names),
-            "id2label": dict(enumerate(names)),
-            "label2id": label2id,
-            "ignore_mismatched_sizes": True,  # a sequence classifier's head has another shape: it is replaced
-        }
-        return Head(model_kwargs=kwargs, label2id=label2id, train_loaded=loaded)
+        return labelled_head(cfg, tag_names)
 
     def training(
         self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
