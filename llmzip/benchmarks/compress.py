@@ -2,8 +2,8 @@
 rows (PyTorch fp32 teacher, its fp32 ONNX, onnxruntime quantize_dynamic of it) timed together in one bench run.
 
 The search (configs/compress-sst2.yaml) selects on sst2-sentences validation (full held-out sentences); the
-targets are read on test.tsv (GLUE SST-2 dev), as the issues state them. Results: runs/bench-compress/{results.json, report.md,
-pareto_size.png, pareto_latency.png}; the search directory (resumable) is runs/bench-compress/search.
+targets are read on test.tsv (GLUE SST-2 dev), as the issues state them. Results: runs/bench-compress/{results.json,
+report.md, pareto_size.png, pareto_latency.png}; the search directory (resumable) is runs/bench-compress/search.
 `python -m llmzip.benchmarks.compress [--quick] [--out runs/bench-compress]` (BENCH_QUICK=1 for --quick).
 """
 
