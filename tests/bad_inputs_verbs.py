@@ -238,8 +238,22 @@ CASES: dict[str, Callable[[Env], Case]] = {
         keep=[e.tmp / "c"],
     ),
     "compress-out-is-the-teacher": lambda e: Case(
-        ["compress", e.copy("teacher"), "--data", DEMO_VALIDATION, "-o", e.tmp / "copy-teacher", "--overwrite"],
+        [
+            "compress",
+            e.copy("teacher"),
+            "--data",
+            DEMO_VALIDATION,
+            "--set",
+            "bench.data.eval_split=train",  # a split apart from the selection one: only the output is wrong
+            "-o",
+            e.tmp / "copy-teacher",
+            "--overwrite",
+        ],
         "is the input",
+    ),
+    "compress-report-is-the-selection-split": lambda e: Case(
+        ["compress", e.chain["teacher"], "--data", DEMO_VALIDATION, "-o", e.tmp / OUT],
+        "the reported split is the selection split",
     ),
     "compress-objective-typo": lambda e: Case(
         ["compress", e.chain["teacher"], "-o", e.tmp / OUT, "--objective", "siz"],

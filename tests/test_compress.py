@@ -36,7 +36,8 @@ def test_pareto_and_budget_choice() -> None:
 
 
 def test_plan_is_validated_before_any_work() -> None:
-    base = {"model": "some/teacher"}
+    # The demo sample has no test split to report on by default: the report reads one named explicitly.
+    base: dict[str, Any] = {"model": "some/teacher", "bench": {"data": {"eval_split": "test"}}}
     with pytest.raises(ConfigError, match="unknown key 'quantise'"):
         build_plan(
             {**base, "compress": {"candidates": [{"name": "a", "quantise": {}}]}}, teacher_shape=None, quick=True
@@ -153,7 +154,8 @@ def test_compress_planned_candidates_from_the_command_line(tmp_path: Path, chain
     """No recipe: the plan is sized from the teacher's shape; the budget picks among what was measured."""
     out = tmp_path / "planned"
     args = ("compress", chain["teacher"], "-o", out, "--quick", "--max-accuracy-drop", 100, "--objective", "latency")
-    result = invoke(*args, "--set", "data.max_length=32", "--set", "bench.seq_len=32", "--json")
+    report = ("--set", "bench.data.eval_split=train")  # the demo sample has no test split; select on validation
+    result = invoke(*args, "--set", "data.max_length=32", "--set", "bench.seq_len=32", *report, "--json")
     assert result.exit_code == 0, result.stderr
     found = json.loads(result.stdout)
     names = [r["name"] for r in found["candidates"]]
