@@ -138,3 +138,12 @@ def test_token_options_are_refused_where_they_do_not_apply(ner_chain: dict[str, 
     )  # the demo sample: plain sentences with one label each
     assert text.exit_code != 0 and "one tag per word" in text.stderr
     assert len(text.stderr.strip().splitlines()) == 1
+
+
+def test_parity_compares_real_tokens_only() -> None:
+    from llmzip.stages.export import real_positions
+
+    logits = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    feeds = {"attention_mask": np.array([[1, 1, 0], [1, 0, 0]])}
+    assert real_positions(logits, feeds).tolist() == [[0, 1], [2, 3], [6, 7]]  # padding positions are never read
+    assert real_positions(logits[:, 0], feeds).shape == (2, 2)  # one vector per sequence: as is
