@@ -224,6 +224,11 @@ def _capped(text: str, described: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def label_names(ds: Dataset, cfg: DataConfig) -> list[str]:
     """Class names in id order: ClassLabel names, the sorted set of string labels, or str(0..max) for ints."""
+    if len(ds) and isinstance(ds[0][cfg.label_column], list):
+        raise DataError(
+            f"{cfg.label_column}: each row holds a list of labels (one per word): that is token classification; "
+            "pass --task token-classification"
+        )
     feature = ds.features[cfg.label_column]
     names = getattr(feature, "names", None)
     if names:
@@ -260,6 +265,11 @@ def label_ids(ds: Dataset, cfg: DataConfig, label2id: dict[str, int]) -> list[in
 
 
 def texts(ds: Dataset, cfg: DataConfig) -> tuple[list[str], list[str] | None]:
+    if len(ds) and isinstance(ds[0][cfg.text_column], list):
+        raise DataError(
+            f"{cfg.text_column}: each row holds a list of words, not a text; for one label per word pass "
+            "--task token-classification, else set --text-column to a text column"
+        )
     first = [str(t) if t is not None else "" for t in ds[cfg.text_column]]
     second = [str(t) if t is not None else "" for t in ds[cfg.text_pair_column]] if cfg.text_pair_column else None
     return first, second

@@ -147,3 +147,13 @@ def test_parity_compares_real_tokens_only() -> None:
     feeds = {"attention_mask": np.array([[1, 1, 0], [1, 0, 0]])}
     assert real_positions(logits, feeds).tolist() == [[0, 1], [2, 3], [6, 7]]  # padding positions are never read
     assert real_positions(logits[:, 0], feeds).shape == (2, 2)  # one vector per sequence: as is
+
+
+def test_word_list_data_without_the_task_says_which_task(ner_chain: dict[str, Any], tmp_path: Path) -> None:
+    base = build_tiny_bert(tmp_path / "base")
+    result = invoke("finetune", base, *ner_chain["columns"], "--max-steps", 1, "-o", tmp_path / "t")
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: ") and "--task token-classification" in result.stderr
+    )
+    assert not (tmp_path / "t").exists()
