@@ -9,11 +9,13 @@ straight-through gradient so the same module serves quantization-aware training 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from llmzip.errors import ConfigError
 from llmzip.quant.qmath import (
     QRange,
     dequantize,
@@ -273,3 +275,19 @@ def scaled_like(new: nn.Module, old: nn.Module) -> nn.Module:
     if scale is not None:
         new.embed_scale = float(scale)
     return new
+
+
+def select(model: nn.Module, names: list[str], exclude: list[str]) -> list[str]:
+    """Drop the names an exclude entry matches: a regex on the module name, or `type:Class` on the class name of
+    the module or of its parent (e.g. `type:BertOutput` keeps every FFN output projection in fp32)."""
+    types = {e.removeprefix("type:") for e in exclude if e.startswith("type:")}
+    try:
+        patterns = [re.compile(p) for p in exclude if not p.startswith("type:")]
+    except re.error as err:
+        raise ConfigError(f"exclude: {err.pattern!r} is not a valid regular expression ({err})") from None
+
+    def classes(name: str) -> set[str]:
+        parent = name.rpartition(".")[0]
+        return {type(model.get_submodule(name)).__name__, type(model.get_submodule(parent)).__name__}
+
+    return [n for n in names if not any(p.search(n) for p in patterns) and not (types & classes(n))]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmzip.errors import ModelError
 from llmzip.quant import qmath
 from llmzip.quant.modules import QuantLinear
 from llmzip.quant.weight_only import WeightOnlyLinear
@@ -135,3 +136,19 @@ def first_collapse(layers: dict[str, dict[str, Any]]) -> tuple[str, dict[str, An
             return name, layer
     name = min(layers, key=lambda n: float(layers[n]["output_sqnr_db"]))
     return name, layers[name]
+
+
+def perplexity_gate(report: dict[str, Any], ratio: float, windows: int, *, held: bool) -> None:
+    """A causal LM whose perplexity on the measured windows rises beyond `ratio` × its fp32 model's is broken, not
+    merely rounded (int4 costs percents, not multiples): fail, naming the first layer whose output SQNR collapses."""
+    ppl = report["perplexity"]
+    if ppl["quantized"] <= ratio * ppl["fp32"]:
+        return
+    name, layer = first_collapse(report["layers"])
+    where = "held-back calibration windows" if held else "calibration windows"
+    raise ModelError(
+        f"the quantized model's perplexity on {windows} {where} is {ppl['quantized']:.4g} vs {ppl['fp32']:.4g} in "
+        f"fp32 (> {ratio:g}×, --max-perplexity-ratio); output SQNR collapses first at {name} "
+        f"({layer['output_sqnr_db']} dB, its weight {layer['weight_sqnr_db']} dB): something the model computes "
+        "around that layer is lost, report it with the model's config"
+    )

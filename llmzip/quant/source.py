@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip.errors import ArtifactError, ModelError
+from llmzip.config import QuantizeConfig, WeightAlgorithm
+from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.quant.weight_only import WeightOnlyLinear
 from llmzip.sources.gguf_blocks import BLOCKS_FILE
 
@@ -91,3 +92,49 @@ def embedding_table(blocks: SourceBlocks, name: str, embedding: nn.Embedding) ->
     with torch.no_grad():
         as_linear.weight.copy_(embedding.weight)
     return blocks.layer(name, as_linear)
+
+
+def resolve_algorithm(config: QuantizeConfig, model_dir: Path, weight_only: bool) -> WeightAlgorithm:
+    """--algorithm as given; unset, a model imported from a GGUF file keeps its source's blocks (unless a bit width
+    or block layout of its own is asked for), any other rounds to nearest."""
+    if config.algorithm is not None:
+        if config.algorithm is WeightAlgorithm.SOURCE and not weight_only:
+            raise ConfigError("--algorithm source keeps weight-only blocks: add --weight-only (or use a causal LM)")
+        return config.algorithm
+    default = QuantizeConfig()
+    layout = ("weight_bits", "weight_block_size", "weight_symmetric", "head_bits")
+    own_layout = any(getattr(config, k) != getattr(default, k) for k in layout)
+    if weight_only and available(model_dir) and not own_layout:
+        return WeightAlgorithm.SOURCE
+    return WeightAlgorithm.RTN
+
+
+def block_spec(layer: Any) -> dict[str, Any]:
+    """How to rebuild a weight-only layer (or table) whose blocks are not the scheme's (a GGUF source's)."""
+    if not isinstance(layer, WeightOnlyLinear):
+        return {}
+    return {
+        "block_size": layer.block_size,
+        "bits": layer.bits,
+        "symmetric": layer.weight_zero_point is None,
+        "offset": layer.weight_offset is not None,
+    }
+
+
+def source_metrics(blocks: SourceBlocks, names: list[str]) -> dict[str, Any]:
+    described = {n: blocks.describe(n) for n in names}
+    types: dict[str, int] = {}
+    for d in described.values():
+        key = str(d.get("type", "?")) + ("" if d.get("exact") else " (rounded)")
+        types[key] = types.get(key, 0) + 1
+    return {"source_types": dict(sorted(types.items())), "source_blocks": described}
+
+
+def source_maker(blocks: SourceBlocks, *, rounding: Any) -> Any:
+    """Each Linear from the source's blocks; one whose GGUF type has no exact form is rounded (named in the
+    manifest's source_blocks)."""
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        return blocks.layer(name, linear) if blocks.has(f"{name}.weight") else rounding(name, linear)
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,9 +13,6 @@ from torch import nn
 
 from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.config import (
-    Activations,
-    CalibrationMethod,
-    Granularity,
     QuantizeConfig,
     SaturationFix,
     WeightAlgorithm,
@@ -27,187 +23,31 @@ from llmzip.errors import ArtifactError, ConfigError, ModelError
 from llmzip.modeling import QUANT_FILE, load_model, load_tokenizer, source_config
 from llmzip.outputs import staging
 from llmzip.progress import step
-from llmzip.quant import attention, qmath, ranges, sensitivity
+from llmzip.quant import attention, qmath, sensitivity
 from llmzip.quant.awq import awq_maker
 from llmzip.quant.calibration import SAMPLES_FILE, linear_names, read_observers, read_samples, record
 from llmzip.quant.fallback import accuracy_aware
 from llmzip.quant.gptq import weight_only_maker
+from llmzip.quant.int8 import activation_range, attention_quants, quantize_linear, smoothed_weight, smoothing_factors
 from llmzip.quant.lm_fallback import perplexity_aware
-from llmzip.quant.modules import QuantEmbedding, QuantLinear, replace_linears, scaled_like
+from llmzip.quant.modules import QuantEmbedding, replace_linears, scaled_like, select
 from llmzip.quant.observers import HistogramObserver
-from llmzip.quant.report import error_report, first_collapse
+from llmzip.quant.report import error_report, perplexity_gate
 from llmzip.quant.saturation import SCORES, fix_saturation
-from llmzip.quant.source import SourceBlocks, embedding_table
-from llmzip.quant.source import available as source_blocks_available
-from llmzip.quant.weight_only import BlockEmbedding, SharedEmbedding, WeightOnlyLinear
+from llmzip.quant.source import (
+    SourceBlocks,
+    block_spec,
+    embedding_table,
+    resolve_algorithm,
+    source_maker,
+    source_metrics,
+)
+from llmzip.quant.weight_only import BlockEmbedding, SharedEmbedding
 from llmzip.runtime import hardware
 from llmzip.shrink.embeddings import inner_table
 from llmzip.tasks import checked_task
 
 ACCEPTS = ("finetune", "distill", EXTERNAL)
-
-
-def select(model: nn.Module, names: list[str], exclude: list[str]) -> list[str]:
-    """Drop the names an exclude entry matches: a regex on the module name, or `type:Class` on the class name of
-    the module or of its parent (e.g. `type:BertOutput` keeps every FFN output projection in fp32)."""
-    types = {e.removeprefix("type:") for e in exclude if e.startswith("type:")}
-    try:
-        patterns = [re.compile(p) for p in exclude if not p.startswith("type:")]
-    except re.error as err:
-        raise ConfigError(f"exclude: {err.pattern!r} is not a valid regular expression ({err})") from None
-
-    def classes(name: str) -> set[str]:
-        parent = name.rpartition(".")[0]
-        return {type(model.get_submodule(name)).__name__, type(model.get_submodule(parent)).__name__}
-
-    return [n for n in names if not any(p.search(n) for p in patterns) and not (types & classes(n))]
-
-
-def activation_range(obs: HistogramObserver, config: QuantizeConfig) -> tuple[float, float]:
-    if config.method is CalibrationMethod.PERCENTILE:
-        return ranges.percentile(obs, config.percentile)
-    return ranges.METHODS[config.method.value](obs)
-
-
-def smoothing_factors(
-    model: nn.Module, names: list[str], observers: dict[str, HistogramObserver], alpha: float
-) -> dict[str, torch.Tensor]:
-    """SmoothQuant (Xiao et al. 2023): s_j = max|X_j|^α / max|W_:,j|^(1−α) per input channel j.
-
-    Dividing the input by s and multiplying the weight's columns by s leaves x @ Wᵀ unchanged while moving the
-    activation outliers (e.g. FFN2's GELU output) into the weights, which per-channel quantization handles well.
-    """
-    factors = {}
-    for name in names:
-        act = observers[name].channel_absmax
-        if act is None:
-            raise ArtifactError(f"the calibration has no per-channel statistics for {name}; re-run `llmzip calibrate`")
-        linear = model.get_submodule(name)
-        assert isinstance(linear, nn.Linear)
-        weight = linear.weight.detach().abs().amax(0)
-        factors[name] = (act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5).float()
-    return factors
-
-
-def _smoothed(model: nn.Module, name: str, smooth: torch.Tensor | None) -> torch.Tensor:
-    linear = model.get_submodule(name)
-    assert isinstance(linear, nn.Linear)
-    weight = linear.weight.detach().float()
-    return weight * smooth[None, :] if smooth is not None else weight
-
-
-def quantize_linear(
-    linear: nn.Linear, act_range: tuple[float, float], config: QuantizeConfig, smooth: torch.Tensor | None = None
-) -> QuantLinear:
-    """Build the int8 layer: weight scales from the weight, input scale/zero point from the activation range."""
-    per_channel = config.weight_granularity is Granularity.PER_CHANNEL
-    weight = linear.weight.detach().float() * smooth[None, :] if smooth is not None else linear.weight.detach().float()
-    a_range = qmath.qrange(8, signed=config.activation_symmetric, symmetric=config.activation_symmetric)
-    lo, hi = torch.tensor(act_range[0]), torch.tensor(act_range[1])
-    if config.activation_symmetric:
-        a_scale, a_zp = qmath.symmetric_qparams(torch.maximum(lo.abs(), hi.abs()), a_range)
-    else:
-        a_scale, a_zp = qmath.asymmetric_qparams(lo, hi, a_range)
-
-    layer = QuantLinear(
-        linear.in_features,
-        linear.out_features,
-        bias=linear.bias is not None,
-        per_channel=per_channel,
-        activation_signed=config.activation_symmetric,
-        smooth=smooth is not None,
-        dynamic=config.activations is Activations.DYNAMIC,
-    )
-    layer.set_weight(weight, bits=config.weight_bits, symmetric=config.weight_symmetric)
-    with torch.no_grad():
-        if smooth is not None and layer.input_smooth is not None:
-            layer.input_smooth.copy_(1.0 / smooth)
-        layer.input_scale.copy_(a_scale)
-        layer.input_zero_point.copy_(a_zp.to(layer.input_zero_point.dtype))
-        if linear.bias is not None and layer.bias is not None:
-            layer.bias.copy_(linear.bias)
-    return layer
-
-
-def attention_quants(
-    names: list[str], observers: dict[str, HistogramObserver], config: QuantizeConfig, calibration_dir: Path
-) -> dict[str, attention.AttentionQuant]:
-    """Static qparams for each attention module's query/key/value from the calibration histograms."""
-    quants = {}
-    for name in names:
-        keys = {t: f"{name}:{t}" for t in attention.TENSORS}
-        if any(k not in observers for k in keys.values()):
-            raise ArtifactError(
-                f"{calibration_dir} has no attention statistics for {name} (calibrated before llmzip recorded them, "
-                "or the model does not use transformers' attention interface); re-run `llmzip calibrate` or drop "
-                "--attention"
-            )
-        quants[name] = attention.AttentionQuant.from_ranges(
-            {t: activation_range(observers[k], config) for t, k in keys.items()}
-        )
-    return quants
-
-
-def resolve_algorithm(config: QuantizeConfig, model_dir: Path, weight_only: bool) -> WeightAlgorithm:
-    """--algorithm as given; unset, a model imported from a GGUF file keeps its source's blocks (unless a bit width
-    or block layout of its own is asked for), any other rounds to nearest."""
-    if config.algorithm is not None:
-        if config.algorithm is WeightAlgorithm.SOURCE and not weight_only:
-            raise ConfigError("--algorithm source keeps weight-only blocks: add --weight-only (or use a causal LM)")
-        return config.algorithm
-    default = QuantizeConfig()
-    layout = ("weight_bits", "weight_block_size", "weight_symmetric", "head_bits")
-    own_layout = any(getattr(config, k) != getattr(default, k) for k in layout)
-    if weight_only and source_blocks_available(model_dir) and not own_layout:
-        return WeightAlgorithm.SOURCE
-    return WeightAlgorithm.RTN
-
-
-def _block_spec(layer: Any) -> dict[str, Any]:
-    """How to rebuild a weight-only layer (or table) whose blocks are not the scheme's (a GGUF source's)."""
-    if not isinstance(layer, WeightOnlyLinear):
-        return {}
-    return {
-        "block_size": layer.block_size,
-        "bits": layer.bits,
-        "symmetric": layer.weight_zero_point is None,
-        "offset": layer.weight_offset is not None,
-    }
-
-
-def _perplexity_gate(report: dict[str, Any], ratio: float, windows: int, *, held: bool) -> None:
-    """A causal LM whose perplexity on the measured windows rises beyond `ratio` × its fp32 model's is broken, not
-    merely rounded (int4 costs percents, not multiples): fail, naming the first layer whose output SQNR collapses."""
-    ppl = report["perplexity"]
-    if ppl["quantized"] <= ratio * ppl["fp32"]:
-        return
-    name, layer = first_collapse(report["layers"])
-    where = "held-back calibration windows" if held else "calibration windows"
-    raise ModelError(
-        f"the quantized model's perplexity on {windows} {where} is {ppl['quantized']:.4g} vs {ppl['fp32']:.4g} in "
-        f"fp32 (> {ratio:g}×, --max-perplexity-ratio); output SQNR collapses first at {name} "
-        f"({layer['output_sqnr_db']} dB, its weight {layer['weight_sqnr_db']} dB): something the model computes "
-        "around that layer is lost, report it with the model's config"
-    )
-
-
-def _source_metrics(blocks: SourceBlocks, names: list[str]) -> dict[str, Any]:
-    described = {n: blocks.describe(n) for n in names}
-    types: dict[str, int] = {}
-    for d in described.values():
-        key = str(d.get("type", "?")) + ("" if d.get("exact") else " (rounded)")
-        types[key] = types.get(key, 0) + 1
-    return {"source_types": dict(sorted(types.items())), "source_blocks": described}
-
-
-def source_maker(blocks: SourceBlocks, *, rounding: Any) -> Any:
-    """Each Linear from the source's blocks; one whose GGUF type has no exact form is rounded (named in the
-    manifest's source_blocks)."""
-
-    def make(name: str, linear: nn.Linear) -> nn.Module:
-        return blocks.layer(name, linear) if blocks.has(f"{name}.weight") else rounding(name, linear)
-
-    return make
 
 
 @dataclass
@@ -276,7 +116,7 @@ def quantize(
         run.extra["target_cpu"] = target.value
         if not run.weight_only and hardware.saturates(target):
             fp32 = run.fp32
-            floats = {} if config.qat_steps > 0 else {n: _smoothed(fp32, n, run.smooth.get(n)) for n in run.names}
+            floats = {} if config.qat_steps > 0 else {n: smoothed_weight(fp32, n, run.smooth.get(n)) for n in run.names}
             run.saturation = run.extra["saturation"] = fix_saturation(
                 run.quantized,
                 run.batches,
@@ -477,7 +317,7 @@ def _error_report(run: _Run) -> dict[str, Any]:
     step(f"measuring quantization error on {len(measured)} {where}calibration batches")
     report = error_report(run.fp32, run.quantized, run.names, measured, next_token=run.perplexity_metric)
     if run.perplexity_metric:
-        _perplexity_gate(report, run.config.max_perplexity_ratio, len(measured), held=bool(run.held))
+        perplexity_gate(report, run.config.max_perplexity_ratio, len(measured), held=bool(run.held))
     for name in run.names:
         if run.gptq_stats.get(name):
             report["layers"][name]["gptq"] = run.gptq_stats[name]
@@ -506,7 +346,7 @@ def _write(run: _Run, tmp: Path, report: dict[str, Any], target: Any, started: f
             "smooth": n in run.smooth,
             "weight_bits": run.bits_of(n),
             "weight_only": run.weight_only,
-            **_block_spec(run.quantized.get_submodule(n)),
+            **block_spec(run.quantized.get_submodule(n)),
             # weight rows stored on a 7-bit grid so that the target CPU's int16 pair sums cannot saturate
             "rows_7bit": run.saturation["layers"].get(n, {}).get("fixed_rows", 0),
         }
@@ -517,7 +357,7 @@ def _write(run: _Run, tmp: Path, report: dict[str, Any], target: Any, started: f
         "layers": layers,
         "embeddings": run.embeddings,
         "embeddings_shared_with": run.shared,
-        "embedding_blocks": _block_spec(run.own_table) if run.own_table is not None else None,
+        "embedding_blocks": block_spec(run.own_table) if run.own_table is not None else None,
         "attention": run.attention_names,
         "attention_key_bits": {
             n.removesuffix(SCORES): layer["key_bits"]
@@ -537,7 +377,7 @@ def _write(run: _Run, tmp: Path, report: dict[str, Any], target: Any, started: f
         "weight_bits": config.weight_bits if blocks is None else None,  # a source's blocks: per layer
         "weight_only": run.weight_only,
         "algorithm": run.algorithm.value if run.weight_only else None,
-        **(_source_metrics(blocks, names) if blocks is not None else {}),
+        **(source_metrics(blocks, names) if blocks is not None else {}),
         "head_bits": run.bits_of(run.head) if run.head in names else None,
         "exclude": run.exclude,
         "task": run.task.kind.value,
