@@ -347,6 +347,11 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "bench-lm-gpu-provider-missing": lambda e: Case(
         _lm_bench(e, "--provider", "cuda"), "onnxruntime here has no CUDAExecutionProvider"
     ),
+    "export-gpu-provider-missing": lambda e: Case(
+        ["export", e.chain["int8"], "-o", e.tmp / OUT, "--provider", "cuda"],
+        "onnxruntime here has no CUDAExecutionProvider",
+        out=e.tmp / OUT,
+    ),
     "generate-gpu-provider-missing": lambda e: Case(
         ["generate", e.lm["onnx"], "good", "--provider", "cuda"], "onnxruntime here has no CUDAExecutionProvider"
     ),

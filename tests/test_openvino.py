@@ -53,3 +53,17 @@ def test_openvino_f32_computes_what_the_cpu_provider_computes(chain: dict[str, P
         feeds["token_type_ids"] = np.zeros((2, 16), dtype=np.int64)
     want, got = cpu.run(["logits"], feeds)[0], ov.run(["logits"], feeds)[0]
     assert np.abs(want - got).max() < 1e-3
+
+
+def test_export_checks_parity_on_openvino(chain: dict[str, Path], tmp_path: Path) -> None:
+    try:
+        sessions.openvino_cpu()
+    except ProviderError as err:
+        pytest.skip(str(err))
+    import json
+
+    result = invoke("export", chain["int8"], "-o", tmp_path / "ov", "--provider", "openvino")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "ov" / "manifest.json").read_text())
+    assert manifest["config"]["provider"] == "openvino"
+    assert manifest["metrics"]["parity"]["max_abs_diff"] <= manifest["metrics"]["parity"]["tolerance"]

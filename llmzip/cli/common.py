@@ -70,14 +70,14 @@ def _global_options(
         os.environ["LLMZIP_ALLOW_PICKLE"] = "1"  # read by llmzip.modeling where weights are loaded
 
 
-# Option types shared by several verbs (typer reads the Annotated metadata; defaults stay in config.py).
+# Option types of the verbs themselves (a stage's config options are derived from its config class:
+# llmzip/cli/options.py).
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the machine-readable result on stdout, nothing else.")]
 Recipe = Annotated[
     Optional[Path], typer.Option("--recipe", help="Take defaults from this stage's section of a YAML recipe.")
 ]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
 Data = Annotated[
     Optional[str],
     typer.Option(
@@ -86,77 +86,9 @@ Data = Annotated[
         rich_help_panel="Data",
     ),
 ]
-Subset = Annotated[
-    Optional[str], typer.Option(help="Hub dataset configuration, e.g. sst2 for nyu-mll/glue.", rich_help_panel="Data")
-]
-TextColumn = Annotated[Optional[str], typer.Option(help="Text column.", rich_help_panel="Data")]
-Delimiter = Annotated[
-    Optional[str],
-    typer.Option(help="Field separator of local .csv/.tsv/.txt files (default: by extension).", rich_help_panel="Data"),
-]
-TextPairColumn = Annotated[
-    Optional[str], typer.Option(help="Second text column for sentence pairs.", rich_help_panel="Data")
-]
-LabelColumn = Annotated[Optional[str], typer.Option(help="Label column.", rich_help_panel="Data")]
-TrainSplit = Annotated[Optional[str], typer.Option(help="Split to train/calibrate on.", rich_help_panel="Data")]
-EvalSplit = Annotated[Optional[str], typer.Option(help="Split to evaluate on.", rich_help_panel="Data")]
-MaxLength = Annotated[Optional[int], typer.Option(help="Tokens per example (truncation).", rich_help_panel="Data")]
-MaxTrain = Annotated[
-    Optional[int], typer.Option(help="Use a seeded random subset of this many training rows.", rich_help_panel="Data")
-]
-SkipTokens = Annotated[
-    Optional[int],
-    typer.Option(help="Raw text: drop its first N tokens (keep off a benchmark's windows).", rich_help_panel="Data"),
-]
-MaxEval = Annotated[Optional[int], typer.Option(help="Use the first N evaluation rows.", rich_help_panel="Data")]
-Epochs = Annotated[Optional[float], typer.Option(help="Training epochs.", rich_help_panel="Training")]
-MaxSteps = Annotated[
-    Optional[int], typer.Option(help="Stop after N optimizer steps (overrides epochs).", rich_help_panel="Training")
-]
-BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.", rich_help_panel="Training")]
-LearningRate = Annotated[
-    Optional[float],
-    typer.Option("--lr", help="Peak learning rate (linear warm-up and decay).", rich_help_panel="Training"),
-]
-
-Bf16 = Annotated[Optional[bool], typer.Option("--bf16", help="bf16 mixed precision.", rich_help_panel="Training")]
-Fp16 = Annotated[Optional[bool], typer.Option("--fp16", help="fp16 mixed precision (GPU).", rich_help_panel="Training")]
-GradAccum = Annotated[
-    Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel="Training")
-]
-SaveSteps = Annotated[
-    Optional[int],
-    typer.Option(help="Evaluate + checkpoint every N steps (default once per epoch).", rich_help_panel="Training"),
-]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run with the same --out.")
 ]
-
-DATA_FLAGS = {
-    "data": "dataset",
-    "subset": "subset",
-    "text_column": "text_column",
-    "delimiter": "delimiter",
-    "text_pair_column": "text_pair_column",
-    "label_column": "label_column",
-    "train_split": "train_split",
-    "eval_split": "eval_split",
-    "max_length": "max_length",
-    "max_train_samples": "max_train_samples",
-    "max_eval_samples": "max_eval_samples",
-    "skip_tokens": "skip_tokens",
-}
-TRAIN_FLAGS = {
-    "bf16": "bf16",
-    "fp16": "fp16",
-    "grad_accum": "gradient_accumulation_steps",
-    "save_steps": "save_steps",
-    "epochs": "epochs",
-    "max_steps": "max_steps",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "seed": "seed",
-}
 
 
 def _print_error(message: str) -> None:
@@ -171,21 +103,20 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _build(stage: str, recipe: Path | None, flags: dict[str, Any], mapping: dict[str, str]) -> Any:
-    """Stage config = recipe section (with the recipe's shared `data`) overridden by the flags the user set."""
+def _build(stage: str, recipe: Path | None, flags: dict[tuple[str, ...], Any]) -> Any:
+    """Stage config = recipe section (with the recipe's shared `data`) overridden by the flags the user set
+    (keyed by their path in the config, e.g. ("data", "dataset"))."""
     section: dict[str, Any] = {}
     if recipe is not None:
         values = recipes.read_yaml(recipe)
         section = dict(values.get(stage) or {})
         if "data" in {f.name for f in dataclasses.fields(cfg.STAGE_CONFIGS[stage])}:
             section["data"] = recipes.merge(values.get("data") or {}, section.get("data") or {})
-    for flag, value in flags.items():
-        if value is None:
-            continue
-        if flag in DATA_FLAGS:
-            section.setdefault("data", {})[DATA_FLAGS[flag]] = value
-        else:
-            section[mapping.get(flag, flag)] = value
+    for path, value in flags.items():
+        target = section
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
     return recipes.from_dict(cfg.STAGE_CONFIGS[stage], section, prefix="" if recipe is None else f"{stage}.")
 
 

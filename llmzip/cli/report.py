@@ -7,29 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmzip import config as cfg
 from llmzip import recipe as recipes
-from llmzip.cli.common import (
-    DATA_FLAGS,
-    Data,
-    Delimiter,
-    EvalSplit,
-    Json,
-    LabelColumn,
-    MaxEval,
-    MaxLength,
-    Out,
-    Overwrite,
-    Recipe,
-    SkipTokens,
-    Subset,
-    TextColumn,
-    TextPairColumn,
-    _build,
-    _execute,
-    _fail,
-    _render_stage,
-)
+from llmzip.cli.common import Data, Json, Out, Overwrite, Recipe, _build, _execute, _fail, _render_stage
+from llmzip.cli.options import stage_options
 from llmzip.errors import GateError
 
 
@@ -108,6 +88,7 @@ def _enforce_gates(result: dict[str, Any] | None) -> None:
         _fail(str(err), err.exit_code)
 
 
+@stage_options("bench")
 def bench(
     model_dirs: Annotated[
         list[Path],
@@ -119,73 +100,6 @@ def bench(
     name: Annotated[
         Optional[list[str]], typer.Option("--name", help="Variant name, once per directory, in order.")
     ] = None,
-    batch_sizes: Annotated[
-        Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes, e.g. 1,8.")
-    ] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Sequence length every input is padded/truncated to.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (onnxruntime and torch).")] = None,
-    provider: Annotated[Optional[cfg.Provider], typer.Option(help="Execution provider.")] = None,
-    ep_precision: Annotated[
-        Optional[cfg.EpPrecision],
-        typer.Option(help="--provider openvino: the precision it runs fp32 graphs at (bf16: fast on AMX)."),
-    ] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Untimed runs per variant and batch size.")] = None,
-    iterations: Annotated[
-        Optional[int], typer.Option(help="Timed runs per variant and batch size (round-robin).")
-    ] = None,
-    torch_dtype: Annotated[
-        Optional[cfg.TorchDtype],
-        typer.Option(help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."),
-    ] = None,
-    prefill_lengths: Annotated[
-        Optional[str], typer.Option(help="Causal LMs: prompt lengths whose prefill is timed, e.g. 128,512.")
-    ] = None,
-    prompt_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: prompt length before decoding.")] = None,
-    new_tokens: Annotated[Optional[int], typer.Option(help="Causal LMs: greedy tokens decoded and timed.")] = None,
-    lm_repeats: Annotated[Optional[int], typer.Option(help="Causal LMs: timed runs (median, min, max).")] = None,
-    also_score: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--also-score",
-            help="Causal LMs: another text file (repeatable) whose first windows each variant's perplexity is also "
-            "measured on.",
-        ),
-    ] = None,
-    max_length: MaxLength = None,
-    skip_tokens: SkipTokens = None,
-    baseline: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--baseline",
-            help="Add a built-in baseline (repeatable): torch-bf16 (bf16 twin of each fp32 PyTorch dir), "
-            "ort-dynamic-int8 (onnxruntime quantize_dynamic, per-channel, of each fp32 ONNX export); causal LMs: "
-            "genai-int4, genai-fp32 (onnxruntime-genai's model builder on the first fp32 PyTorch dir, own venv).",
-        ),
-    ] = None,
-    min_speedup: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Gate: fail (exit 8) unless the last model's p50 speedup over the first is at least this, "
-            "at every batch size.",
-            rich_help_panel="Gates",
-        ),
-    ] = None,
-    max_accuracy_drop: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Gate: fail (exit 8) if the last model's accuracy is more than this many points "
-            "(0.5 = half a percentage point) below the first's.",
-            rich_help_panel="Gates",
-        ),
-    ] = None,
-    data: Data = None,
-    subset: Subset = None,
-    text_column: TextColumn = None,
-    delimiter: Delimiter = None,
-    text_pair_column: TextPairColumn = None,
-    label_column: LabelColumn = None,
-    eval_split: EvalSplit = None,
-    max_eval_samples: MaxEval = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
@@ -197,6 +111,7 @@ def bench(
     recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
+    flags: dict[tuple[str, ...], Any] | None = None,
 ) -> None:
     """Latency p50/p90/p99, throughput, size and accuracy of several models, measured side by side.
 
@@ -212,30 +127,13 @@ def bench(
 
         llmzip bench runs/onnx-fp32 runs/onnx-int8 --provider openvino --ep-precision bf16  # llmzip[openvino]
     """
-    fields = (
-        "batch_sizes",
-        "seq_len",
-        "threads",
-        "provider",
-        "ep_precision",
-        "warmup",
-        "iterations",
-        "torch_dtype",
-        "prefill_lengths",
-        "prompt_tokens",
-        "new_tokens",
-        "lm_repeats",
-    )
-    flags = {k: v for k, v in locals().items() if k in DATA_FLAGS or k in (*fields, "min_speedup", "max_accuracy_drop")}
-    flags["baselines"] = baseline
-    flags["also_score"] = also_score
     done: dict[str, Any] = {}
 
     def work() -> dict[str, Any]:
         from llmzip.stages.bench import bench as stage
 
         done["result"] = stage(
-            model_dirs, config=_build("bench", recipe, flags, {}), names=name, out_dir=out, overwrite=overwrite
+            model_dirs, config=_build("bench", recipe, flags or {}), names=name, out_dir=out, overwrite=overwrite
         )
         return done["result"]
 

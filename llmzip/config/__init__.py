@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from llmzip.config.choices import Activations as Activations
 from llmzip.config.choices import CalibrationMethod as CalibrationMethod
@@ -27,9 +27,13 @@ from llmzip.config.choices import WeightAlgorithm as WeightAlgorithm
 from llmzip.config.choices import as_enum as as_enum
 from llmzip.config.data import DataConfig as DataConfig
 from llmzip.config.data import _check
+from llmzip.config.flags import option
 from llmzip.config.outputs import BENCH_BASELINES as BENCH_BASELINES
 from llmzip.config.outputs import BenchConfig as BenchConfig
 from llmzip.config.outputs import ExportConfig as ExportConfig
+
+# --help sections
+TRAINING, STUDENT, SHRINK, LOSSES = "Training", "Student", "Shrink", "Losses"
 
 
 @dataclass
@@ -37,18 +41,25 @@ class TrainConfig:
     """What every training stage shares; Trainer does the loop, these are its knobs."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: float = 3.0
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    bf16: bool = False  # mixed precision (Trainer/accelerate); bf16 needs AVX512-BF16/AMX on CPU or Ampere+ GPUs
-    fp16: bool = False
-    save_steps: int | None = None  # evaluate + checkpoint (for --resume) every N steps (default: once per epoch)
-    seed: int = 0
+    epochs: float = option(3.0, help="Training epochs.", panel=TRAINING)
+    max_steps: int | None = option(None, help="Stop after N optimizer steps (overrides epochs).", panel=TRAINING)
+    batch_size: int = option(32, help="Batch size.", panel=TRAINING)
+    learning_rate: float = option(
+        5e-5, flag="--lr", help="Peak learning rate (linear warm-up and decay).", panel=TRAINING
+    )
+    weight_decay: float = option(0.01, help="AdamW weight decay.", panel=TRAINING)
+    warmup_ratio: float = option(0.06, help="Share of the steps spent warming the learning rate up.", panel=TRAINING)
+    eval_batch_size: int = option(64, help="Batch size of the evaluations.", panel=TRAINING)
+    gradient_accumulation_steps: int = option(
+        1, flag="--grad-accum", help="Gradient accumulation steps.", panel=TRAINING
+    )
+    # mixed precision (Trainer/accelerate); bf16 needs AVX512-BF16/AMX on CPU or Ampere+ GPUs
+    bf16: bool = option(False, flag="--bf16", help="bf16 mixed precision.", panel=TRAINING)
+    fp16: bool = option(False, flag="--fp16", help="fp16 mixed precision (GPU).", panel=TRAINING)
+    save_steps: int | None = option(
+        None, help="Evaluate + checkpoint (for --resume) every N steps (default once per epoch).", panel=TRAINING
+    )
+    seed: int = option(0, help="Random seed.")
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -75,7 +86,12 @@ class FinetuneConfig(TrainConfig):
 
     # None: the model's own architecture says (a *ForTokenClassification model is one; a bare encoder becomes a
     # sequence classifier). Set it to give a pretrained encoder another task's head.
-    task: TaskKind | None = None
+    task: TaskKind | None = option(
+        None,
+        help="The task head to train (default: the model's own architecture; a bare encoder becomes a sequence "
+        "classifier). token-classification reads word lists and one tag per word (--text-column tokens "
+        "--label-column ner_tags for conll2003).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,43 +110,82 @@ class DistillConfig(TrainConfig):
     `epochs`; with 0, all non-zero losses are summed in one stage (DistilBERT's triple loss).
     """
 
-    num_layers: int | None = None  # teacher layers kept, chosen by layer_selection
-    layer_selection: LayerSelection = LayerSelection.EVEN
-    layers: list[int] | None = None  # explicit teacher layer indices (wins over num_layers)
-    hidden_size: int | None = None  # a narrower student (None: the teacher's width)
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the soft-target KL term; 1 - alpha goes to the hard-label CE
-    hidden_mse: float = 0.0
-    hidden_cos: float = 0.0
-    attention: float = 0.0
-    embedding: float = 0.0
-    layer_map: list[int] | None = None  # teacher layer (1-based output) for each student layer; default uniform
-    intermediate_epochs: float = 0.0
+    num_layers: int | None = option(
+        None, help="Student depth: teacher layers kept (see --layer-selection).", panel=STUDENT
+    )
+    layer_selection: LayerSelection = option(
+        LayerSelection.EVEN,
+        help="Which --num-layers teacher layers: evenly spaced, or the most influential (1 − cos of each layer's "
+        "input and output on training data).",
+        panel=STUDENT,
+    )
+    layers: list[int] | None = option(
+        None, help="Explicit teacher layers, e.g. 0,2,4 (wins over --num-layers).", panel=STUDENT
+    )
+    hidden_size: int | None = option(None, help="Narrower student width (default: the teacher's).", panel=STUDENT)
+    intermediate_size: int | None = option(None, help="Student FFN size.", panel=STUDENT)
+    num_attention_heads: int | None = option(None, help="Student heads.", panel=STUDENT)
+    temperature: float = option(2.0, help="Softmax temperature T of the soft targets.", panel=STUDENT)
+    alpha: float = option(
+        0.5, help="Weight of the soft-target KL term (1 − alpha on the hard-label CE).", panel=STUDENT
+    )
+    hidden_mse: float = option(0.0, help="Weight of hidden-state MSE.", panel=LOSSES)
+    hidden_cos: float = option(0.0, help="Weight of hidden-state cosine loss.", panel=LOSSES)
+    attention: float = option(0.0, help="Weight of attention-map MSE.", panel=LOSSES)
+    embedding: float = option(0.0, help="Weight of embedding MSE.", panel=LOSSES)
+    layer_map: list[int] | None = option(
+        None,
+        help="Teacher layer (1-based output) per student layer, e.g. 2,4,6 (default: uniform).",
+        panel=LOSSES,
+    )
+    intermediate_epochs: float = option(
+        0.0, help="TinyBERT stage 1 (intermediate losses only) before the prediction stage.", panel=LOSSES
+    )
     # Structured pruning and embedding compression of the student, before its training (which recovers the
     # accuracy by KD): llmzip/shrink/pruning.py, llmzip/shrink/embeddings.py.
-    keep_heads: int | None = None  # attention heads kept per layer, by first-order Taylor importance
-    keep_ffn: int | None = None  # FFN neurons kept per layer, same ranking
-    prune_batches: int = 32  # training batches the importance is measured on
-    vocabulary: Vocabulary = Vocabulary.FULL  # task: only the token ids the training data uses keep a row
-    embedding_rank: int | None = None  # word embeddings factorized E ≈ A·B (ALBERT) at this rank
-    max_positions: int | None = None  # keep this many position embeddings (the rest is never used)
+    keep_heads: int | None = option(
+        None, help="Prune to this many attention heads per layer (first-order Taylor importance).", panel=SHRINK
+    )
+    keep_ffn: int | None = option(None, help="Prune to this many FFN neurons per layer (same ranking).", panel=SHRINK)
+    prune_batches: int = option(32, help="Training batches the pruning importance is measured on.", panel=SHRINK)
+    vocabulary: Vocabulary = option(
+        Vocabulary.FULL, help="task: keep only the token ids the training data uses.", panel=SHRINK
+    )
+    embedding_rank: int | None = option(
+        None, help="Factorize the word embeddings E ≈ A·B at this rank (ALBERT).", panel=SHRINK
+    )
+    max_positions: int | None = option(
+        None, help="Keep this many position embeddings (the rest is never used).", panel=SHRINK
+    )
     # LadaBERT's low-rank Linear layers: W ≈ up·down from the SVD, then KD (llmzip/shrink/lowrank.py); by default
     # the FFN pair. Saves parameters below rank in·out/(in+out) (307 for MiniLM's FFN); the latency gain is small where
     # int8 GEMMs are cheap (README).
-    linear_rank: int | None = None
+    linear_rank: int | None = option(
+        None, help="Factorize the FFN Linear layers at this rank (SVD init, LadaBERT).", panel=SHRINK
+    )
     # Teacher-labelled training rows made by joining two random training texts (llmzip/shrink/augment.py): KD needs no
     # gold label, and longer mixed inputs bring phrase-level training data (SST-2) closer to full sentences.
-    augment_pairs: int = 0
-    linear_rank_pattern: str = r"\.layer\.\d+\.(intermediate|output)\.dense$"
+    augment_pairs: int = option(0, help="Add N teacher-labelled rows, each two training texts joined.", panel=LOSSES)
+    linear_rank_pattern: str = option(
+        r"\.layer\.\d+\.(intermediate|output)\.dense$",
+        help="Regex on module names: the Linear layers --linear-rank factorizes.",
+        panel=SHRINK,
+    )
     # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
-    teacher_cache: bool = True
-    cache_dir: str | None = None  # default: $LLMZIP_CACHE or ~/.cache/llmzip
+    teacher_cache: bool = option(
+        True, flag="--teacher-cache/--no-teacher-cache", help="Cache teacher logits on disk.", panel=LOSSES
+    )
+    cache_dir: str | None = option(
+        None, help="Teacher cache folder (default $LLMZIP_CACHE or ~/.cache/llmzip).", panel=LOSSES
+    )
     # Causal LMs: cache the teacher's k largest logits per token once (on disk, keyed like the logit cache) and
     # distill on them instead of running the teacher every step (0: online, full distributions)
-    teacher_top_k: int = 0
+    teacher_top_k: int = option(
+        0,
+        help="Causal LMs: cache the teacher's k largest logits per token once and distill on them (0: online).",
+        panel=LOSSES,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -202,10 +257,12 @@ class CalibrateConfig:
     """Run sampled training examples through the model and record activation ranges."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    num_samples: int = 256
-    batch_size: int = 32
-    bins: int = 2048  # histogram bins per tensor: memory is O(bins), whatever num_samples is
-    seed: int = 0
+    num_samples: int = option(256, help="Training examples to sample.")
+    batch_size: int = option(32, help="Batch size.")
+    bins: int = option(2048, help="Histogram bins per tensor (memory stays O(bins), whatever --num-samples is).")
+    seed: int = option(0, help="Random seed (the sampled rows).")
+    # Calibration reads the train split only.
+    UNUSED_DATA: ClassVar[tuple[str, ...]] = ("eval_split", "max_eval_samples", "max_train_samples")
 
     def __post_init__(self) -> None:
         _check(self.num_samples > 0, "num_samples", f"must be > 0, got {self.num_samples}")
@@ -221,50 +278,115 @@ DEFAULT_EXCLUDE = [r"(^|\.)(classifier|pooler|score|lm_head)(\.|$)"]
 class QuantizeConfig:
     """int8 weights (symmetric or asymmetric, per-channel or per-tensor) and static int8 activations."""
 
-    weight_bits: int = 8  # 4 = weight-only int4 (float activations), exported as onnxruntime's MatMulNBits
+    weight_bits: int = option(
+        8, help="8 (int8 weights and activations) or 4 (int4 weight-only, onnxruntime's MatMulNBits)."
+    )
     # int8 weights with float activations (MatMulNBits bits=8); implied by 4 bits and by causal LMs, whose
     # activation outliers make static int8 activations a poor trade (LLM.int8, SmoothQuant).
-    weight_only: bool = False
-    weight_block_size: int = 32  # weight-only: one scale per this many input features (power of 2, >= 16)
-    # weight-only codes: rtn rounds each weight to its nearest code; gptq feeds each column's rounding error
-    # forward through the inverse Hessian of the layer's calibration inputs (Frantar et al. 2023); source keeps a
-    # GGUF file's own blocks exactly. None: source for a model imported from GGUF (at the default layout), else rtn
-    algorithm: WeightAlgorithm | None = None
-    gptq_damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal before inverting
-    head_bits: int | None = None  # weight-only: bits of the output head (lm_head) when quantized; None = weight_bits
-    weight_granularity: Granularity = Granularity.PER_CHANNEL
-    weight_symmetric: bool = True
+    weight_only: bool = option(
+        False,
+        flag="--weight-only",
+        help="int8 weights, float activations (MatMulNBits); implied by 4 bits and causal LMs.",
+    )
+    weight_block_size: int = option(32, help="Weight-only: input features per weight scale (power of 2 >= 16).")
+    # gptq: Frantar et al. 2023; source keeps a GGUF file's own blocks exactly (llmzip/sources/gguf_blocks.py)
+    algorithm: WeightAlgorithm | None = option(
+        None,
+        help="Weight-only codes: rtn (nearest), gptq (Hessian error feedback on the calibration), awq "
+        "(activation-aware scales), source (a GGUF file's own blocks, exactly). Default: source for a model "
+        "imported from GGUF, else rtn.",
+    )
+    gptq_damp: float = option(0.01, help="GPTQ: damping, share of mean(diag H) added to its diagonal.")
+    head_bits: int | None = option(
+        None, help="Weight-only: 4 or 8 bits for the output head (lm_head); default as the weights."
+    )
+    weight_granularity: Granularity = option(
+        Granularity.PER_CHANNEL, help="One weight scale per output channel, or per tensor."
+    )
+    weight_symmetric: bool = option(
+        True,
+        flag="--weight-symmetric/--weight-asymmetric",
+        help="Weight zero point fixed at 0, or fitted to [min, max].",
+    )
     # u8 activations x s8 weights is the integer path onnxruntime accelerates (VNNI/AMX), so asymmetric uint8.
-    activation_symmetric: bool = False
-    activations: Activations = Activations.STATIC
-    attention: bool = False  # also the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)
-    embeddings: bool = True  # int8 word-embedding table, one scale per row (most of a small model's bytes)
-    # The CPU class the int8 model must be right on; "any" is safe on AVX2 machines without VNNI as well.
-    target_cpu: CpuTarget = CpuTarget.ANY
-    saturation_fix: SaturationFix = SaturationFix.MEASURED
-    # measured: protect inputs up to this many times further from 0 than any calibration sample reached, per
-    # channel (bench-quant: 1.5 left a 0.3% logit change on SST-2 dev, 1.0 left 7%; README).
-    saturation_margin: float = 1.5
-    method: CalibrationMethod = CalibrationMethod.MINMAX  # activation range from the calibration histograms
-    percentile: float = 99.99  # for method=percentile: keep this share of values on each side
-    smoothquant: float | None = None  # SmoothQuant migration strength α (e.g. 0.5); None = off
-    sensitivity: bool = False  # quantize each layer alone: logit SQNR and accuracy drop on data's eval split
-    max_accuracy_drop: float | None = None  # points; keep the most sensitive layers fp32 until the drop fits
-    # causal LMs: percent; keep the most sensitive decoder layers fp32 until the perplexity increase fits
-    max_perplexity_increase: float | None = None
-    # causal LMs: fail when perplexity on the held-back calibration windows exceeds this × fp32's (a broken model,
-    # not rounding: int4 costs percents); the error names the first layer whose output SQNR collapses
-    max_perplexity_ratio: float = 2.0
-    fallback_latency: bool = True  # export and time every fallback configuration (onnxruntime, 1 thread)
-    qat_steps: int = 0  # > 0: quantization-aware training after calibration (STE), on data's train split
-    qat_learning_rate: float = 2e-5
-    qat_batch_size: int = 32
-    qat_alpha: float = 0.5  # KD weight from the fp32 model as teacher (0 = labels only)
+    activation_symmetric: bool = option(
+        False,
+        flag="--activation-symmetric/--activation-asymmetric",
+        help="int8 activations around 0, or uint8 fitted to [min, max] (the fast U8S8 path).",
+    )
+    activations: Activations = option(
+        Activations.STATIC, help="static: scales from calibration; dynamic: per call (DynamicQuantizeMatMul)."
+    )
+    attention: bool = option(
+        False, flag="--attention", help="Also quantize the attention matmuls Q·Kᵀ and P·V (static uint8 × int8)."
+    )
+    embeddings: bool = option(
+        True,
+        flag="--embeddings/--fp32-embeddings",
+        help="Store the word-embedding table as int8 with per-row scales (most of a small model's bytes), or "
+        "keep it fp32.",
+    )
+    target_cpu: CpuTarget = option(
+        CpuTarget.ANY,
+        help="CPU class the int8 model must be right on: any (safe on AVX2 without VNNI too), avx2, avx512 "
+        "(without VNNI), vnni, amx (full 8 bits everywhere), or native (this machine).",
+    )
+    saturation_fix: SaturationFix = option(
+        SaturationFix.MEASURED,
+        help="For a saturating target: 7-bit weights only on the rows that can saturate on the calibration ranges "
+        "(measured), or on every row (all, like NNCF's overflow_fix).",
+    )
+    # bench-quant: 1.5 left a 0.3% logit change on SST-2 dev, 1.0 left 7% (README).
+    saturation_margin: float = option(
+        1.5, help="measured: protect inputs this many times beyond the calibrated ranges, per channel."
+    )
+    method: CalibrationMethod = option(
+        CalibrationMethod.MINMAX,
+        help="Activation range from the calibration histograms (no re-calibration needed).",
+    )
+    percentile: float = option(99.99, help="For --method percentile: keep this share of values on each side.")
+    smoothquant: float | None = option(
+        None, help="SmoothQuant migration strength α in [0, 1] (e.g. 0.5); off by default."
+    )
+    sensitivity: bool = option(
+        False,
+        flag="--sensitivity",
+        help="Report each layer quantized alone (logit SQNR, accuracy drop on --data's eval split).",
+    )
+    max_accuracy_drop: float | None = option(
+        None, help="Keep the most sensitive layers fp32 until the accuracy drop (points) fits; needs --data."
+    )
+    max_perplexity_increase: float | None = option(
+        None,
+        help="Causal LMs: keep the most sensitive decoder layers fp32 until the perplexity increase (%) on "
+        "--data's eval windows fits.",
+    )
+    # a broken model, not rounding: int4 costs percents; the error names the first layer whose output SQNR collapses
+    max_perplexity_ratio: float = option(
+        2.0,
+        help="Causal LMs: fail when perplexity on the held-back calibration windows exceeds this × fp32's.",
+    )
+    fallback_latency: bool = option(
+        True,
+        flag="--fallback-latency/--no-fallback-latency",
+        help="Export and time every fallback configuration (onnxruntime, 1 thread) for the Pareto list.",
+    )
+    qat_steps: int = option(
+        0, help="Quantization-aware training steps after calibration (0 = off; STE), on --data's train split."
+    )
+    qat_learning_rate: float = option(2e-5, help="QAT learning rate.")
+    qat_batch_size: int = option(32, help="QAT batch size.")
+    qat_alpha: float = option(0.5, help="QAT: KD weight from the fp32 model as teacher (0 = labels only).")
     data: DataConfig = field(default_factory=DataConfig)  # eval split for sensitivity / fallback, train for QAT
     # None = the task's default: a classifier keeps its head fp32 (DEFAULT_EXCLUDE); a causal LM quantizes
     # everything, lm_head included (it is the largest matrix of a small LM; `--exclude lm_head` keeps it fp32).
-    exclude: list[str] | None = None
-    seed: int = 0
+    exclude: list[str] | None = option(
+        None,
+        repeat=True,
+        help="Keep in fp32: a regex on module names, or type:Class on the module's or its parent's class "
+        "(e.g. type:BertOutput); repeatable; replaces the task's default (a classifier's head).",
+    )
+    seed: int = option(0, help="Random seed (QAT, sampled rows).")
 
     def __post_init__(self) -> None:
         # Accept plain strings from Python callers too (the YAML/CLI path already converts).

@@ -3,44 +3,68 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from llmzip.config.choices import EpPrecision, LmGraph, Provider, TorchDtype, as_enum
 from llmzip.config.data import DataConfig, _check
+from llmzip.config.flags import option
 
 
 @dataclass
 class ExportConfig:
     """Write model.onnx and check it against PyTorch."""
 
-    opset: int = 17
-    parity_samples: int = 32
+    opset: int = option(17, help="ONNX opset (>= 17).")
+    parity_samples: int = option(32, help="Rows the ONNX model is checked against PyTorch on.")
     # Tolerances on max |logit difference|: fp32 only differs by float reassociation; int8 also by rounding
     # ties and integer accumulation inside onnxruntime's kernels.
-    fp32_tolerance: float = 1e-3  # absolute
+    fp32_tolerance: float = option(1e-3, help="Parity: largest |logit difference| of an fp32 export (absolute).")
     # Relative to the largest |logit|: a rounding tie decided differently after a float reassociation moves one
     # activation by a whole quantization step, and in a deep model that can reach a few % of the logit range.
-    int8_tolerance: float = 0.05
-    # int8 Linear bias folded into onnxruntime's MatMulIntegerToFloat (com.microsoft, CPU). False keeps a plain
-    # QDQ graph, the portable form other runtimes (TensorRT, OpenVINO) read.
-    fold_bias: bool = True
+    int8_tolerance: float = option(0.05, help="Parity: largest |logit difference| of an int8 export, × max |logit|.")
+    # The portable QDQ form is the one other runtimes (TensorRT, OpenVINO) read.
+    fold_bias: bool = option(
+        True,
+        flag="--fold-bias/--plain-qdq",
+        help="int8: fold each Linear's bias into onnxruntime's MatMulIntegerToFloat, or keep portable QDQ.",
+    )
     # Task accuracy of the ONNX model and of the PyTorch model on data's eval split, both in the manifest.
-    eval_accuracy: bool = False
-    # MatMulNBits' accuracy_level for weight-only layers: 4 = int8 activations inside the kernel (onnxruntime's
-    # fast CPU path, onnxruntime-genai's default; SmolLM2 int8 decodes at 54 tokens/s with it, 2.4 without), 0 =
-    # float. Parity is always checked at 0 and 4's effect recorded. None = 4.
-    accuracy_level: int | None = None
-    lm_graph: LmGraph = LmGraph.AUTO  # causal LMs: fused onnxruntime decoder ops or the traced graph
-    # GGUF blocks with a minimum (Q4_1, Q4_K ...): exported as MatMulNBits + a small correction product (False,
-    # fast) or folded into float zero points (True: also exact, but onnxruntime's CPU kernel dequantizes per call)
-    float_zero_points: bool = False
+    eval_accuracy: bool = option(
+        False,
+        flag="--eval-accuracy/--no-eval-accuracy",
+        help="Record ONNX and PyTorch task accuracy on --data's eval split.",
+        default_text="on when --data is given",
+    )
+    # 4 is onnxruntime's fast CPU path and onnxruntime-genai's default (SmolLM2 int8 decodes at 54 tokens/s with
+    # it, 2.4 without). Parity is always checked at 0 and 4's effect recorded.
+    accuracy_level: int | None = option(
+        None,
+        help="Weight-only: MatMulNBits accuracy_level (4 = int8 activations in the kernel; 0 = float).",
+        default_text="4",
+    )
+    lm_graph: LmGraph = option(
+        LmGraph.AUTO,
+        help="Causal LMs: onnxruntime's fused decoder ops where the architecture allows (auto), fused, or the "
+        "traced graph (any ONNX runtime).",
+    )
+    float_zero_points: bool = option(
+        False,
+        flag="--float-zero-points",
+        help="GGUF blocks with minimums (Q4_1, Q4_K): float zero points (exact, slow CPU kernel) instead of the "
+        "default correction product (exact, fast).",
+    )
+    # The int8-kernel checks (fusions, the saturation rule) stay on the CPU provider: they are about its kernels.
+    provider: Provider = option(Provider.CPU, help="Execution provider the parity check and --data's accuracy run on.")
     data: DataConfig = field(default_factory=DataConfig)
-    seed: int = 0
+    seed: int = option(0, help="Random seed (the parity rows).")
+    UNUSED_DATA: ClassVar[tuple[str, ...]] = ("train_split", "max_train_samples", "skip_tokens")
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
         _check(self.parity_samples > 0, "parity_samples", f"must be > 0, got {self.parity_samples}")
         _check(self.accuracy_level in (None, 0, 1, 2, 3, 4), "accuracy_level", "must be 0-4")
         self.lm_graph = as_enum(LmGraph, self.lm_graph, "lm_graph")
+        self.provider = as_enum(Provider, self.provider, "provider")
 
 
 BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8", "genai-int4", "genai-fp32")
@@ -54,32 +78,58 @@ class BenchConfig:
     """
 
     data: DataConfig = field(default_factory=DataConfig)
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    seq_len: int = 128
-    threads: int = 1
-    provider: Provider = Provider.CPU
-    # --provider openvino: the precision OpenVINO runs fp32 graphs at (bf16 is its fast path on AMX machines).
-    ep_precision: EpPrecision = EpPrecision.F32
-    warmup: int = 5
-    iterations: int = 30
-    # bf16 is fast only with AVX512-BF16/AMX on CPU (or a GPU); elsewhere PyTorch emulates it, slower than fp32.
-    torch_dtype: TorchDtype = TorchDtype.FP32
-    # Built-in baselines added beside the given directories: "torch-bf16" (a bf16 twin of every fp32 PyTorch
-    # directory) and "ort-dynamic-int8" (onnxruntime quantize_dynamic, per-channel, of every fp32 ONNX export).
-    baselines: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = option(factory=lambda: [1, 8], help="Comma-separated batch sizes, e.g. 1,8.")
+    seq_len: int = option(128, help="Sequence length every input is padded/truncated to.")
+    threads: int = option(1, help="Intra-op threads (onnxruntime and torch).")
+    provider: Provider = option(Provider.CPU, help="Execution provider.")
+    ep_precision: EpPrecision = option(
+        EpPrecision.F32,
+        help="--provider openvino: the precision it runs fp32 graphs at (bf16: its fast path on AMX).",
+    )
+    warmup: int = option(5, help="Untimed runs per variant and batch size.")
+    iterations: int = option(30, help="Timed runs per variant and batch size (round-robin).")
+    # elsewhere PyTorch emulates bf16, slower than fp32
+    torch_dtype: TorchDtype = option(
+        TorchDtype.FP32, help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."
+    )
+    baselines: list[str] = option(
+        factory=list,
+        flag="--baseline",
+        repeat=True,
+        help="Add a built-in baseline (repeatable): torch-bf16 (bf16 twin of each fp32 PyTorch dir), "
+        "ort-dynamic-int8 (onnxruntime quantize_dynamic, per-channel, of each fp32 ONNX export); causal LMs: "
+        "genai-int4, genai-fp32 (onnxruntime-genai's model builder on the first fp32 PyTorch dir, own venv).",
+    )
     # Causal LMs: perplexity on the eval split's first data.max_eval_samples windows (default 20) of
     # data.max_length tokens; prefill latency at these prompt lengths; decode tokens/s for new_tokens greedy
     # tokens after a prompt_tokens prompt; medians of lm_repeats runs.
-    prefill_lengths: list[int] = field(default_factory=lambda: [128, 512])
-    # Causal LMs: more text files (or hub ids) whose first windows every variant's perplexity is also measured on
-    # (same window length and count): no perplexity should be tuned to one text
-    also_score: list[str] = field(default_factory=list)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    lm_repeats: int = 5
-    min_speedup: float | None = None  # gate: candidate p50 speedup over the baseline, at every batch size
-    max_accuracy_drop: float | None = None  # gate: in points (0.5 = half a percentage point)
-    seed: int = 0  # the bootstrap resampling of the speedup intervals
+    prefill_lengths: list[int] = option(
+        factory=lambda: [128, 512], help="Causal LMs: prompt lengths whose prefill is timed, e.g. 128,512."
+    )
+    # no perplexity should be tuned to one text
+    also_score: list[str] = option(
+        factory=list,
+        repeat=True,
+        help="Causal LMs: another text file or hub id (repeatable) whose first windows each variant's perplexity "
+        "is also measured on.",
+    )
+    prompt_tokens: int = option(128, help="Causal LMs: prompt length before decoding.")
+    new_tokens: int = option(64, help="Causal LMs: greedy tokens decoded and timed.")
+    lm_repeats: int = option(5, help="Causal LMs: timed runs (median, min, max).")
+    min_speedup: float | None = option(
+        None,
+        help="Gate: fail (exit 8) unless the last model's p50 speedup over the first is at least this, at every "
+        "batch size.",
+        panel="Gates",
+    )
+    max_accuracy_drop: float | None = option(
+        None,
+        help="Gate: fail (exit 8) if the last model's accuracy is more than this many points (0.5 = half a "
+        "percentage point) below the first's.",
+        panel="Gates",
+    )
+    seed: int = option(0, help="Random seed (the bootstrap resampling of the speedup intervals).")
+    UNUSED_DATA: ClassVar[tuple[str, ...]] = ("train_split", "max_train_samples")
 
     def __post_init__(self) -> None:
         self.provider = as_enum(Provider, self.provider, "provider")

@@ -249,7 +249,7 @@ def export_causal_lm(
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:
             raise ExportError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
-    session = ort_session(path)
+    session = ort_session(path, provider=config.provider)
     prompts = probe_prompts(source, tokenizer)
     result = parity(session, model, prompts, decode_steps=4)
     scale = max(1.0, result["max_abs_logit"])
@@ -268,7 +268,7 @@ def export_causal_lm(
         # accuracy_level 4 quantizes each block of activations to int8 inside MatMulNBits (onnxruntime's fast CPU
         # path): a declared approximation, switched on after parity and measured on the same prompts, not gated.
         _set_accuracy_level(path, level)
-        fast = ort_session(path)
+        fast = ort_session(path, provider=config.provider)
         approximation = parity(fast, model, prompts, decode_steps=4)
     runtime = optimized_graph(path)
     runtime_ops: dict[str, int] = {}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
-from llmzip.config import CpuTarget, ExportConfig, as_enum, to_dict
+from llmzip.config import CpuTarget, ExportConfig, Provider, as_enum, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
 from llmzip.metrics import IGNORED
@@ -73,10 +73,12 @@ def real_positions(logits: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarr
     return logits[feeds["attention_mask"].astype(bool)]
 
 
-def parity(onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
+def parity(
+    onnx_path: Path, model: nn.Module, feeds: dict[str, np.ndarray], provider: Provider = Provider.CPU
+) -> tuple[dict[str, float], np.ndarray]:
     from llmzip.runtime.sessions import session as ort_session
 
-    session = ort_session(onnx_path)
+    session = ort_session(onnx_path, provider=provider)
     got = session.run(["logits"], feeds)[0]
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
@@ -111,7 +113,7 @@ def task_accuracy(
     id2label = {v: k for k, v in label2id.items()}
     check_length(model.config, d.max_length, "--max-length", "the model")
     enc = task.encode(tokenizer, loaded[0], d, label2id, max_length=d.max_length, padding=False)
-    session = ort_session(onnx_path)
+    session = ort_session(onnx_path, provider=config.provider)
     got, want, labels = [], [], []
     for i in range(0, len(enc), 64):
         rows = enc[i : i + 64]
@@ -257,7 +259,7 @@ def _checked_parity(
     """ONNX vs PyTorch logits on the probe rows, within tolerance; for int8, what each CPU class's kernel does."""
     quantized = source.stage == "quantize"
     step("checking onnxruntime against PyTorch")
-    result, got = parity(path, model, feeds)
+    result, got = parity(path, model, feeds, config.provider)
     scale = max(1.0, result["max_abs_logit"])
     tolerance = round(config.int8_tolerance * scale, 6) if quantized else config.fp32_tolerance
     kernels: dict[str, Any] | None = None
