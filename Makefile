@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-openvino lm lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-recovery bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-openvino lm lint clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ sst2: install
 ## make bench-distill [BENCH_QUICK=1]: 5 students of the reference teacher, same budget (~1 h; quick: minutes)
 bench-distill: install
 	$(BIN)/python -m llmzip.benchmarks.distill $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-recovery [BENCH_QUICK=1] [SEEDS=0,1,2]: labels-only vs logit KD vs logit+layer KD on the pruned 3-layer
+## student of configs/compress-sst2.yaml, mean ± sd over seeds (~1 h; quick: 2 minutes)
+bench-recovery: install
+	$(BIN)/python -m llmzip.benchmarks.recovery $(if $(filter 1,$(BENCH_QUICK)),--quick) $(if $(SEEDS),--seeds $(SEEDS))
 
 ## make bench-quant [BENCH_QUICK=1]: int8 range methods vs onnxruntime quantize_static/dynamic, calibration RSS
 bench-quant: install
