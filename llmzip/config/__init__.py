@@ -174,7 +174,14 @@ class DistillConfig(TrainConfig):
     # Classifier teacher logits computed once, cached on disk, reused across epochs and runs; a causal-LM teacher
     # always runs online (full-vocabulary logits per token do not fit on disk: llmzip/tasks/lm_training.py).
     teacher_cache: bool = option(
-        True, flag="--teacher-cache/--no-teacher-cache", help="Cache teacher logits on disk.", panel=LOSSES
+        True,
+        flag="--teacher-cache/--no-teacher-cache",
+        help="Cache the teacher's logits (and, for hidden-state losses, the matched layers' states) on disk.",
+        panel=LOSSES,
+    )
+    # Hidden states are [tokens × layers × hidden] fp16: SST-2's 56k rows × 3 layers × 384 ≈ 1.6 GB.
+    teacher_cache_max_gb: float = option(
+        4.0, help="Bound on the cached hidden states; larger runs the teacher online instead.", panel=LOSSES
     )
     cache_dir: str | None = option(
         None, help="Teacher cache folder (default $LLMZIP_CACHE or ~/.cache/llmzip).", panel=LOSSES
@@ -206,6 +213,7 @@ class DistillConfig(TrainConfig):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
         _check(self.augment_pairs >= 0, "augment_pairs", f"must be >= 0, got {self.augment_pairs}")
+        _check(self.teacher_cache_max_gb >= 0, "teacher_cache_max_gb", f"must be >= 0, got {self.teacher_cache_max_gb}")
         self.vocabulary = as_enum(Vocabulary, self.vocabulary, "vocabulary")
         self.layer_selection = as_enum(LayerSelection, self.layer_selection, "layer_selection")
         _check(self.teacher_top_k >= 0, "teacher_top_k", f"must be >= 0, got {self.teacher_top_k}")

@@ -4,6 +4,7 @@ the student wrapper that Trainer optimises, the intermediate-layer losses, and t
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from llmzip.shrink import students
 from llmzip.shrink.losses import SEQUENCE_LOSSES, PredictionLosses, attention_mse, hidden_cosine, hidden_mse
+from llmzip.shrink.teacher_cache import CachedStates
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -76,12 +78,13 @@ def distill_trainer_class() -> type:
             layer_map: list[int],
             cached_logits: torch.Tensor | None,
             losses: PredictionLosses = SEQUENCE_LOSSES,
+            cached_states: CachedStates | None = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
             self.teacher = teacher.to(self.args.device).eval()
             self.weights, self.temperature, self.layer_map = weights, temperature, layer_map
-            self.cached_logits, self.losses = cached_logits, losses
+            self.cached_logits, self.losses, self.cached_states = cached_logits, losses, cached_states
             # The wrapper's forward takes **features, which Trainer reads as "the model normalises its loss by
             # num_items_in_batch itself"; ours is a per-batch mean, so Trainer must scale it for accumulation.
             self.model_accepts_loss_kwargs = False
@@ -124,16 +127,27 @@ def distill_trainer_class() -> type:
         ) -> torch.Tensor:
             w, mask = self.weights, features["attention_mask"]
             needs_states = any(k in w for k in ("hidden_mse", "hidden_cos", "embedding", "attention"))
-            teacher_out = None
+            has_logits = self.cached_logits is not None and example_id is not None
+            has_states = self.cached_states is not None and example_id is not None and "attention" not in w
+            # The teacher runs only for what no cache holds (labels-only training never pays for it).
+            online = ("kd" in w and not has_logits) or (needs_states and not has_states)
+            teacher_out: Any = None
             teacher_logits = None
-            if self.cached_logits is not None and example_id is not None and not needs_states:
-                teacher_logits = self.cached_logits[example_id.cpu()].to(out["logits"].device).float()
-            elif "kd" in w or needs_states:  # labels-only training never pays for a teacher forward
+            if online:
                 with torch.no_grad():
                     teacher_out = self.teacher(
                         **features, output_hidden_states=needs_states, output_attentions="attention" in w
                     )
                 teacher_logits = teacher_out.logits
+            else:
+                device = out["logits"].device
+                if "kd" in w:
+                    assert self.cached_logits is not None and example_id is not None
+                    teacher_logits = self.cached_logits[example_id.cpu()].to(device).float()
+                if needs_states:
+                    assert self.cached_states is not None and example_id is not None
+                    states = self.cached_states.batch(example_id, mask.shape[1])
+                    teacher_out = SimpleNamespace(hidden_states={t: h.to(device) for t, h in states.items()})
             parts: dict[str, torch.Tensor] = {}
             if "kd" in w and teacher_logits is not None:
                 parts["kd"] = self.losses.kd(out["logits"], teacher_logits, mask, self.temperature)

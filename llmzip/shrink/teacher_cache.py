@@ -1,4 +1,6 @@
-"""Teacher-output cache: the teacher runs once per example; its logits live on disk for every later epoch and run.
+"""Teacher-output cache: the teacher runs once per example; its logits (and, for layer distillation, the hidden
+states of the layers the student is matched to) live on disk for every later epoch and run, so every training
+step is a student step (Liu et al., ACL 2021, measured 2.7–3.4× faster training at equal quality).
 
 Keyed by the teacher's identity (manifest or file hash) and by a hash of the exact token ids it sees, so any
 change to the data, subset, tokenizer or max length is a different key and never a stale hit.
@@ -20,6 +22,7 @@ from llmzip.progress import progress, step
 
 LOGITS_FILE = "logits.npy"
 TOPK_FILES = ("topk_values.npy", "topk_indices.npy")
+STATES_FILES = ("states.npy", "offsets.npy")
 
 
 class TopK:
@@ -151,3 +154,99 @@ def _wrap(arrays: list[np.ndarray]) -> Any:
     if len(arrays) == 2:
         return TopK(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
     return torch.from_numpy(arrays[0])
+
+
+class CachedStates:
+    """A teacher's hidden states at some layers for the real tokens of every training row: ragged rows stored flat
+    ([tokens, layers, hidden] fp16, memory-mapped: the cache can be larger than RAM) with each row's offset. A
+    batch comes back as the student sees it: right-padded to the batch's length, like DataCollatorWithPadding."""
+
+    def __init__(self, states: np.ndarray, offsets: np.ndarray, layers: list[int]) -> None:
+        self.states, self.offsets, self.layers = states, offsets, layers
+
+    def batch(self, example_ids: torch.Tensor, length: int) -> dict[int, torch.Tensor]:
+        """Hidden-state index (0 = embeddings) → [batch, length, hidden] float32 (zeros at padding)."""
+        ids = example_ids.cpu().tolist()
+        out = torch.zeros(len(ids), length, len(self.layers), self.states.shape[-1])
+        for row, i in enumerate(ids):
+            start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+            out[row, : end - start] = torch.from_numpy(np.asarray(self.states[start:end], dtype=np.float32))
+        return {layer: out[:, :, j] for j, layer in enumerate(self.layers)}
+
+
+def _compute_states(
+    teacher: torch.nn.Module,
+    encoded: Any,
+    collator: Any,
+    batch_size: int,
+    device: Any,
+    layers: list[int],
+    target: np.ndarray,
+    offsets: np.ndarray,
+) -> None:
+    """Fill `target` (flat [tokens, layers, hidden]) with the teacher's states at `layers`, batched by length."""
+    lengths = np.diff(offsets)
+    order = np.argsort(lengths, kind="stable")
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in encoded.column_names]
+    teacher.eval()
+    with progress() as bar, torch.inference_mode():
+        task = bar.add_task(f"teacher hidden states {layers} (cached)", total=len(order), info="")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collator([{c: encoded[int(i)][c] for c in columns} for i in idx])
+            states = teacher(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True).hidden_states
+            picked = torch.stack([states[t] for t in layers], dim=2).float().cpu().numpy().astype(np.float16)
+            for j, i in enumerate(idx):
+                target[offsets[i] : offsets[i + 1]] = picked[j, : lengths[i]]
+            bar.advance(task, len(idx))
+
+
+def teacher_states(
+    teacher: torch.nn.Module,
+    teacher_hash: str,
+    encoded: Any,
+    collator: Any,
+    layers: list[int],
+    *,
+    root: Path,
+    max_bytes: int,
+    batch_size: int = 64,
+    device: Any = "cpu",
+) -> tuple[CachedStates | None, dict[str, Any]]:
+    """The teacher's hidden states at `layers` for every row, from the cache or computed and stored on a miss;
+    None (with the reason in the info) when they would take more than `max_bytes` on disk."""
+    data_hash = inputs_hash(encoded)
+    key = hashlib.sha256(f"{teacher_hash}:{data_hash}:states{layers}".encode()).hexdigest()[:32]
+    folder = root / "teacher-states" / key
+    lengths = np.asarray([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hidden = int(teacher.config.hidden_size)
+    size = int(offsets[-1]) * len(layers) * hidden * 2
+    info: dict[str, Any] = {"key": key, "path": str(folder), "layers": layers, "mb": round(size / 2**20, 1)}
+    if size > max_bytes:
+        return None, {**info, "cached": False, "why": f"over the {max_bytes / 2**30:.1f} GiB bound: teacher online"}
+    if all((folder / f).is_file() for f in STATES_FILES):
+        stored = np.load(folder / STATES_FILES[1])
+        if np.array_equal(stored, offsets):
+            step(f"teacher hidden states: cache hit {folder}")
+            states = np.load(folder / STATES_FILES[0], mmap_mode="r")
+            return CachedStates(states, offsets, layers), {**info, "cached": True, "hit": True}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    target = np.lib.format.open_memmap(
+        tmp / STATES_FILES[0], mode="w+", dtype=np.float16, shape=(int(offsets[-1]), len(layers), hidden)
+    )
+    _compute_states(teacher, encoded, collator, batch_size, device, layers, target, offsets)
+    target.flush()
+    del target
+    np.save(tmp / STATES_FILES[1], offsets)
+    (tmp / "meta.json").write_text(json.dumps({"teacher": teacher_hash, "inputs": data_hash, **info}) + "\n")
+    if folder.exists():  # another process finished first: theirs is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    states = np.load(folder / STATES_FILES[0], mmap_mode="r")
+    return CachedStates(states, offsets, layers), {**info, "cached": True, "hit": False}

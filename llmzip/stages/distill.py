@@ -173,17 +173,31 @@ def _train_stage(
         student.model.load_state_dict(load_file(str(stage_work / STUDENT_STATE)))
         step("intermediate stage already finished: resuming at the prediction stage")
         return None
-    cached, cache_info = None, None
+    cached, cache_info, states, states_info = None, None, None, None
     top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
-    caches = job.cache_teacher or top_k is not None
-    if config.teacher_cache and caches and weights.keys() <= {"kd", "ce"} and "kd" in weights:
-        with PartialState().main_process_first():
+    caches = config.teacher_cache and (job.cache_teacher or top_k is not None) and "attention" not in weights
+    state_losses = weights.keys() & {"hidden_mse", "hidden_cos", "embedding"}
+    root = teacher_cache.cache_root(config.cache_dir)
+    with PartialState().main_process_first():
+        if caches and state_losses and job.cache_teacher:  # layer distillation: the matched layers' states too
+            layers = sorted({*student.plan.layer_map, *([0] if "embedding" in weights else [])})
+            states, states_info = teacher_cache.teacher_states(
+                teacher_model,
+                source.hash,
+                job.prepared.train,
+                job.collator,
+                layers,
+                root=root,
+                max_bytes=int(config.teacher_cache_max_gb * 2**30),
+                batch_size=config.eval_batch_size,
+            )
+        if caches and "kd" in weights and (not state_losses or states is not None):
             cached, cache_info = teacher_cache.teacher_logits(
                 teacher_model,
                 source.hash,
                 job.prepared.train,
                 job.collator,
-                root=teacher_cache.cache_root(config.cache_dir),
+                root=root,
                 batch_size=4 if top_k else config.eval_batch_size,
                 top_k=top_k,
             )
@@ -211,6 +225,7 @@ def _train_stage(
         temperature=config.temperature,
         layer_map=student.plan.layer_map,
         cached_logits=cached,
+        cached_states=states,
         losses=job.losses,
     )
     stage_started = time.time()
@@ -220,6 +235,7 @@ def _train_stage(
         "wall_s": round(time.time() - stage_started, 1),
         "teacher_cache": cache_info,
         "teacher_logits": "cached" if cached is not None else "online" if "kd" in weights else "unused",
+        **({"teacher_states": states_info or {"cached": False, "why": "not cacheable here"}} if state_losses else {}),
         **training.summarise(trainer, callback, with_eval, job.metric),
     }
     if name == "intermediate" and training.is_main_process():

@@ -253,3 +253,45 @@ def test_torchrun_two_processes(chain: dict[str, Path], tmp_path: Path) -> None:
     m = read_manifest(out)
     assert m is not None and m["metrics"]["steps"] == 10  # 320 rows / (16 per rank × 2 ranks)
     assert load_pretrained(out).config.num_hidden_layers == 1
+
+
+def test_layer_distillation_reads_the_teacher_states_from_the_cache(chain: dict[str, Path], tmp_path: Path) -> None:
+    """With hidden-state losses the teacher runs once (states of the matched layers cached, reused by the next run)
+    instead of every step; --no-teacher-cache keeps it online."""
+    common = ("distill", chain["teacher"], "--num-layers", 1, "--max-steps", 2, "--hidden-mse", 1, "--hidden-cos", 1)
+    cache = tmp_path / "cache"
+    for run, extra in (("online", ["--no-teacher-cache"]), ("a", []), ("b", [])):
+        result = invoke(*common, "-o", tmp_path / run, "--cache-dir", cache, *extra)
+        assert result.exit_code == 0, result.stderr
+    stage = {r: read_manifest(tmp_path / r)["metrics"]["stages"]["prediction"] for r in ("online", "a", "b")}  # type: ignore[index]
+    assert stage["online"]["teacher_logits"] == "online" and stage["a"]["teacher_logits"] == "cached"
+    assert stage["a"]["teacher_states"]["hit"] is False and stage["b"]["teacher_states"]["hit"] is True
+    assert stage["a"]["teacher_states"]["layers"] == [2]  # 1 student layer ↔ the teacher's last (of 2)
+
+
+def test_cached_states_are_the_teacher_states_at_real_tokens(tiny_classifier: Path, tmp_path: Path) -> None:
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from llmzip.modeling import load_tokenizer
+    from llmzip.shrink.teacher_cache import teacher_states
+
+    teacher, tokenizer = load_pretrained(tiny_classifier), load_tokenizer(tiny_classifier)
+    texts = ["a good film", "bad", "the best and the worst movie of the year", "fine"]
+    encoded = Dataset.from_dict(dict(tokenizer(texts, truncation=True)))
+    collator = DataCollatorWithPadding(tokenizer)
+    states, info = teacher_states(teacher, "t", encoded, collator, [0, 2], root=tmp_path, max_bytes=10**9)
+    assert states is not None and info["hit"] is False
+    ids = [2, 0, 3]
+    padded = collator([encoded[i] for i in ids])
+    with torch.no_grad():
+        want = teacher(**padded, output_hidden_states=True).hidden_states
+    got = states.batch(torch.tensor(ids), padded["input_ids"].shape[1])
+    mask = padded["attention_mask"].bool()
+    for t in (0, 2):
+        assert torch.allclose(got[t][mask], want[t][mask], atol=2e-2, rtol=1e-2)  # fp16 on disk
+        assert got[t][~mask].abs().sum() == 0  # padding stays zero (the losses mask it anyway)
+    again, info = teacher_states(teacher, "t", encoded, collator, [0, 2], root=tmp_path, max_bytes=10**9)
+    assert info["hit"] is True and again is not None
+    bounded, info = teacher_states(teacher, "t", encoded, collator, [0, 2], root=tmp_path / "b", max_bytes=10)
+    assert bounded is None and "teacher online" in info["why"] and not (tmp_path / "b" / "teacher-states").exists()
