@@ -220,3 +220,30 @@ def test_a_selection_split_of_training_phrases_is_flagged(tmp_path: Path) -> Non
     warning = leak_warning(leaky)
     assert warning is not None and "3 of 3" in warning and "verbatim inside training rows" in warning
     assert leak_warning(clean) is None
+
+
+def test_students_trained_once_per_seed_report_the_mean(tmp_path: Path, chain: dict[str, Path]) -> None:
+    import yaml
+
+    candidates = [{"name": "teacher-int8", "distill": None}, {"name": "1L-int8", "distill": {"num_layers": 1}}]
+    recipe = _recipe(tmp_path, chain["teacher"], candidates)
+    values = yaml.safe_load(recipe.read_text())
+    values["compress"]["seeds"] = [0, 1, 2]
+    recipe.write_text(yaml.safe_dump(values))
+    result = invoke("compress", "--recipe", recipe, "-o", tmp_path / "s", "--quick", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)["candidates"]}
+    student, teacher = rows["1L-int8"], rows["teacher-int8"]
+    assert "seeds" not in teacher  # the teacher itself is not retrained: one measurement
+    runs = student["seeds"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and len({r["path"] for r in runs}) == 3  # three students
+    assert student["accuracy"] == pytest.approx(sum(r["accuracy"] for r in runs) / 3, abs=1e-4)
+    assert student["selection_accuracy"] == pytest.approx(sum(r["selection_accuracy"] for r in runs) / 3, abs=1e-4)
+    best = max(runs, key=lambda r: r["selection_accuracy"])
+    assert student["path"] == best["path"] and student["chosen_seed"] == best["seed"]
+    distilled = [p for p in (tmp_path / "s" / "stages").iterdir() if p.name.startswith("distill-")]
+    seeds = sorted(json.loads((p / "manifest.json").read_text())["config"]["seed"] for p in distilled)
+    assert seeds == [0, 1, 2]
+    assert "±" in invoke("compress", "--recipe", recipe, "-o", tmp_path / "s", "--quick", "--resume").stdout
+    with pytest.raises(ConfigError, match="distinct"):
+        build_plan({**values, "compress": {**values["compress"], "seeds": [1, 1]}}, teacher_shape=None, quick=True)

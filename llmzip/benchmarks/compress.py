@@ -69,25 +69,34 @@ def rows_by_name(joint: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def targets(teacher: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 12's targets, on the reported split (SST-2 dev) and the joint run's latencies."""
+    """Issue 20's targets, on the reported split (SST-2 dev; a student's accuracy is its mean over the seeds) and
+    the joint run's latencies."""
     acc = teacher["accuracy"]
     size_ok = [c for c in candidates if c["accuracy"] >= acc - 0.015 - 1e-9]
     speed_ok = [c for c in candidates if c["accuracy"] >= acc - 0.010 - 1e-9]
+    small = [c for c in candidates if c["size_mb"] <= 5.0]
     smallest = min(size_ok, key=lambda c: c["size_mb"], default=None)
     fastest = min(speed_ok, key=pareto.latency_score, default=None)
-    limit = teacher["onnx_size_mb"] / 25
+    best_small = max(small, key=lambda c: c["accuracy"], default=None)
+    limit = teacher["onnx_size_mb"] / 10
     out: dict[str, Any] = {
-        "size_25x_within_1.5pt": {
+        "5mb_at_0.883": {
+            "candidate": best_small and best_small["name"],
+            "accuracy": best_small and best_small["accuracy"],
+            "size_mb": best_small and best_small["size_mb"],
+            "met": bool(best_small and best_small["accuracy"] >= 0.883),
+        },
+        "size_10x_within_1.5pt": {
             "candidate": smallest and smallest["name"],
             "size_mb": smallest and smallest["size_mb"],
             "ratio": smallest and round(teacher["onnx_size_mb"] / smallest["size_mb"], 2),
             "limit_mb": round(limit, 3),
             "met": bool(smallest and smallest["size_mb"] <= limit),
         },
-        "speed_8x_within_1.0pt": {
+        "speed_4x_within_1.0pt": {
             "candidate": fastest and fastest["name"],
             "speedup": fastest and fastest["speedup_vs_teacher_torch_fp32"],
-            "met": bool(fastest and all(s >= 8.0 for s in fastest["speedup_vs_teacher_torch_fp32"].values())),
+            "met": bool(fastest and all(s >= 4.0 for s in fastest["speedup_vs_teacher_torch_fp32"].values())),
         },
     }
     by = {c["name"]: c for c in candidates}
@@ -99,7 +108,9 @@ def targets(teacher: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[s
                 {
                     "kd": c["name"],
                     "kd_accuracy": c["accuracy"],
+                    "kd_sd": c.get("accuracy_sd"),
                     "labels_only_accuracy": twin["accuracy"],
+                    "labels_only_sd": twin.get("accuracy_sd"),
                     "gain_pt": round(100 * (c["accuracy"] - twin["accuracy"]), 2),
                 }
             )
@@ -167,16 +178,17 @@ def main() -> None:
             candidates.append(row)
             continue
         m = measured[row["name"]]
+        # one seed's export is timed; a student trained per seed keeps the search's mean accuracy over its seeds
+        taken = ("size_mb", "latency_ms", "speedup_vs_teacher_torch_fp32", "speedup_ci95")
+        accuracy = row["accuracy"] if "seeds" in row else m["accuracy"]
         candidates.append(
             {
                 **row,
-                **{
-                    k: m[k]
-                    for k in ("accuracy", "size_mb", "latency_ms", "speedup_vs_teacher_torch_fp32", "speedup_ci95")
-                },
+                **{k: m[k] for k in taken},
+                "accuracy": accuracy,
                 "search_latency_ms": row["latency_ms"],
                 "size_ratio_vs_teacher_onnx": round(teacher["onnx_size_mb"] / m["size_mb"], 2),
-                "accuracy_drop_pt": round(100 * (teacher["accuracy"] - m["accuracy"]), 2),
+                "accuracy_drop_pt": round(100 * (teacher["accuracy"] - accuracy), 2),
             }
         )
     ok = [r for r in candidates if "error" not in r]

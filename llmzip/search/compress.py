@@ -10,6 +10,7 @@ is copied to `OUT/model`, an ordinary export directory whose manifest carries it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -236,19 +237,17 @@ class _Search:
         atomic_write_text(cached, strict_json(row, where=str(cached)))
         return row
 
-    def candidate(self, c: Candidate) -> dict[str, Any]:
+    def _build(self, c: Candidate, distill_config: Any) -> tuple[Path, Path, str]:
+        """One candidate's chain through the stages (each reused when built before): (model, export, key)."""
         from llmzip.stages.calibrate import calibrate
         from llmzip.stages.distill import distill
         from llmzip.stages.export import export
         from llmzip.stages.quantize import quantize
 
         model, k = self.teacher_path, self.root
-        if c.configs["distill"] is not None:
+        if distill_config is not None:
             model, k = self._stage(
-                "distill",
-                k,
-                c.configs["distill"],
-                lambda t: distill(str(self.teacher_path), t, config=c.configs["distill"]),
+                "distill", k, distill_config, lambda t: distill(str(self.teacher_path), t, config=distill_config)
             )
         student = model
         calib, k = self._stage(
@@ -258,16 +257,37 @@ class _Search:
             "quantize", k, c.configs["quantize"], lambda t: quantize(student, calib, t, config=c.configs["quantize"])
         )
         onnx, k = self._stage("export", k, self.export_config, lambda t: export(quant, t, config=self.export_config))
+        return model, onnx, k
+
+    def candidate(self, c: Candidate) -> dict[str, Any]:
+        """Build a candidate (a student once per seed), measure it beside the teacher: size and latency once,
+        accuracies per seed, the row's accuracies their mean."""
+        base = c.configs["distill"]
+        seeds = self.config.seeds if base is not None and self.config.seeds else [None]
+        configs = [base if s is None else dataclasses.replace(base, seed=s) for s in seeds]
+        if len(seeds) > 1:
+            step(f"{c.name}: one student per seed {seeds}")
+        chains = [self._build(c, config) for config in configs]
         measured = self.out / "candidates" / f"{c.name}.json"
-        mk = key(k, self.bench, self.config.data)
+        keys = chains[0][2] if len(chains) == 1 else [k for _, _, k in chains]
+        mk = key(keys, self.bench, self.config.data)
         if measured.is_file():
             row = json.loads(measured.read_text())
             if row.get("key") == mk:
                 step(f"{c.name}: reusing its measurement")
                 return dict(row)
         step(f"measuring {c.name} beside the teacher")
-        row = {"key": mk, **self.measurer().candidate(onnx, c.name), "overrides": c.overrides}
-        row["student"] = _student_info(model) if c.configs["distill"] is not None else None
+        row = {"key": mk, **self.measurer().candidate(chains[0][1], c.name), "overrides": c.overrides}
+        if len(chains) > 1:
+            runs = [{"seed": seeds[0], "accuracy": row["accuracy"], "selection_accuracy": row["selection_accuracy"]}]
+            for seed, (_, onnx, _) in zip(seeds[1:], chains[1:]):
+                report, selection = self.measurer().export_accuracies(onnx, c.name)
+                runs.append({"seed": seed, "accuracy": round(report, 4), "selection_accuracy": round(selection, 4)})
+            for run, (_, onnx, _) in zip(runs, chains):
+                run["path"] = str(onnx)
+            row.update(seed_summary(runs))
+        chosen = next((m for m, onnx, _ in chains if str(onnx) == row["path"]), chains[0][0])  # the chosen seed's
+        row["student"] = _student_info(chosen) if base is not None else None
         atomic_write_text(measured, strict_json(row, where=str(measured)))
         return row
 
@@ -292,6 +312,25 @@ class _Search:
                 chain.append({"stage": "teacher", **parents[0]})
                 current = None
         return chain
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A candidate trained once per seed: accuracies are the means (with the sample sd), and its export (`path`,
+    what `OUT/model` would copy) is the seed that did best on the selection split, never the reported one."""
+    import statistics
+
+    report = [r["accuracy"] for r in runs]
+    selection = [r["selection_accuracy"] for r in runs]
+    best = max(runs, key=lambda r: r["selection_accuracy"])
+    return {
+        "accuracy": round(statistics.fmean(report), 4),
+        "accuracy_sd": round(statistics.stdev(report), 4),
+        "selection_accuracy": round(statistics.fmean(selection), 4),
+        "selection_accuracy_sd": round(statistics.stdev(selection), 4),
+        "seeds": runs,
+        "path": best["path"],
+        "chosen_seed": best["seed"],
+    }
 
 
 def _student_info(model_dir: Path) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class Measurer:
         report, selection = self.accuracies(self.teacher)
         return {"accuracy": round(report, 4), "selection_accuracy": round(selection, 4)}
 
+    def export_accuracies(self, export_dir: Path, name: str) -> tuple[float, float]:
+        """(reported, selection) accuracy of one export: another seed of a measured candidate needs no timing."""
+        return self.accuracies(
+            load_variant(open_artifact(export_dir, verb="compress", accepts=("export",)), name, self.bench)
+        )
+
     def candidate(self, export_dir: Path, name: str) -> dict[str, Any]:
         """Size, accuracies, and p50 latency + speedup over the teacher at every bench shape."""
         variant = load_variant(open_artifact(export_dir, verb="compress", accepts=("export",)), name, self.bench)

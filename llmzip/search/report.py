@@ -14,6 +14,12 @@ def _shapes(rows: list[dict[str, Any]]) -> list[str]:
     return seen
 
 
+def _mean(row: dict[str, Any], name: str) -> str:
+    """An accuracy cell: one measurement, or the mean ± sd over a candidate's seeds."""
+    sd = row.get(f"{name}_sd")
+    return f"{row[name]:.4f}" if sd is None else f"{row[name]:.4f} ± {sd:.4f} ({len(row['seeds'])} seeds)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     t = result["teacher"]
     rows = [r for r in result["candidates"] if "error" not in r]
@@ -32,9 +38,9 @@ def markdown(result: dict[str, Any]) -> str:
     for r in sorted(rows, key=lambda r: r["size_mb"]):
         cells = [
             ("**" + r["name"] + "**") if r["name"] == result.get("best") else r["name"],
-            f"{r['accuracy']:.4f}",
+            _mean(r, "accuracy"),
             f"{-r['accuracy_drop_pt']:+.2f}",
-            f"{r['selection_accuracy']:.4f}",
+            _mean(r, "selection_accuracy"),
             f"{r['size_mb']:.2f}",
             f"{r['size_ratio_vs_teacher_onnx']:.1f}×",
         ]
