@@ -115,6 +115,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
             )
         },
         "augment_pairs": (SEQUENCE,),  # joined texts have no per-word tags
+        "augment_swaps": (SEQUENCE,),
         # Causal-LM and token-classifier teachers run online (llmzip/tasks): there is no logit cache to set.
         "teacher_cache": (SEQUENCE,),
         "teacher_cache_max_gb": (SEQUENCE,),

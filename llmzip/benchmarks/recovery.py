@@ -6,8 +6,9 @@ with each method at the same budget (steps, batch, learning rate, data) for ever
 sst2-sentences/validation (1,000 held-out full sentences), reported on its test split (GLUE SST-2 dev, 872
 sentences) as mean ± sd over the seeds (a single run on 872 sentences has ±1.1 pt standard error).
 
-Methods: labels only (CE), logit KD (cached teacher logits, α = 0.5, T = 2), and logit KD plus layer distillation
-(hidden-state MSE of each student layer against the teacher layer it maps to: CoFi's layer loss, teacher online).
+Methods: labels only (CE), logit KD (cached teacher logits, α = 0.5, T = 2), logit KD plus layer distillation
+(hidden-state MSE of each student layer against the teacher layer it maps to: CoFi's layer loss; the teacher's
+states cached), and logit KD on the data plus 30,000 teacher-labelled word-swapped texts (llmzip/shrink/augment.py).
 `python -m llmzip.benchmarks.recovery [--quick] [--seeds 0,1,2] [--steps N] [--out runs/bench-recovery]`;
 finished students are reused, so an interrupted run continues.
 """
@@ -41,6 +42,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "labels-only": {"alpha": 0.0},
     "logit-kd": {"alpha": 0.5},
     "logit+layer-kd": {"alpha": 0.5, "hidden_mse": 1.0},
+    # TinyBERT-style augmentation: 30,000 teacher-labelled word-swapped long texts beside the 56,187 rows
+    "logit-kd+swaps": {"alpha": 0.5, "augment_swaps": 30000},
 }
 
 

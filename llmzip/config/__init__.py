@@ -166,6 +166,13 @@ class DistillConfig(TrainConfig):
     # Teacher-labelled training rows made by joining two random training texts (llmzip/shrink/augment.py): KD needs no
     # gold label, and longer mixed inputs bring phrase-level training data (SST-2) closer to full sentences.
     augment_pairs: int = option(0, help="Add N teacher-labelled rows, each two training texts joined.", panel=LOSSES)
+    # TinyBERT's word-replacement augmentation, with the teacher's own embeddings as the neighbour table.
+    augment_swaps: int = option(
+        0,
+        help="Add N teacher-labelled rows: long training texts with words swapped for near neighbours in the "
+        "teacher's embedding space.",
+        panel=LOSSES,
+    )
     linear_rank_pattern: str = option(
         r"\.layer\.\d+\.(intermediate|output)\.dense$",
         help="Regex on module names: the Linear layers --linear-rank factorizes.",
@@ -213,6 +220,7 @@ class DistillConfig(TrainConfig):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
         _check(self.augment_pairs >= 0, "augment_pairs", f"must be >= 0, got {self.augment_pairs}")
+        _check(self.augment_swaps >= 0, "augment_swaps", f"must be >= 0, got {self.augment_swaps}")
         _check(self.teacher_cache_max_gb >= 0, "teacher_cache_max_gb", f"must be >= 0, got {self.teacher_cache_max_gb}")
         self.vocabulary = as_enum(Vocabulary, self.vocabulary, "vocabulary")
         self.layer_selection = as_enum(LayerSelection, self.layer_selection, "layer_selection")

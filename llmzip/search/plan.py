@@ -151,8 +151,9 @@ def resolve(
             if quick:  # a smoke run wins over every candidate's own budget
                 section = merge(section, QUICK_SECTIONS.get(stage, {}))
                 section["data"] = {**section["data"], **QUICK_DATA}
-                if section.get("augment_pairs"):
-                    section["augment_pairs"] = min(int(section["augment_pairs"]), QUICK_DATA["max_train_samples"])
+                for extra in ("augment_pairs", "augment_swaps"):
+                    if section.get(extra):
+                        section[extra] = min(int(section[extra]), QUICK_DATA["max_train_samples"])
             configs[stage] = from_dict(cls, section, prefix=f"compress.candidates[{i}].{stage}.")
         out.append(Candidate(name=name, configs=configs, overrides={k: v for k, v in entry.items() if k != "name"}))
     return out

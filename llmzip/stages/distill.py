@@ -118,7 +118,8 @@ def _build_student(config: DistillConfig, task: Any, teacher_model: Any, tokeniz
     """The task's training data, then the student: its layers (evenly spaced, or by block influence), width,
     structured pruning and embedding compression, and the width projections its losses need."""
     label2id = {str(k): int(v) for k, v in (teacher_model.config.label2id or {}).items()}
-    train_loaded = _augmented(config, task, teacher_model, tokenizer) if config.augment_pairs else None
+    augmented = config.augment_pairs or config.augment_swaps
+    train_loaded = _augmented(config, task, teacher_model, tokenizer) if augmented else None
     job = task.training(config, tokenizer, label2id=label2id, train_loaded=train_loaded)
     influence = None
     if config.layer_selection is LayerSelection.INFLUENCE:
@@ -248,9 +249,9 @@ def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -
     from llmzip.data import load_split
     from llmzip.shrink import augment
 
-    # Only a sequence classifier gets here: llmzip/scope.py refuses augment_pairs for the other tasks up front.
+    # Only a sequence classifier gets here: llmzip/scope.py refuses augmentation for the other tasks up front.
     d = config.data
     loaded = load_split(d, d.train_split, limit=d.max_train_samples, seed=config.seed, shuffle=True)
     assert loaded is not None
-    step(f"labelling {config.augment_pairs} joined training texts with the teacher")
-    return augment.with_joined_pairs(loaded, config, teacher, tokenizer)
+    step(f"labelling {config.augment_pairs + config.augment_swaps} made-up training texts with the teacher")
+    return augment.with_teacher_rows(loaded, config, teacher, tokenizer)
