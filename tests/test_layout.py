@@ -124,3 +124,15 @@ def test_no_import_circles() -> None:
         if v not in index:
             visit(v)
     assert circles == []
+
+
+def test_no_stage_function_is_over_80_lines() -> None:
+    """Stages orchestrate; what grows goes one floor down (STYLE.md: no 40-argument, 200-line entry points)."""
+    long = []
+    for f in (PACKAGE / "stages").glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{f.name}:{node.name} ({lines} lines)")
+    assert not long, long

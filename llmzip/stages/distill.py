@@ -165,7 +165,6 @@ def _train_stage(
 ) -> tuple[Any, dict[str, Any]] | None:
     """One training stage (TinyBERT's intermediate, or the prediction layer) under Trainer; returns the trainer and
     the stage's summary, or None when --resume finds the intermediate stage already done."""
-    from accelerate import PartialState
     from safetensors.torch import load_file, save_file
 
     weights = config.losses(stage=name)
@@ -174,34 +173,8 @@ def _train_stage(
         student.model.load_state_dict(load_file(str(stage_work / STUDENT_STATE)))
         step("intermediate stage already finished: resuming at the prediction stage")
         return None
-    cached, cache_info, states, states_info = None, None, None, None
-    top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
-    caches = config.teacher_cache and (job.cache_teacher or top_k is not None) and "attention" not in weights
+    cached, cache_info, states, states_info = _teacher_caches(config, weights, student, teacher_model, source)
     state_losses = weights.keys() & {"hidden_mse", "hidden_cos", "embedding"}
-    root = teacher_cache.cache_root(config.cache_dir)
-    with PartialState().main_process_first():
-        if caches and state_losses and job.cache_teacher:  # layer distillation: the matched layers' states too
-            layers = sorted({*student.plan.layer_map, *([0] if "embedding" in weights else [])})
-            states, states_info = teacher_cache.teacher_states(
-                teacher_model,
-                source.hash,
-                job.prepared.train,
-                job.collator,
-                layers,
-                root=root,
-                max_bytes=int(config.teacher_cache_max_gb * 2**30),
-                batch_size=config.eval_batch_size,
-            )
-        if caches and "kd" in weights and (not state_losses or states is not None):
-            cached, cache_info = teacher_cache.teacher_logits(
-                teacher_model,
-                source.hash,
-                job.prepared.train,
-                job.collator,
-                root=root,
-                batch_size=4 if top_k else config.eval_batch_size,
-                top_k=top_k,
-            )
     uses_states = bool(weights.keys() & {"hidden_mse", "hidden_cos", "embedding"})
     model = StudentWithProjections(
         student.model,
@@ -243,6 +216,45 @@ def _train_stage(
         state = {k: v.contiguous() for k, v in student.model.state_dict().items()}
         save_file(state, str(stage_work / STUDENT_STATE))
     return trainer, summary
+
+
+def _teacher_caches(
+    config: DistillConfig, weights: dict[str, float], student: Any, teacher_model: Any, source: Any
+) -> tuple[Any, dict[str, Any] | None, Any, dict[str, Any] | None]:
+    """What the teacher would compute every step, computed once on disk where the task allows: its logits (a causal
+    LM's top-k) and, for layer distillation, the matched layers' hidden states. (logits, info, states, info)."""
+    from accelerate import PartialState
+
+    job = student.job
+    cached, cache_info, states, states_info = None, None, None, None
+    top_k = config.teacher_top_k or None  # a causal LM's cache keeps each token's k largest logits
+    caches = config.teacher_cache and (job.cache_teacher or top_k is not None) and "attention" not in weights
+    state_losses = weights.keys() & {"hidden_mse", "hidden_cos", "embedding"}
+    root = teacher_cache.cache_root(config.cache_dir)
+    with PartialState().main_process_first():
+        if caches and state_losses and job.cache_teacher:  # layer distillation: the matched layers' states too
+            layers = sorted({*student.plan.layer_map, *([0] if "embedding" in weights else [])})
+            states, states_info = teacher_cache.teacher_states(
+                teacher_model,
+                source.hash,
+                job.prepared.train,
+                job.collator,
+                layers,
+                root=root,
+                max_bytes=int(config.teacher_cache_max_gb * 2**30),
+                batch_size=config.eval_batch_size,
+            )
+        if caches and "kd" in weights and (not state_losses or states is not None):
+            cached, cache_info = teacher_cache.teacher_logits(
+                teacher_model,
+                source.hash,
+                job.prepared.train,
+                job.collator,
+                root=root,
+                batch_size=4 if top_k else config.eval_batch_size,
+                top_k=top_k,
+            )
+    return cached, cache_info, states, states_info
 
 
 def _augmented(config: DistillConfig, task: Any, teacher: Any, tokenizer: Any) -> tuple[Any, Any]:
