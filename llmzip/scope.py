@@ -103,6 +103,7 @@ RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
                 "keep_heads",
                 "keep_ffn",
                 "prune_batches",
+                "prune_rounds",
                 "vocabulary",
                 "embedding_rank",
                 "max_positions",

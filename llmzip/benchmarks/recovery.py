@@ -8,7 +8,8 @@ sentences) as mean ± sd over the seeds (a single run on 872 sentences has ±1.1
 
 Methods: labels only (CE), logit KD (cached teacher logits, α = 0.5, T = 2), logit KD plus layer distillation
 (hidden-state MSE of each student layer against the teacher layer it maps to: CoFi's layer loss; the teacher's
-states cached), and logit KD on the data plus 30,000 teacher-labelled word-swapped texts (llmzip/shrink/augment.py).
+states cached), logit KD on the data plus 30,000 teacher-labelled word-swapped texts (llmzip/shrink/augment.py),
+and logit KD with the pruning done in 3 rounds, each followed by a third of the steps.
 `python -m llmzip.benchmarks.recovery [--quick] [--seeds 0,1,2] [--steps N] [--out runs/bench-recovery]`;
 finished students are reused, so an interrupted run continues.
 """
@@ -44,6 +45,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "logit+layer-kd": {"alpha": 0.5, "hidden_mse": 1.0},
     # TinyBERT-style augmentation: 30,000 teacher-labelled word-swapped long texts beside the 56,187 rows
     "logit-kd+swaps": {"alpha": 0.5, "augment_swaps": 30000},
+    # pruned in 3 rounds (12→11→9→8 heads, 1536→1280→1024→768 neurons), a third of the steps after each
+    "logit-kd+3-rounds": {"alpha": 0.5, "prune_rounds": 3},
 }
 
 

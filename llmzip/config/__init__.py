@@ -148,6 +148,14 @@ class DistillConfig(TrainConfig):
     )
     keep_ffn: int | None = option(None, help="Prune to this many FFN neurons per layer (same ranking).", panel=SHRINK)
     prune_batches: int = option(32, help="Training batches the pruning importance is measured on.", panel=SHRINK)
+    # Pruning in several steps with KD in between (rather than one shot): round r of R prunes to r/R of the way
+    # from the teacher's width to keep_heads/keep_ffn (importance re-measured on the student as it is), then trains
+    # max_steps/R steps.
+    prune_rounds: int = option(
+        1,
+        help="Prune to --keep-heads/--keep-ffn in this many rounds, each followed by its share of --max-steps.",
+        panel=SHRINK,
+    )
     vocabulary: Vocabulary = option(
         Vocabulary.FULL, help="task: keep only the token ids the training data uses.", panel=SHRINK
     )
@@ -219,6 +227,15 @@ class DistillConfig(TrainConfig):
         ):
             _check(getattr(self, key) is None or getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         _check(self.prune_batches > 0, "prune_batches", f"must be > 0, got {self.prune_batches}")
+        _check(self.prune_rounds >= 1, "prune_rounds", f"must be >= 1, got {self.prune_rounds}")
+        if self.prune_rounds > 1:
+            _check(
+                self.keep_heads is not None or self.keep_ffn is not None,
+                "prune_rounds",
+                "prunes in rounds toward keep_heads/keep_ffn: set one of them",
+            )
+            _check(self.max_steps is not None, "prune_rounds", "splits max_steps between its rounds: set max_steps")
+            _check(self.intermediate_epochs == 0, "prune_rounds", "is one-stage training: drop intermediate_epochs")
         _check(self.augment_pairs >= 0, "augment_pairs", f"must be >= 0, got {self.augment_pairs}")
         _check(self.augment_swaps >= 0, "augment_swaps", f"must be >= 0, got {self.augment_swaps}")
         _check(self.teacher_cache_max_gb >= 0, "teacher_cache_max_gb", f"must be >= 0, got {self.teacher_cache_max_gb}")

@@ -234,7 +234,7 @@ def shrink(
     if config.max_positions is not None:
         info["positions"] = embeddings.trim_positions(student, config.max_positions)
     if config.keep_heads is not None or config.keep_ffn is not None:
-        info["pruning"] = _prune(config, student, teacher, train, collator)
+        info["pruning"] = prune_student(config, student, teacher, train, collator)
     if config.linear_rank is not None:  # after pruning: it factorizes the layers pruning already shrank
         from llmzip.shrink.lowrank import factorize_linears
 
@@ -242,7 +242,8 @@ def shrink(
     return info
 
 
-def _prune(config: DistillConfig, student: Any, teacher: Any, train: Any, collator: Any) -> dict[str, Any]:
+def prune_student(config: DistillConfig, student: Any, teacher: Any, train: Any, collator: Any) -> dict[str, Any]:
+    """Heads and FFN neurons to config.keep_heads/keep_ffn, ranked by Taylor importance under the KD loss."""
     from llmzip.shrink import pruning
     from llmzip.shrink.losses import distillation_loss
 

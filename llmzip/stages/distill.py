@@ -8,6 +8,7 @@ and a causal LM (data, metric, sequence- or token-level losses, whether logits a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from llmzip import training
 from llmzip.artifact import EXTERNAL, open_model_source
 from llmzip.config import DistillConfig, LayerSelection
 from llmzip.data import data_paths
+from llmzip.errors import ConfigError
 from llmzip.modeling import count_parameters, load_pretrained, load_tokenizer, source_config
 from llmzip.positions import check_length
 from llmzip.progress import quiet_libraries, step, trainer_callback
@@ -50,6 +52,8 @@ def distill(
     quiet_libraries()
     set_seed(config.seed)
     task = checked_task(config, source_config(source.path), teacher)
+    if resume and config.prune_rounds > 1:
+        raise ConfigError("--resume does not continue a run pruned in rounds (prune_rounds > 1); run it again")
     with training.stage_output(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading teacher {teacher}")
         tokenizer = load_tokenizer(str(source.path))
@@ -62,17 +66,8 @@ def distill(
         prepared, metric = student.job.prepared, student.job.metric
         train_ds = prepared.train.add_column("example_id", list(range(len(prepared.train))))
         has_eval = prepared.eval is not None
-        metrics: dict[str, Any] = {"stages": {}}
-        schedule = [("intermediate", config.intermediate_epochs, False)] if config.intermediate_epochs > 0 else []
-        schedule.append(("prediction", config.epochs, has_eval))
-        trainer: Any = None
-        for name, epochs, with_eval in schedule:
-            stage_work = training.work_dir(out_dir) / name
-            done = _train_stage(
-                name, epochs, with_eval, config, student, teacher_model, source, train_ds, stage_work, resume
-            )
-            if done is not None:
-                trainer, metrics["stages"][name] = done
+        metrics: dict[str, Any] = {}
+        trainer, metrics["stages"] = _train(config, student, teacher_model, source, train_ds, out_dir, has_eval, resume)
         final = metrics["stages"]["prediction"]
         plan = student.plan
         metrics.update(
@@ -136,7 +131,9 @@ def _build_student(config: DistillConfig, task: Any, teacher_model: Any, tokeniz
     student.config.llmzip_teacher_layers = plan.layers
     for p in teacher_model.parameters():  # after the student is cut from it: the copy must stay trainable
         p.requires_grad_(False)
-    shrunk = students.shrink(config, student, teacher_model, tokenizer, job.prepared.train, job.collator)
+    first = _rounds(config, teacher_model)[0]  # in rounds, the student starts at the first round's width
+    cut = dataclasses.replace(config, keep_heads=first[0], keep_ffn=first[1]) if config.prune_rounds > 1 else config
+    shrunk = students.shrink(cut, student, teacher_model, tokenizer, job.prepared.train, job.collator)
     if shrunk:
         init["structure"] = shrunk
     needs_projection = plan.narrower and any(
@@ -149,6 +146,66 @@ def _build_student(config: DistillConfig, task: Any, teacher_model: Any, tokeniz
         else None
     )
     return _Student(model=student, plan=plan, init=init, job=job, projections=projections)
+
+
+def _train(
+    config: DistillConfig,
+    student: _Student,
+    teacher_model: Any,
+    source: Any,
+    train_ds: Any,
+    out_dir: Path,
+    has_eval: bool,
+    resume: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """The training schedule: TinyBERT's intermediate stage, pruning rounds, the prediction stage. Returns the last
+    trainer and each stage's summary."""
+    stages: dict[str, Any] = {}
+    schedule = [("intermediate", config.intermediate_epochs, False)] if config.intermediate_epochs > 0 else []
+    rounds = _rounds(config, teacher_model)
+    schedule += [(f"prune-round-{r}", config.epochs, False) for r in range(1, len(rounds))]  # all but the last
+    schedule.append(("prediction", config.epochs, has_eval))
+    trainer: Any = None
+    for i, (name, epochs, with_eval) in enumerate(schedule):
+        stage_config = config
+        if len(rounds) > 1:  # this round's steps; before it (not the first), prune to its width
+            r = i - len(schedule) + len(rounds)
+            stage_config = dataclasses.replace(config, max_steps=rounds[r][2])
+            if r > 0:
+                _prune_to(config, student, teacher_model, rounds[r][0], rounds[r][1])
+        stage_work = training.work_dir(out_dir) / name
+        done = _train_stage(
+            name, epochs, with_eval, stage_config, student, teacher_model, source, train_ds, stage_work, resume
+        )
+        if done is not None:
+            trainer, stages[name] = done
+    if len(rounds) > 1:
+        student.init["prune_rounds"] = [{"heads": h, "ffn": f, "steps": n} for h, f, n in rounds]
+    return trainer, stages
+
+
+def _rounds(config: DistillConfig, teacher: Any) -> list[tuple[int | None, int | None, int | None]]:
+    """(heads, FFN neurons, steps) of each pruning round: evenly from the teacher's width to the targets, the
+    steps split evenly (the last round takes the remainder). One round = the plain one-shot pruning."""
+    n = config.prune_rounds
+    if n == 1:
+        return [(config.keep_heads, config.keep_ffn, config.max_steps)]
+    assert config.max_steps is not None  # DistillConfig refuses rounds without max_steps
+
+    def width(full: int, target: int | None, r: int) -> int | None:
+        return None if target is None else round(full + (target - full) * r / n)
+
+    heads, ffn = int(teacher.config.num_attention_heads), int(teacher.config.intermediate_size)
+    steps = [config.max_steps // n] * (n - 1) + [config.max_steps - (n - 1) * (config.max_steps // n)]
+    return [(width(heads, config.keep_heads, r), width(ffn, config.keep_ffn, r), steps[r - 1]) for r in range(1, n + 1)]
+
+
+def _prune_to(config: DistillConfig, student: _Student, teacher: Any, heads: int | None, ffn: int | None) -> None:
+    """One more pruning round on the trained student (Taylor importance measured on it as it is now)."""
+    step(f"pruning round: {heads} heads, {ffn} FFN neurons per layer")
+    target = dataclasses.replace(config, keep_heads=heads, keep_ffn=ffn)
+    info = students.prune_student(target, student.model, teacher, student.job.prepared.train, student.job.collator)
+    student.init.setdefault("structure", {})["pruning"] = info
 
 
 def _train_stage(

@@ -295,3 +295,28 @@ def test_cached_states_are_the_teacher_states_at_real_tokens(tiny_classifier: Pa
     assert info["hit"] is True and again is not None
     bounded, info = teacher_states(teacher, "t", encoded, collator, [0, 2], root=tmp_path / "b", max_bytes=10)
     assert bounded is None and "teacher online" in info["why"] and not (tmp_path / "b" / "teacher-states").exists()
+
+
+def test_pruning_in_rounds_reaches_the_target_width_with_training_between(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
+    teacher = load_pretrained(chain["teacher"])
+    heads, ffn = teacher.config.num_attention_heads, teacher.config.intermediate_size
+    out = tmp_path / "rounds"
+    args = ("distill", chain["teacher"], "-o", out, "--num-layers", 1, "--max-steps", 5, "--prune-rounds", 2)
+    result = invoke(*args, "--keep-heads", 1, "--keep-ffn", ffn // 4)
+    assert result.exit_code == 0, result.stderr
+    metrics = read_manifest(out)["metrics"]  # type: ignore[index]
+    rounds = metrics["init"]["prune_rounds"]
+    assert [r["heads"] for r in rounds] == [round((heads + 1) / 2), 1]  # halfway, then the target
+    assert [r["ffn"] for r in rounds] == [round((ffn + ffn // 4) / 2), ffn // 4]
+    assert [r["steps"] for r in rounds] == [2, 3]
+    assert set(metrics["stages"]) == {"prune-round-1", "prediction"}
+    assert metrics["stages"]["prune-round-1"]["steps"] == 2 and metrics["stages"]["prediction"]["steps"] == 3
+    assert metrics["init"]["structure"]["pruning"]["heads_per_layer"] == 1
+    student = load_pretrained(out)  # the final, smaller shapes load back
+    assert student.bert.encoder.layer[0].intermediate.dense.out_features == ffn // 4
+    again = invoke(*args, "--keep-heads", 1, "--resume")
+    assert again.exit_code != 0 and "prune_rounds" in again.stderr
+    no_target = invoke("distill", chain["teacher"], "-o", tmp_path / "x", "--prune-rounds", 2, "--max-steps", 4)
+    assert no_target.exit_code != 0 and "keep_heads" in no_target.stderr
