@@ -284,6 +284,18 @@ def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = ()) -> None
                 shutil.copy2(file, dest / file.name)
 
 
+def carry_config_keys(model_config: Any, dest: Path) -> None:
+    """Add to dest/config.json the `llmzip_*` keys the loaded model's config holds and the carried file lacks
+    (e.g. the pooling read from a sentence-transformers folder), so the next stage loads the same model."""
+    target = dest / "config.json"
+    if not target.is_file():
+        return
+    values = json.loads(target.read_text())
+    extra = {k: v for k, v in vars(model_config).items() if k.startswith("llmzip_") and k not in values}
+    if extra:
+        target.write_text(json.dumps({**values, **extra}, indent=2, sort_keys=True) + "\n")
+
+
 def dir_size_mb(paths: list[Path]) -> float:
     total = sum(p.stat().st_size for p in paths if p.is_file())
     return round(total / 1e6, 3)

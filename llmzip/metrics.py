@@ -73,3 +73,26 @@ def scored_tags(
         pred_tags.append([id2label[int(i)] for i in p_row[keep]])
         gold_tags.append([id2label[int(i)] for i in g_row[keep]])
     return pred_tags, gold_tags
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their average rank), as scipy.stats.spearmanr computes it: STS-B's
+    metric (the cosine of each pair's embeddings against the gold similarity)."""
+    if len(x) < 2:
+        return 0.0
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):  # each run of ties gets the average of its ranks
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + 1 + end) / 2
+            start = end
+    return ranks

@@ -28,12 +28,19 @@ def source_config(source: str | Path) -> Any:
     """The model config of a folder or hub id (no weights loaded), refusing custom code."""
     from transformers import AutoConfig
 
+    from llmzip.tasks.sentence_embedding import SPEC_KEY, read_spec
+
     refuse_remote_code(source)
     try:
-        return AutoConfig.from_pretrained(str(source), trust_remote_code=False)
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=False)
     except Exception as err:  # OSError (missing), ValueError (unknown model type), ...: one line for all
         refuse_remote_code(source, err)
         raise ModelError(f"{source}: cannot read its model config ({str(err).splitlines()[0][:200]})") from None
+    if not isinstance(getattr(config, SPEC_KEY, None), dict) and Path(source).is_dir():
+        spec = read_spec(Path(source))  # a sentence-transformers folder: its pooling is part of the model
+        if spec is not None:
+            setattr(config, SPEC_KEY, spec)
+    return config
 
 
 ALLOW_PICKLE_ENV = "LLMZIP_ALLOW_PICKLE"  # set by `llmzip --allow-pickle`; off by default

@@ -29,6 +29,7 @@ from llmzip.errors import ConfigError
 
 CAUSAL_LM = "causal-lm"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
+SENTENCE_EMBEDDING = "sentence-embedding"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ ENCODER_STUDENT = Rule(
 )
 
 
+PAIRS = Rule(
+    lambda c, s: s.task in (SEQUENCE_CLASSIFICATION, SENTENCE_EMBEDDING),
+    "sequence classifiers (text pairs as one input) and sentence embedders (scored on pairs: STS-B)",
+)
+
+
 OPENVINO = Rule(lambda c, s: c.provider is Provider.OPENVINO, "--provider openvino")
 
 
@@ -93,7 +100,7 @@ BASELINES = Rule(
 RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
     DataConfig: {
         "skip_tokens": (LM,),
-        "text_pair_column": (SEQUENCE,),
+        "text_pair_column": (PAIRS,),
         "label_column": (CLASSIFIER,),
     },
     DistillConfig: {

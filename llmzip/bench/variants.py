@@ -112,12 +112,17 @@ def _placement(config: BenchConfig) -> dict[str, Any]:
 
 def _task(model_dir: Path) -> Task:
     """The task of the model whose config.json sits in `model_dir` (a sequence classifier when there is none)."""
+    from llmzip.tasks.sentence_embedding import SPEC_KEY, read_spec
+
     config_file = model_dir / "config.json"
     try:
-        architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+        values = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        architectures, spec = values.get("architectures"), values.get(SPEC_KEY)
     except (json.JSONDecodeError, AttributeError):
-        architectures = None  # load_variant reports an unreadable config in one line
-    return task_of(SimpleNamespace(architectures=architectures or []))
+        architectures, spec = None, None  # load_variant reports an unreadable config in one line
+    if spec is None and model_dir.is_dir():
+        spec = read_spec(model_dir)  # a sentence-transformers folder straight from its author
+    return task_of(SimpleNamespace(architectures=architectures or [], **({SPEC_KEY: spec} if spec else {})))
 
 
 def _label2id(model_dir: Path) -> dict[str, int] | None:

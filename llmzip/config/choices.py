@@ -18,6 +18,7 @@ class TaskKind(str, enum.Enum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
     TOKEN_CLASSIFICATION = "token-classification"
     CAUSAL_LM = "causal-lm"
+    SENTENCE_EMBEDDING = "sentence-embedding"
 
 
 class Provider(str, enum.Enum):

@@ -32,18 +32,21 @@ INT8_OPS = {
 
 
 class _Logits(nn.Module):
-    """Positional-input wrapper: the exporter sees exactly the tokenizer's inputs and one `logits` output.
+    """Positional-input wrapper: the exporter sees exactly the tokenizer's inputs and the task's outputs (a
+    `logits` output for most; each named output reads one attribute of the model's output).
 
     Always `.eval()` it: the exporter restores the wrapper's own mode afterwards, and a fresh module is in
     training mode, which would switch dropout on in the wrapped model for the parity check.
     """
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
+    def __init__(self, model: nn.Module, names: list[str], attributes: list[str]) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.attributes = model, names, attributes
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors))).logits
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        out = self.model(**dict(zip(self.names, tensors)))
+        values = tuple(getattr(out, a) for a in self.attributes)
+        return values[0] if len(values) == 1 else values
 
 
 def for_export(model: Any) -> str:
@@ -74,28 +77,30 @@ def write_onnx(
     *,
     opset: int,
     source: Path,
-    logits_axes: dict[int, str] | None = None,
+    outputs: list[tuple[str, str, dict[int, str]]] | None = None,
 ) -> None:
-    """torch.onnx.export with dynamic batch and sequence axes and one `logits` output (whose dynamic axes the task
-    names: batch only for one vector per sequence, batch and sequence for one per token)."""
+    """torch.onnx.export with dynamic batch and sequence axes and the task's outputs: (ONNX name, attribute of the
+    model's output, dynamic axes: batch only for one vector per sequence, batch and sequence for one per token);
+    default one `logits` per sequence."""
     from llmzip.quant.weight_only import WeightOnlyLinear
 
     example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
     # MatMulNBits (4-bit weights) lives in onnxruntime's domain; declaring it unused makes torch warn.
     custom = {"com.microsoft": 1} if any(isinstance(m, WeightOnlyLinear) for m in model.modules()) else None
+    outputs = outputs or [("logits", "logits", {0: "batch"})]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = logits_axes or {0: "batch"}
+    axes.update({name: dict(dims) for name, _, dims in outputs})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                _Logits(model, names).eval(),
+                _Logits(model, names, [attribute for _, attribute, _ in outputs]).eval(),
                 example,
                 str(path),
                 dynamo=False,
                 opset_version=opset,
                 input_names=names,
-                output_names=["logits"],
+                output_names=[name for name, _, _ in outputs],
                 dynamic_axes=axes,
                 do_constant_folding=True,
                 custom_opsets=custom,

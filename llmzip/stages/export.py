@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
+from llmzip.artifact import EXTERNAL, carry_config_keys, carry_forward, dir_size_mb, open_artifact, write_manifest
 from llmzip.config import CpuTarget, ExportConfig, Provider, as_enum, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
@@ -79,7 +79,7 @@ def parity(
     from llmzip.runtime.sessions import session as ort_session
 
     session = ort_session(onnx_path, provider=provider)
-    got = session.run(["logits"], feeds)[0]
+    got = session.run([session.get_outputs()[0].name], feeds)[0]  # the task's first output (logits)
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
     got, want = real_positions(got, feeds), real_positions(want, feeds)
@@ -119,7 +119,7 @@ def task_accuracy(
         rows = enc[i : i + 64]
         padded = tokenizer.pad({k: rows[k] for k in names}, return_tensors="np")
         feeds = {k: padded[k].astype(np.int64) for k in names}
-        got.append(session.run(["logits"], feeds)[0])
+        got.append(session.run([session.get_outputs()[0].name], feeds)[0])
         with torch.no_grad():
             want.append(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy())
         labels.append(_padded_labels(rows["labels"], feeds[names[0]].shape[1]))
@@ -158,6 +158,7 @@ def _finish(
     """Tokenizer and config beside the graph, its size, then the manifest (last: its file table covers all)."""
     tokenizer.save_pretrained(str(tmp))
     carry_forward(source.path, tmp)
+    carry_config_keys(source_config(source.path), tmp)
     metrics["size_mb"] = dir_size_mb([p for p in tmp.iterdir() if p.name.startswith(ONNX_FILE)])
     write_manifest(
         tmp,
@@ -228,7 +229,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         feeds = {n: enc[n].numpy().astype(np.int64) for n in names}
         path = tmp / ONNX_FILE
         step(f"exporting {'quantized' if quantized else 'fp32'} ONNX (opset {config.opset})")
-        write_onnx(model, names, feeds, path, opset=config.opset, source=model_dir, logits_axes=task.logits_axes)
+        write_onnx(model, names, feeds, path, opset=config.opset, source=model_dir, outputs=task.onnx_outputs())
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:

@@ -12,12 +12,14 @@ from typing import Any
 from llmzip.tasks.base import Task, TaskKind
 from llmzip.tasks.causal_lm import CausalLM
 from llmzip.tasks.classification import SequenceClassification
+from llmzip.tasks.sentence_embedding import SPEC_KEY, SentenceEmbedding
 from llmzip.tasks.token_classification import TokenClassification
 
 TASKS: dict[TaskKind, Task] = {
     TaskKind.SEQUENCE_CLASSIFICATION: SequenceClassification(),
     TaskKind.TOKEN_CLASSIFICATION: TokenClassification(),
     TaskKind.CAUSAL_LM: CausalLM(),
+    TaskKind.SENTENCE_EMBEDDING: SentenceEmbedding(),
 }
 
 
@@ -27,6 +29,8 @@ def task_of(config: Any) -> Task:
     classifier."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    if isinstance(getattr(config, SPEC_KEY, None), dict):
+        return TASKS[TaskKind.SENTENCE_EMBEDDING]
     archs = [str(a) for a in getattr(config, "architectures", None) or []]
     lm_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     if any(a.endswith("ForCausalLM") or a in lm_names for a in archs):
@@ -54,6 +58,7 @@ def checked_task(config: Any, model_config: Any, where: Any) -> Task:
 __all__ = [
     "TASKS",
     "CausalLM",
+    "SentenceEmbedding",
     "SequenceClassification",
     "Task",
     "TaskKind",

@@ -67,6 +67,11 @@ class Task(ABC):
     # The dynamic axes of the exported graph's `logits` (one vector per sequence: batch only).
     logits_axes: dict[int, str] = {0: "batch"}
 
+    def onnx_outputs(self) -> list[tuple[str, str, dict[int, str]]]:
+        """The exported graph's outputs: (ONNX name, attribute of the model's output, dynamic axes); the first is
+        what parity, accuracy and bench read."""
+        return [("logits", "logits", self.logits_axes)]
+
     def output_head(self, model: Any) -> str | None:
         """The module name of the output projection (whose --head-bits may differ), if the model has one."""
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
