@@ -99,3 +99,21 @@ def test_int8_embedder_keeps_its_pooling_and_is_benched_by_spearman(embedder: di
         "--eval-split", "test", "--seq-len", 32,
     )  # fmt: skip
     assert unpaired.exit_code != 0 and "--text-pair-column" in unpaired.stderr
+
+
+def test_a_student_learns_the_teacher_embeddings_without_labels(embedder: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "student"
+    data = ("--data", embedder["data"], *STS, "--eval-split", "test")
+    result = invoke("distill", embedder["model"], "-o", out, "--num-layers", 1, "--max-steps", 6, "--alpha", 1, *data)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "sentence-embedding" and manifest["inputs"]["train"]["rows"] == 80  # both columns
+    assert -1 <= manifest["metrics"]["eval_spearman"] <= 1
+    assert manifest["metrics"]["stages"]["prediction"]["teacher_logits"] == "cached"  # the teacher's vectors
+    # a sentence-transformers folder again: pooling files beside the encoder's own weights and config
+    assert read_spec(out) == {"pooling": "mean", "normalize": True, "max_seq_length": 64}
+    assert not any(k.startswith("model.") for k in load_file(str(out / "model.safetensors")))
+    again = invoke("export", out, "-o", tmp_path / "onnx", "--data", embedder["data"], *STS, "--eval-split", "test")
+    assert again.exit_code == 0, again.stderr

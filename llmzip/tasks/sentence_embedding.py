@@ -24,6 +24,7 @@ from llmzip import data as data_mod
 from llmzip import metrics
 from llmzip.config import DataConfig, TrainConfig
 from llmzip.errors import ConfigError, ModelError
+from llmzip.shrink.losses import PredictionLosses
 from llmzip.tasks.base import Batch, Row, Task, TaskKind, sampled_train_split
 
 if TYPE_CHECKING:
@@ -94,6 +95,22 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0]), last.clamp(min=0)]
 
 
+def embedding_distance(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """‖e_S − e_T‖² per text, averaged (sentence-transformers' MSE distillation, summed over the dimensions so
+    its scale does not shrink with the width; for unit vectors it is 2 − 2·cos). The temperature has no role."""
+    return ((student.float() - teacher.detach().float()) ** 2).sum(-1).mean()
+
+
+def no_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """An embedder has no labels to fit (the (1 − alpha) term): zero, still attached to the graph."""
+    return logits.sum() * 0.0
+
+
+EMBEDDING_LOSSES = PredictionLosses(kd=embedding_distance, ce=no_label_loss)
+
+
 class EmbeddingOutput(dict):  # type: ignore[type-arg]
     """`logits` (the sentence embedding) and `token_embeddings`, as attributes and keys, like transformers'
     ModelOutput."""
@@ -117,13 +134,35 @@ class SentenceEmbedder(nn.Module):
             raise ModelError("not a sentence-embedding model: its config has no pooling spec")
         self.pooling, self.normalize = str(spec["pooling"]), bool(spec["normalize"])
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features: Any) -> EmbeddingOutput:
-        features = {k: v for k, v in features.items() if k == "token_type_ids"}
-        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask, **features).last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        labels: torch.Tensor | None = None,
+    ) -> EmbeddingOutput:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **extra,
+        )
+        tokens = out.last_hidden_state
         sentence = pool(tokens, attention_mask, self.pooling)
         if self.normalize:
             sentence = torch.nn.functional.normalize(sentence, p=2, dim=-1)
-        return EmbeddingOutput(logits=sentence, token_embeddings=tokens)
+        if labels is not None:  # evaluated by transformers' Trainer: no loss to fit, the metric scores the vectors
+            return EmbeddingOutput(loss=sentence.sum() * 0.0, logits=sentence)
+        result = EmbeddingOutput(logits=sentence, token_embeddings=tokens)
+        if output_hidden_states:
+            result["hidden_states"] = out.hidden_states
+        if output_attentions:
+            result["attentions"] = out.attentions
+        return result
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()  # type: ignore[no-any-return]
@@ -207,7 +246,44 @@ class SentenceEmbedding(Task):
     def training(
         self, cfg: TrainConfig, tokenizer: Any, *, label2id: dict[str, int], train_loaded: Any = None
     ) -> TaskTraining:
-        raise ConfigError("distilling a sentence-embedding model is not built yet (llmzip issue 21, part 2)")
+        """Distillation without labels: the student learns the teacher's embedding of every training text (plain
+        text is enough; a pair column's texts are more rows); scored on the eval split's pairs by Spearman."""
+        from datasets import Dataset
+        from transformers import DataCollatorWithPadding
+
+        from llmzip.training import Metric, Prepared, TaskTraining
+
+        d = cfg.data
+        loaded = train_loaded or data_mod.load_split(
+            d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True
+        )
+        assert loaded is not None
+        train_ds, source = loaded
+        first, second = data_mod.texts(train_ds, d)
+        texts = [str(t) for t in first] + [str(t) for t in (second or [])]
+        enc = tokenizer(texts, truncation=True, max_length=d.max_length)
+        columns = {k: list(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        train = Dataset.from_dict({**columns, "labels": [0.0] * len(texts)})  # no labels: the teacher is the target
+        inputs: dict[str, Any] = {"train": {**source.describe(), "split": d.train_split, "rows": len(texts)}}
+        evaluated = data_mod.load_split(d, d.eval_split, limit=d.max_eval_samples, optional=True)
+        eval_enc = None
+        if evaluated is not None:
+            eval_ds, eval_src = evaluated
+            inputs["eval"] = {**eval_src.describe(), "split": d.eval_split, "rows": len(eval_ds)}
+            eval_enc = self.encode(tokenizer, eval_ds, d, None, max_length=d.max_length, padding=False)
+
+        def compute(eval_pred: Any) -> dict[str, float]:
+            vectors, scores = eval_pred
+            vectors = vectors[0] if isinstance(vectors, tuple) else vectors
+            return {"spearman": self.score([np.asarray(vectors)], [np.asarray(scores)], {})}
+
+        return TaskTraining(
+            prepared=Prepared(train=train, eval=eval_enc, inputs=inputs),
+            collator=DataCollatorWithPadding(tokenizer),
+            metric=Metric("spearman", "spearman", True, value=lambda r: float(r["eval_spearman"]), compute=compute),
+            losses=EMBEDDING_LOSSES,
+            cache_teacher=True,  # one vector per text: the teacher's embeddings fit on disk like logits
+        )
 
     def encode(
         self,
