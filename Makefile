@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-recovery bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-openvino lm lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-recovery bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-embed bench-openvino lm lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ bench-quant: install
 ## PyTorch fp32 and onnxruntime quantize_dynamic; entity F1 on test, latency at 1×128 / 8×128 (~60 min on 2 cores)
 bench-ner: install
 	$(BIN)/python -m llmzip.benchmarks.ner $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-embed [BENCH_QUICK=1]: all-MiniLM-L6-v2 as a sentence embedder: llmzip int8 and a 3-layer student
+## distilled on unlabelled text, beside sentence-transformers' PyTorch model and quantize_dynamic (STS-B test)
+bench-embed: install
+	$(BIN)/python -m llmzip.benchmarks.embed $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 ## make bench-openvino [BENCH_QUICK=1]: the teacher's fp32, llmzip int8 (folded, plain QDQ) and quantize_dynamic on
 ## onnxruntime's CPU provider vs the OpenVINO plugin EP at f32 and bf16, one round-robin run (installs llmzip[openvino])

@@ -12,6 +12,7 @@ export's parity compare it unchanged); the ONNX graph names it `sentence_embeddi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,8 +260,11 @@ class SentenceEmbedding(Task):
         )
         assert loaded is not None
         train_ds, source = loaded
+        if d.text_pair_column and d.text_pair_column not in train_ds.column_names:  # plain texts to learn from
+            d = dataclasses.replace(d, text_pair_column=None)
         first, second = data_mod.texts(train_ds, d)
         texts = [str(t) for t in first] + [str(t) for t in (second or [])]
+        d = cfg.data
         enc = tokenizer(texts, truncation=True, max_length=d.max_length)
         columns = {k: list(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         train = Dataset.from_dict({**columns, "labels": [0.0] * len(texts)})  # no labels: the teacher is the target
