@@ -74,7 +74,8 @@ NOT_SOURCE = Rule(
 )
 QAT = Rule(lambda c, s: c.qat_steps > 0, "quantization-aware training (--qat-steps N)")
 ENCODER_STUDENT = Rule(
-    lambda c, s: not s.is_lm, "encoder students (BERT-style classifiers); a causal-LM student is a layer subset"
+    lambda c, s: not s.is_lm and s.task != SENTENCE_EMBEDDING,
+    "encoder students of classifiers; a causal-LM or sentence-embedding student is a layer subset (so far)",
 )
 
 

@@ -117,3 +117,11 @@ def test_a_student_learns_the_teacher_embeddings_without_labels(embedder: dict[s
     assert not any(k.startswith("model.") for k in load_file(str(out / "model.safetensors")))
     again = invoke("export", out, "-o", tmp_path / "onnx", "--data", embedder["data"], *STS, "--eval-split", "test")
     assert again.exit_code == 0, again.stderr
+
+
+def test_students_an_embedder_cannot_have_yet_are_refused_in_one_line(
+    embedder: dict[str, Path], tmp_path: Path
+) -> None:
+    result = invoke("distill", embedder["model"], "-o", tmp_path / "s", "--num-layers", 1, "--keep-heads", 1)
+    assert result.exit_code != 0 and "keep_heads=1" in result.stderr and "sentence-embedding" in result.stderr
+    assert not (tmp_path / "s").exists()
