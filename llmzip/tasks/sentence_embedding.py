@@ -255,16 +255,16 @@ class SentenceEmbedding(Task):
         from llmzip.training import Metric, Prepared, TaskTraining
 
         d = cfg.data
+        # Training texts need no pair and no score: plain texts are enough (a pair column, when there, adds rows).
+        plain = dataclasses.replace(d, text_pair_column=None, label_column="")
         loaded = train_loaded or data_mod.load_split(
-            d, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True
+            plain, d.train_split, limit=d.max_train_samples, seed=cfg.seed, shuffle=True
         )
         assert loaded is not None
         train_ds, source = loaded
-        if d.text_pair_column and d.text_pair_column not in train_ds.column_names:  # plain texts to learn from
-            d = dataclasses.replace(d, text_pair_column=None)
-        first, second = data_mod.texts(train_ds, d)
-        texts = [str(t) for t in first] + [str(t) for t in (second or [])]
-        d = cfg.data
+        texts = [str(t) for t in train_ds[d.text_column]]
+        if d.text_pair_column and d.text_pair_column in train_ds.column_names:
+            texts += [str(t) for t in train_ds[d.text_pair_column]]
         enc = tokenizer(texts, truncation=True, max_length=d.max_length)
         columns = {k: list(v) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         train = Dataset.from_dict({**columns, "labels": [0.0] * len(texts)})  # no labels: the teacher is the target
