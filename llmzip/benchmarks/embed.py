@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--build-only", action="store_true", help="build every variant, measure nothing")
     args = parser.parse_args()
     for path in (STSB / "test.tsv", SHARED / "data" / "sst2-sentences" / "train.tsv"):
         if not path.exists():
@@ -209,6 +210,8 @@ def main() -> None:
     started = time.time()
     console.rule("[bold]building the variants")
     paths = build(out, args.quick)
+    if args.build_only:
+        return
     load = st_loads_student(paths["student"], paths["student-ort-fp32"])
     console.rule("[bold]measuring (round-robin, one run)")
     test = DataConfig(dataset=str(STSB), eval_split="test", **PAIRS, max_eval_samples=100 if args.quick else None)
