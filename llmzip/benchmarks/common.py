@@ -142,3 +142,31 @@ def build_llmzip_int8(
     )
     q = quantize(TEACHER, calib, out / "llmzip-int8-model", config=QuantizeConfig(**LLMZIP_QUANT), overwrite=True)
     return export(q, out / name, config=export_config or ExportConfig(), overwrite=True)
+
+
+def rows_by_variant(result: dict[str, Any], *, metric: str, scale: float = 1.0, baseline: str) -> dict[str, Any]:
+    """A bench run's rows (one per variant and shape) folded into one row per variant: `metric` (the accuracy
+    column × `scale`), size, p50/p90 latency and samples/s per shape, and the speedup over the first variant
+    (`speedup_vs_<baseline>`, with its 95% interval)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in result["variants"]:
+        row = rows.setdefault(
+            r["name"],
+            {
+                "name": r["name"],
+                "kind": r["kind"],
+                "precision": r["precision"],
+                metric: None if r["accuracy"] is None else round(scale * r["accuracy"], 4),
+                "size_mb": r["size_mb"],
+                "latency_ms": {},
+                "latency_p90_ms": {},
+                "samples_per_s": {},
+                f"speedup_vs_{baseline}": {},
+            },
+        )
+        shape = f"{r['batch']}x{r['seq_len']}"
+        row["latency_ms"][shape] = r["latency_ms"]["p50"]
+        row["latency_p90_ms"][shape] = r["latency_ms"]["p90"]
+        row["samples_per_s"][shape] = round(r["throughput"], 1)
+        row[f"speedup_vs_{baseline}"][shape] = {"p50_ratio": r["speedup_vs_baseline"], "ci95": r["speedup_ci95"]}
+    return rows

@@ -27,7 +27,7 @@ import numpy as np
 
 from llmzip.artifact import EXTERNAL, Artifact, open_artifact
 from llmzip.bench.variants import Variant, ort_dynamic_int8
-from llmzip.benchmarks.common import SHARED, reuse_stage, write_json
+from llmzip.benchmarks.common import SHARED, reuse_stage, rows_by_variant, write_json
 from llmzip.config import BenchConfig, CalibrateConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig
 from llmzip.errors import DataError
 from llmzip.modeling import load_tokenizer
@@ -238,25 +238,7 @@ def main() -> None:
     eval_ds, source = load_eval_data(config)
     inputs = [eval_inputs(v, eval_ds, config) for v in variants]
     result = measure(variants, [f for f, _ in inputs], config, labels=[y for _, y in inputs], saturation=False)
-    rows: dict[str, dict[str, Any]] = {}
-    for r in result["variants"]:
-        row = rows.setdefault(
-            r["name"],
-            {
-                "name": r["name"],
-                "kind": r["kind"],
-                "precision": r["precision"],
-                "spearman": round(100 * r["accuracy"], 2),
-                "size_mb": r["size_mb"],
-                "latency_ms": {},
-                "sentences_per_s": {},
-                "speedup_vs_st_torch_fp32": {},
-            },
-        )
-        shape = f"{r['batch']}x{r['seq_len']}"
-        row["latency_ms"][shape] = r["latency_ms"]["p50"]
-        row["sentences_per_s"][str(r["batch"])] = round(r["throughput"], 1)
-        row["speedup_vs_st_torch_fp32"][shape] = {"p50_ratio": r["speedup_vs_baseline"], "ci95": r["speedup_ci95"]}
+    rows = rows_by_variant(result, metric="spearman", scale=100.0, baseline="st_torch_fp32")
     student_manifest = json.loads((paths["student"] / "manifest.json").read_text())
     report = {
         "machine": result["machine"],
@@ -289,15 +271,15 @@ def render(report: dict[str, Any]) -> None:
     for col in ("variant", "Spearman", "size MB", "p50 1×128 ms", "p50 8×128 ms", "sent/s b1", "sent/s b32"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for v in report["variants"]:
-        lat, tput = v["latency_ms"], v["sentences_per_s"]
+        lat, tput = v["latency_ms"], v["samples_per_s"]
         table.add_row(
             v["name"],
             f"{v['spearman']:.2f}",
             f"{v['size_mb']:.1f}",
             f"{lat.get('1x128', float('nan')):.2f}",
             f"{lat.get('8x128', float('nan')):.2f}",
-            f"{tput.get('1', float('nan')):.1f}",
-            f"{tput.get('32', float('nan')):.1f}",
+            f"{tput.get('1x128', float('nan')):.1f}",
+            f"{tput.get('32x128', float('nan')):.1f}",
         )
     out = stdout_console()
     out.print(table)

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from llmzip.bench.variants import ort_dynamic_int8
-from llmzip.benchmarks.common import SHARED, TEACHER, ensure_optimum_venv, optimum_load_check, reuse_stage, write_json
+from llmzip.benchmarks.common import (
+    SHARED,
+    TEACHER,
+    ensure_optimum_venv,
+    optimum_load_check,
+    reuse_stage,
+    rows_by_variant,
+    write_json,
+)
 from llmzip.config import (
     BenchConfig,
     CalibrateConfig,
@@ -163,25 +171,7 @@ def main() -> None:
     eval_ds, source = load_eval_data(config)
     inputs = [eval_inputs(v, eval_ds, config) for v in variants]
     result = measure(variants, [f for f, _ in inputs], config, labels=[y for _, y in inputs])
-    rows: dict[str, dict[str, Any]] = {}
-    for r in result["variants"]:
-        row = rows.setdefault(
-            r["name"],
-            {
-                "name": r["name"],
-                "kind": r["kind"],
-                "precision": r["precision"],
-                "f1": r["accuracy"],
-                "size_mb": r["size_mb"],
-                "latency_ms": {},
-                "latency_p90_ms": {},
-                "speedup_vs_teacher_torch_fp32": {},
-            },
-        )
-        shape = f"{r['batch']}x{r['seq_len']}"
-        row["latency_ms"][shape] = r["latency_ms"]["p50"]
-        row["latency_p90_ms"][shape] = r["latency_ms"]["p90"]
-        row["speedup_vs_teacher_torch_fp32"][shape] = {"p50_ratio": r["speedup_vs_baseline"], "ci95": r["speedup_ci95"]}
+    rows = rows_by_variant(result, metric="f1", baseline="teacher_torch_fp32")
     report = {
         "machine": result["machine"],
         "data": {**source.describe(), "split": "test", "sentences": len(eval_ds)},
