@@ -156,7 +156,9 @@ def _simulate_avx2_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = export_stage.parity
 
-    def on_avx2(path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], Any]:
+    def on_avx2(
+        path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray], provider: Any = None
+    ) -> tuple[dict[str, float], Any]:
         result, _ = real(path, model, feeds)
         exact, saturated, _ = emulate(model, [{k: torch.from_numpy(v) for k, v in feeds.items()}])
         result["max_abs_diff"] = float((saturated - exact).abs().max())
