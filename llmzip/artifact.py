@@ -265,8 +265,9 @@ def write_manifest(
     return manifest
 
 
-def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = ()) -> None:
-    """Copy the model config and tokenizer files (plus `names`) so the next directory loads on its own."""
+def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = (), *, config: Any = None) -> None:
+    """Copy the model config and tokenizer files (plus `names`) so the next directory loads on its own; with the
+    loaded model's `config`, also the `llmzip_*` keys it holds that the copied config.json lacks."""
     patterns = (
         "config.json",
         "generation_config.json",
@@ -282,6 +283,8 @@ def carry_forward(source: Path, dest: Path, names: tuple[str, ...] = ()) -> None
         for file in source.glob(pattern):
             if file.is_file() and not (dest / file.name).exists():
                 shutil.copy2(file, dest / file.name)
+    if config is not None:
+        carry_config_keys(config, dest)
 
 
 def carry_config_keys(model_config: Any, dest: Path) -> None:

@@ -1,4 +1,4 @@
-"""Where a stage's data comes from (shared by every stage config; see llmzip/config.py)."""
+"""Where a stage's data comes from (shared by every stage config; see llmzip/config/__init__.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The configs of the stages that write and measure deployable models: export and bench (see llmzip/config.py)."""
+"""The configs of the stages that write and measure deployable models: export and bench (see llmzip/config/__init__.py)."""
 
 from __future__ import annotations
 

@@ -285,7 +285,7 @@ class _Search:
                 runs.append({"seed": seed, "accuracy": round(report, 4), "selection_accuracy": round(selection, 4)})
             for run, (_, onnx, _) in zip(runs, chains):
                 run["path"] = str(onnx)
-            row.update(seed_summary(runs))
+            row.update(pareto.seed_summary(runs))
         chosen = next((m for m, onnx, _ in chains if str(onnx) == row["path"]), chains[0][0])  # the chosen seed's
         row["student"] = _student_info(chosen) if base is not None else None
         atomic_write_text(measured, strict_json(row, where=str(measured)))
@@ -312,25 +312,6 @@ class _Search:
                 chain.append({"stage": "teacher", **parents[0]})
                 current = None
         return chain
-
-
-def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A candidate trained once per seed: accuracies are the means (with the sample sd), and its export (`path`,
-    what `OUT/model` would copy) is the seed that did best on the selection split, never the reported one."""
-    import statistics
-
-    report = [r["accuracy"] for r in runs]
-    selection = [r["selection_accuracy"] for r in runs]
-    best = max(runs, key=lambda r: r["selection_accuracy"])
-    return {
-        "accuracy": round(statistics.fmean(report), 4),
-        "accuracy_sd": round(statistics.stdev(report), 4),
-        "selection_accuracy": round(statistics.fmean(selection), 4),
-        "selection_accuracy_sd": round(statistics.stdev(selection), 4),
-        "seeds": runs,
-        "path": best["path"],
-        "chosen_seed": best["seed"],
-    }
 
 
 def _student_info(model_dir: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from llmzip.config.choices import Objective
@@ -45,3 +46,20 @@ def best_within(
     if not fits:
         return None
     return min(fits, key=lambda c: (objective_value(c, objective), -c["accuracy"]))
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A candidate trained once per seed: accuracies are the means (with the sample sd), and its export (`path`,
+    what `OUT/model` would copy) is the seed that did best on the selection split, never the reported one."""
+    report = [r["accuracy"] for r in runs]
+    selection = [r["selection_accuracy"] for r in runs]
+    best = max(runs, key=lambda r: r["selection_accuracy"])
+    return {
+        "accuracy": round(statistics.fmean(report), 4),
+        "accuracy_sd": round(statistics.stdev(report), 4),
+        "selection_accuracy": round(statistics.fmean(selection), 4),
+        "selection_accuracy_sd": round(statistics.stdev(selection), 4),
+        "seeds": runs,
+        "path": best["path"],
+        "chosen_seed": best["seed"],
+    }

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmzip.artifact import EXTERNAL, carry_config_keys, carry_forward, dir_size_mb, open_artifact, write_manifest
+from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
 from llmzip.config import CpuTarget, ExportConfig, Provider, as_enum, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
@@ -157,8 +157,7 @@ def _finish(
 ) -> None:
     """Tokenizer and config beside the graph, its size, then the manifest (last: its file table covers all)."""
     tokenizer.save_pretrained(str(tmp))
-    carry_forward(source.path, tmp)
-    carry_config_keys(source_config(source.path), tmp)
+    carry_forward(source.path, tmp, config=source_config(source.path))
     metrics["size_mb"] = dir_size_mb([p for p in tmp.iterdir() if p.name.startswith(ONNX_FILE)])
     write_manifest(
         tmp,

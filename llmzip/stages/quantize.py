@@ -11,15 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmzip.artifact import (
-    EXTERNAL,
-    Artifact,
-    carry_config_keys,
-    carry_forward,
-    open_artifact,
-    strict_json,
-    write_manifest,
-)
+from llmzip.artifact import EXTERNAL, Artifact, carry_forward, open_artifact, strict_json, write_manifest
 from llmzip.config import (
     QuantizeConfig,
     SaturationFix,
@@ -376,8 +368,7 @@ def _write(run: _Run, tmp: Path, report: dict[str, Any], target: Any, started: f
     }
     (tmp / QUANT_FILE).write_text(strict_json(spec, where=QUANT_FILE, indent=1))
     shutil.copy2(run.calib.path / SAMPLES_FILE, tmp / SAMPLES_FILE)
-    carry_forward(run.source.path, tmp)
-    carry_config_keys(run.fp32.config, tmp)
+    carry_forward(run.source.path, tmp, config=run.fp32.config)
     metrics = {
         "quantized_layers": len(names),
         "fp32_linear_layers": len(linear_names(run.fp32)) - len(names),
