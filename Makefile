@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 DATA   ?=
 SUBSET ?=
 
-.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-recovery bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-embed bench-openvino lm lint clean
+.PHONY: install test test-slow check-avx2 demo tiny sst2 bench-distill bench-recovery bench-quant bench-speed bench-sst2 bench-compress bench-llm bench-ner bench-embed bench-gpu bench-openvino lm lint clean
 
 install: $(STAMP)
 
@@ -71,6 +71,12 @@ bench-ner: install
 ## distilled on unlabelled text, beside sentence-transformers' PyTorch model and quantize_dynamic (STS-B test)
 bench-embed: install
 	$(BIN)/python -m llmzip.benchmarks.embed $(if $(filter 1,$(BENCH_QUICK)),--quick)
+
+## make bench-gpu [BENCH_QUICK=1]: TensorRT int8 vs TensorRT fp16 vs CUDA fp16/fp32 vs PyTorch fp16 (SST-2 dev, batch
+## 1/8/32 × 128): builds every graph on the CPU first (TensorRT rule checker, CPU accuracy), then times on the GPU;
+## without a GPU it prints what it skipped and exits 0
+bench-gpu: install
+	$(BIN)/python -m llmzip.benchmarks.gpu $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 ## make bench-openvino [BENCH_QUICK=1]: the teacher's fp32, llmzip int8 (folded, plain QDQ) and quantize_dynamic on
 ## onnxruntime's CPU provider vs the OpenVINO plugin EP at f32 and bf16, one round-robin run (installs llmzip[openvino])

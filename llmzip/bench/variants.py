@@ -67,11 +67,20 @@ def onnx_size_mb(path: Path) -> float:
 
 
 def ort_runner(
-    path: Path, provider: Provider, threads: int, precision: EpPrecision = EpPrecision.F32
+    path: Path,
+    provider: Provider,
+    threads: int,
+    precision: EpPrecision = EpPrecision.F32,
+    provider_options: dict[str, str] | None = None,
 ) -> tuple[Runner, list[str]]:
     """A session on one ONNX file and the input names its graph takes."""
     session = sessions.session(
-        path, provider=provider, threads=threads, load_error="re-run `llmzip export`", precision=precision
+        path,
+        provider=provider,
+        threads=threads,
+        load_error="re-run `llmzip export`",
+        precision=precision,
+        provider_options=provider_options,
     )
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
@@ -80,6 +89,19 @@ def ort_runner(
         return session.run([output], feeds)[0]
 
     return run, [i.name for i in session.get_inputs()]
+
+
+def session_runner(path: Path, config: BenchConfig) -> tuple[Runner, list[str]]:
+    """ort_runner placed per the bench config: its provider, threads, OpenVINO precision, and for TensorRT the
+    int8/fp16 flags, engine cache and shape profile of this graph (llmzip/runtime/tensorrt.py)."""
+    from llmzip.runtime import tensorrt
+
+    options = None
+    if config.provider is Provider.TENSORRT:
+        options = tensorrt.provider_options(
+            path, cache_dir=config.engine_cache, batch_sizes=config.batch_sizes, seq_len=config.seq_len
+        )
+    return ort_runner(path, config.provider, config.threads, config.ep_precision, options)
 
 
 def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: TorchDtype) -> Runner:
@@ -91,10 +113,12 @@ def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: To
         if not torch.cuda.is_available():
             raise ProviderError("PyTorch here has no CUDA device; use --provider cpu")
         device = "cuda"
+    elif dtype is TorchDtype.FP16:
+        raise ProviderError("PyTorch fp16 is a GPU baseline (CPUs emulate it slowly); use --provider cuda or bf16")
     model = load_model(artifact)
     model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to() has a wrong signature
-    if dtype is TorchDtype.BF16:
-        model.to(torch.bfloat16)  # type: ignore[arg-type]
+    if dtype is not TorchDtype.FP32:
+        model.to(torch.bfloat16 if dtype is TorchDtype.BF16 else torch.float16)  # type: ignore[arg-type]
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
@@ -149,7 +173,7 @@ def load_variant(
         check_length(model_config, config.seq_len, "--seq-len", artifact.path)
     if artifact.stage == "export":
         onnx_file = artifact.path / artifact.manifest.get("model_file", "model.onnx")
-        run, _ = ort_runner(onnx_file, config.provider, config.threads, config.ep_precision)
+        run, _ = session_runner(onnx_file, config)
         return Variant(
             name,
             artifact,
@@ -168,9 +192,9 @@ def load_variant(
     warnings = []
     if artifact.stage == "quantize":
         precision = "int8-fake-quant"
-        if dtype is TorchDtype.BF16:
-            # Its scales and zero points are the quantization itself; rounding them to bf16 changes the model.
-            warnings.append(f"{name}: fake-quantized PyTorch models run in fp32; torch_dtype bf16 not applied")
+        if dtype is not TorchDtype.FP32:
+            # Its scales and zero points are the quantization itself; rounding them to 16 bits changes the model.
+            warnings.append(f"{name}: fake-quantized PyTorch models run in fp32; torch_dtype {dtype.value} not applied")
             dtype = TorchDtype.FP32
     else:
         precision = dtype.value
@@ -241,7 +265,7 @@ def onnx_file_variant(
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such ONNX file")
-    run, inputs = ort_runner(path, config.provider, config.threads, config.ep_precision)
+    run, inputs = session_runner(path, config)
     return Variant(
         name,
         Artifact(path=path, stage=EXTERNAL),

@@ -19,6 +19,7 @@ from llmzip.config.choices import LayerSelection as LayerSelection
 from llmzip.config.choices import LmGraph as LmGraph
 from llmzip.config.choices import Provider as Provider
 from llmzip.config.choices import SaturationFix as SaturationFix
+from llmzip.config.choices import Target as Target
 from llmzip.config.choices import TaskKind as TaskKind
 from llmzip.config.choices import TorchDtype as TorchDtype
 from llmzip.config.choices import Vocabulary as Vocabulary

@@ -35,6 +35,20 @@ class Provider(str, enum.Enum):
         return self in (Provider.CUDA, Provider.TENSORRT)
 
 
+class Target(str, enum.Enum):
+    """The runtime an int8 graph is written for.
+
+    onnxruntime: uint8 activations × int8 weights, the QDQ pattern its CPU provider fuses into integer kernels.
+    tensorrt: TensorRT's explicit quantization (through onnxruntime's TensorRT provider or trtexec): signed int8
+    activations with zero point 0, symmetric per-channel int8 weights, float Softmax/LayerNorm/embeddings, plain
+    ONNX ops only (no onnxruntime contrib ops). onnxruntime's CPU provider runs the same file
+    (llmzip/runtime/tensorrt.py).
+    """
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
 class EpPrecision(str, enum.Enum):
     """The inference precision an execution provider may run an fp32 graph at (OpenVINO's INFERENCE_PRECISION_HINT):
     f32 computes what the graph says; bf16 rounds activations and weights to bfloat16 (fast on AMX/AVX512-BF16)."""
@@ -152,3 +166,4 @@ class TorchDtype(str, enum.Enum):
 
     FP32 = "fp32"
     BF16 = "bf16"
+    FP16 = "fp16"  # on a CUDA device only (the framework baseline of GPU benches)

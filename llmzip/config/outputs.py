@@ -1,11 +1,11 @@
-"""The configs of the stages that write and measure deployable models: export and bench (see llmzip/config/__init__.py)."""
+"""The configs of the stages that write and measure deployable models: export and bench (see config/__init__.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from llmzip.config.choices import EpPrecision, LmGraph, Provider, TorchDtype, as_enum
+from llmzip.config.choices import EpPrecision, LmGraph, Provider, Target, TorchDtype, as_enum
 from llmzip.config.data import DataConfig, _check
 from llmzip.config.flags import option
 
@@ -28,6 +28,18 @@ class ExportConfig:
         flag="--fold-bias/--plain-qdq",
         help="int8: fold each Linear's bias into onnxruntime's MatMulIntegerToFloat, or keep portable QDQ.",
     )
+    # None: what the model was quantized for (its manifest), onnxruntime for a float model.
+    target: Target | None = option(
+        None,
+        help="Runtime the graph is for: onnxruntime, or tensorrt (portable QDQ, checked against TensorRT's "
+        "explicit-quantization rules; the model must be quantized with --target tensorrt).",
+        default_text="as quantized",
+    )
+    fp16: bool = option(
+        False, flag="--fp16", help="Float models: write float16 weights and math (inputs/outputs unchanged), for GPUs."
+    )
+    # float16 rounds every activation to 11 significant bits: relative, like int8's.
+    fp16_tolerance: float = option(0.02, help="Parity: largest |logit difference| of an fp16 export, × max |logit|.")
     # Task accuracy of the ONNX model and of the PyTorch model on data's eval split, both in the manifest.
     eval_accuracy: bool = option(
         False,
@@ -65,6 +77,13 @@ class ExportConfig:
         _check(self.accuracy_level in (None, 0, 1, 2, 3, 4), "accuracy_level", "must be 0-4")
         self.lm_graph = as_enum(LmGraph, self.lm_graph, "lm_graph")
         self.provider = as_enum(Provider, self.provider, "provider")
+        if self.target is not None:
+            self.target = as_enum(Target, self.target, "target")
+        _check(
+            not (self.fp16 and self.target is Target.TENSORRT),
+            "fp16",
+            "a tensorrt int8 export keeps float32 (TensorRT picks fp16 for the float layers itself); drop --fp16",
+        )
 
 
 BENCH_BASELINES = ("torch-bf16", "ort-dynamic-int8", "genai-int4", "genai-fp32")
@@ -82,6 +101,11 @@ class BenchConfig:
     seq_len: int = option(128, help="Sequence length every input is padded/truncated to.")
     threads: int = option(1, help="Intra-op threads (onnxruntime and torch).")
     provider: Provider = option(Provider.CPU, help="Execution provider.")
+    engine_cache: str | None = option(
+        None,
+        help="--provider tensorrt: folder TensorRT's engines are cached in (builds take minutes).",
+        default_text="~/.cache/llmzip/tensorrt",
+    )
     ep_precision: EpPrecision = option(
         EpPrecision.F32,
         help="--provider openvino: the precision it runs fp32 graphs at (bf16: its fast path on AMX).",
@@ -90,7 +114,9 @@ class BenchConfig:
     iterations: int = option(30, help="Timed runs per variant and batch size (round-robin).")
     # elsewhere PyTorch emulates bf16, slower than fp32
     torch_dtype: TorchDtype = option(
-        TorchDtype.FP32, help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU)."
+        TorchDtype.FP32,
+        help="dtype of PyTorch variants (bf16 is fast only with AVX512-BF16/AMX or on a GPU; fp16 on a CUDA "
+        "device only).",
     )
     baselines: list[str] = option(
         factory=list,

@@ -11,6 +11,7 @@ from llmzip.config.choices import (
     CpuTarget,
     Granularity,
     SaturationFix,
+    Target,
     WeightAlgorithm,
     as_enum,
 )
@@ -92,6 +93,12 @@ class QuantizeConfig:
         help="Store the word-embedding table as int8 with per-row scales (most of a small model's bytes), or "
         "keep it fp32.",
     )
+    target: Target = option(
+        Target.ONNXRUNTIME,
+        help="Runtime the int8 graph is for: onnxruntime (uint8 activations, its fused CPU kernels) or tensorrt "
+        "(explicit quantization: int8 activations with zero point 0, symmetric weights, fp32 embeddings, float "
+        "attention; onnxruntime's CPU provider runs the same file).",
+    )
     target_cpu: CpuTarget = option(
         CpuTarget.ANY,
         help="CPU class the int8 model must be right on: any (safe on AVX2 without VNNI too), avx2, avx512 "
@@ -166,6 +173,9 @@ class QuantizeConfig:
         self.weight_granularity = as_enum(Granularity, self.weight_granularity, "weight_granularity")
         self.activations = as_enum(Activations, self.activations, "activations")
         self.target_cpu = as_enum(CpuTarget, self.target_cpu, "target_cpu")
+        self.target = as_enum(Target, self.target, "target")
+        if self.target is Target.TENSORRT:
+            self._for_tensorrt()
         self.saturation_fix = as_enum(SaturationFix, self.saturation_fix, "saturation_fix")
         _check(self.saturation_margin >= 1, "saturation_margin", f"must be >= 1, got {self.saturation_margin}")
         _check(
@@ -208,3 +218,24 @@ class QuantizeConfig:
             "max_perplexity_increase",
             f"must be >= 0 (percent), got {self.max_perplexity_increase}",
         )
+
+    def _for_tensorrt(self) -> None:
+        """TensorRT's explicit quantization reads signed int8 with zero point 0 only, through Q/DQ pairs (an int8
+        embedding table read by Gather is not Q/DQ), and a quantized Softmax output costs it accuracy: refuse what
+        it cannot run, set what it needs."""
+        why = "TensorRT's explicit quantization"
+        _check(not self.weight_only, "target", f"tensorrt: {why} is int8 weights and activations; drop --weight-only")
+        _check(
+            self.activations is Activations.STATIC,
+            "activations",
+            f"tensorrt: {why} has no DynamicQuantizeLinear; use --activations static",
+        )
+        _check(
+            self.weight_symmetric, "weight_symmetric", f"tensorrt: {why} needs zero point 0; drop --weight-asymmetric"
+        )
+        _check(not self.attention, "attention", "tensorrt: the attention matmuls stay float there; drop --attention")
+        _check(
+            self.smoothquant is None, "smoothquant", "tensorrt: SmoothQuant's Mul is not exported for it yet; drop it"
+        )
+        self.activation_symmetric = True
+        self.embeddings = False

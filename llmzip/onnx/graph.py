@@ -96,3 +96,24 @@ def fp16_initializers(model: Any, *, min_elements: int = 4096) -> int:
     for i, node in enumerate(casts):
         graph.node.insert(i, node)
     return converted
+
+
+def inline_constant_identities(graph: Any) -> int:
+    """Identity(initializer) → the initializer itself, at every reader. The legacy exporter writes an Identity for a
+    buffer that several modules share (one zero-point constant read by many QuantizeLinear nodes); a runtime that
+    wants Q/DQ scales and zero points as constants (TensorRT) sees a computed tensor instead. Returns the number
+    of Identity nodes removed."""
+    constants = {i.name for i in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in constants}
+    outputs = {o.name for o in graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    if not alias:
+        return 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(alias)

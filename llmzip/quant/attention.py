@@ -27,6 +27,8 @@ ATTR = "llmzip_attention"  # child module (AttentionQuant) or observer dict atta
 TENSORS = ("query", "key", "value")
 U8 = qmath.qrange(8, signed=False, symmetric=False)
 S8 = qmath.qrange(8, signed=True, symmetric=True)
+# What QuantizeLinear clamps an int8 activation to (the scale stays absmax / 127): the fake quantizer must agree.
+S8_CLAMP = qmath.qrange(8, signed=True, symmetric=False)
 
 
 class _FakeQuantTimes(torch.autograd.Function):
@@ -95,7 +97,7 @@ class AttentionQuant(nn.Module):
         scale = getattr(self, f"{which}_scale")
         qmax = self.key_qmax if which == "key" else S8.qmax
         if times == 1.0 and qmax == S8.qmax:
-            return _FakeQuant.apply(x, scale, zero, S8.qmin, S8.qmax)
+            return _FakeQuant.apply(x, scale, zero, S8_CLAMP.qmin, S8_CLAMP.qmax)
         return _FakeQuantTimes.apply(x, scale, zero, times, qmax)
 
     def scores(self, query: torch.Tensor, key_t: torch.Tensor, scaling: float) -> torch.Tensor:

@@ -126,7 +126,10 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("input_zero_point", torch.zeros((), dtype=act_dtype))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.activation_range = qrange(8, signed=activation_signed, symmetric=activation_signed)
+        # Signed activations clamp to [-128, 127], what ONNX QuantizeLinear saturates an int8 output to (their scale
+        # is still absmax / 127, zero point 0): a restricted [-127, 127] clamp here would differ from onnxruntime by
+        # one step on every value clipped below the calibrated range (percentile ranges clip on purpose).
+        self.activation_range = qrange(8, signed=activation_signed, symmetric=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.activation_range

@@ -84,13 +84,15 @@ def session(
     load_error: str | None = None,
     precision: EpPrecision = EpPrecision.F32,
     profile_prefix: str | None = None,
+    provider_options: dict[str, str] | None = None,
 ) -> Any:
     """An InferenceSession on an ONNX file (or serialized model). `threads` sets intra-op threads (None: onnxruntime
     decides) with one inter-op thread and no idle spinning beyond one thread; `optimized_path` writes the graph
     onnxruntime really runs after its fusions; `optimize=False` runs the graph as written (no fusions: what a
     check of the graph's own numbers needs); `precision` is OpenVINO's inference precision; `profile_prefix` turns on
-    onnxruntime's per-kernel profiler (its JSON lands at that prefix); `load_error` turns a model that does not load
-    into a one-line ModelError (else onnxruntime's own exception propagates)."""
+    onnxruntime's per-kernel profiler (its JSON lands at that prefix); `provider_options` configure the first provider
+    (TensorRT's int8/fp16 flags and engine cache: llmzip/runtime/tensorrt.py); `load_error` turns a model that
+    does not load into a one-line ModelError (else onnxruntime's own exception propagates)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -117,7 +119,10 @@ def session(
         if provider is Provider.OPENVINO:
             opts.add_provider_for_devices([openvino_cpu()], openvino_options(threads, precision))
             return ort.InferenceSession(source, opts)  # nodes OpenVINO does not take fall back to the CPU EP
-        return ort.InferenceSession(source, opts, providers=providers(provider))
+        chosen: list[Any] = list(providers(provider))
+        if provider_options:
+            chosen[0] = (chosen[0], provider_options)
+        made = ort.InferenceSession(source, opts, providers=chosen)
     except ProviderError:
         raise
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types for one problem
@@ -125,3 +130,17 @@ def session(
             raise
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ModelError(f"{model}: onnxruntime cannot load it ({first}); {load_error}") from None
+    _check_placement(made, provider)
+    return made
+
+
+def _check_placement(made: Any, provider: Provider) -> None:
+    """onnxruntime falls back to the next provider when one fails to start (a TensorRT provider whose libnvinfer is
+    missing runs everything on CUDA, with a log line): a row labelled TensorRT must not silently be something else."""
+    wanted = ORT_PROVIDERS.get(provider, [None])[0]
+    active = made.get_providers()
+    if wanted is not None and wanted not in active:
+        raise ProviderError(
+            f"onnxruntime could not start {wanted} (it fell back to {', '.join(active)}): check that its CUDA/"
+            "TensorRT libraries are installed and on LD_LIBRARY_PATH, or use another --provider"
+        )

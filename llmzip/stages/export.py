@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmzip.artifact import EXTERNAL, carry_forward, dir_size_mb, open_artifact, write_manifest
-from llmzip.config import CpuTarget, ExportConfig, Provider, as_enum, to_dict
+from llmzip.config import CpuTarget, ExportConfig, Provider, Target, as_enum, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ExportError
 from llmzip.metrics import IGNORED
@@ -25,14 +25,14 @@ from llmzip.onnx.export import (
     optimized_graph,
     write_onnx,
 )
-from llmzip.onnx.graph import fold_int8_matmul_bias
+from llmzip.onnx.graph import fold_int8_matmul_bias, inline_constant_identities
 from llmzip.onnx.lm_export import export_causal_lm
 from llmzip.outputs import staging
 from llmzip.positions import check_length, max_tokens
 from llmzip.progress import quiet_libraries, step
 from llmzip.quant.calibration import SAMPLES_FILE, read_samples
 from llmzip.quant.saturation import target_report
-from llmzip.runtime import hardware
+from llmzip.runtime import hardware, tensorrt
 from llmzip.tasks import Task, TaskKind, checked_task
 
 ACCEPTS = ("finetune", "distill", "quantize", EXTERNAL)
@@ -213,6 +213,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
     quantized = source.stage == "quantize"
     quiet_libraries()
     task = checked_task(config, source_config(source.path), model_dir)
+    target = _target(source, config, task.generative)
     with staging(out_dir, overwrite=overwrite, inputs=[source.path, *data_paths(config.data)]) as tmp:
         step(f"loading {model_dir}")
         model = load_model(source)
@@ -233,24 +234,66 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as err:
             raise ExportError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
-        folded = 0
-        if quantized and config.fold_bias:
-            graph = onnx.load(str(path))
-            folded = fold_int8_matmul_bias(graph)
-            onnx.save(graph, str(path))
+        written = _for_target(path, target, config, quantized)
         parity_block, kernels = _checked_parity(path, model, feeds, source, config, Path(model_dir))
         if config.eval_accuracy:
             step(f"task {task.metric} of onnxruntime and PyTorch on {config.data.eval_split}")
             parity_block["task_accuracy"] = task_accuracy(path, model, tokenizer, names, config, task)
         metrics: dict[str, Any] = {
             "parity": parity_block,
-            **_runtime_graph(path, source),
+            **_runtime_graph(path, source, target, config.fp16),
             "attention_implementation": attention,
             **({"int8_kernels_by_cpu": kernels} if kernels is not None else {}),
-            "bias_folded_matmuls": folded,
+            **written,
         }
         _finish(tmp, source, tokenizer, config, metrics, started, task.kind, names)
     return out_dir
+
+
+def _target(source: Any, config: ExportConfig, generative: bool) -> Target:
+    """The runtime the graph is written for: as asked, else what the model was quantized for (checked before any
+    work)."""
+    quantized_for = Target(source.manifest["metrics"].get("target", Target.ONNXRUNTIME.value))
+    target = config.target or (quantized_for if source.stage == "quantize" else Target.ONNXRUNTIME)
+    if source.stage == "quantize" and target is not quantized_for:
+        raise ExportError(
+            f"{source.path} was quantized for {quantized_for.value}; re-run `llmzip quantize --target "
+            f"{target.value}` (the zero points and activation types differ), or drop --target"
+        )
+    if generative and (target is Target.TENSORRT or config.fp16):
+        raise ExportError("causal LMs export for onnxruntime (a KV-cache graph) only; drop --target/--fp16")
+    if config.fp16 and source.stage == "quantize":
+        raise ExportError(f"{source.path} is quantized: --fp16 converts float models only; export its fp32 parent")
+    return target
+
+
+def _for_target(path: Path, target: Target, config: ExportConfig, quantized: bool) -> dict[str, Any]:
+    """The written graph made right for its runtime: onnxruntime's bias folding (int8 for onnxruntime), float16
+    (--fp16), or TensorRT's explicit-quantization rules checked (refused with the first broken rule)."""
+    import onnx
+
+    out: dict[str, Any] = {"target": target.value, "bias_folded_matmuls": 0}
+    if quantized and config.fold_bias and target is Target.ONNXRUNTIME:
+        graph = onnx.load(str(path))
+        out["bias_folded_matmuls"] = fold_int8_matmul_bias(graph)
+        onnx.save(graph, str(path))
+    if config.fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        step("converting the graph to float16 (inputs and outputs unchanged)")
+        onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+    if target is Target.TENSORRT:
+        graph = onnx.load(str(path))
+        inline_constant_identities(graph.graph)
+        onnx.save(graph, str(path))
+        step("checking the graph against TensorRT's explicit-quantization rules")
+        out["tensorrt_check"] = check = tensorrt.check_file(path)
+        if not check["passed"]:
+            raise ExportError(
+                f"{len(check['rejected'])} nodes break TensorRT's explicit-quantization rules (first: "
+                f"{check['rejected'][0]}); quantize with --target tensorrt, or report it with the manifest"
+            )
+    return out
 
 
 def _checked_parity(
@@ -261,7 +304,9 @@ def _checked_parity(
     step("checking onnxruntime against PyTorch")
     result, got = parity(path, model, feeds, config.provider)
     scale = max(1.0, result["max_abs_logit"])
-    tolerance = round(config.int8_tolerance * scale, 6) if quantized else config.fp32_tolerance
+    tolerance = config.fp32_tolerance
+    if quantized or config.fp16:
+        tolerance = round((config.int8_tolerance if quantized else config.fp16_tolerance) * scale, 6)
     kernels: dict[str, Any] | None = None
     if quantized:
         step("emulating each CPU class's int8 kernel on the probe sentences")
@@ -281,12 +326,20 @@ def _checked_parity(
     if result["max_abs_diff"] > tolerance:
         raise ExportError(_mismatch(result, tolerance, kernels, model_dir))
     reference = "fake-quantized PyTorch model" if quantized else "fp32 PyTorch model"
+    if config.fp16:
+        reference += " (graph in float16)"
     return {**result, "tolerance": tolerance, "reference": reference}, kernels
 
 
-def _runtime_graph(path: Path, source: Any) -> dict[str, Any]:
-    """The graph onnxruntime really runs: its ops, and (int8) that every quantized layer became an integer kernel and
-    no constant-weight fp32 MatMul is left beyond the layers quantize kept fp32."""
+def _runtime_graph(path: Path, source: Any, target: Target, fp16: bool) -> dict[str, Any]:
+    """The graph onnxruntime actually runs: its ops, and (int8) that every quantized layer became an integer kernel and
+    no constant-weight fp32 MatMul is left beyond the layers quantize kept fp32.
+
+    A tensorrt-target graph is written for TensorRT: on the CPU provider, onnxruntime turns an int8 activation into
+    uint8 for its integer kernels only where one GEMM reads it (its QDQ s8→u8 pass wants a single reader), so the
+    three projections reading one LayerNorm output (Q, K, V) run as float GEMMs on dequantized weights there —
+    the same numbers, at float speed. That is recorded, not refused.
+    """
     import onnx
 
     quantized = source.stage == "quantize"
@@ -297,7 +350,7 @@ def _runtime_graph(path: Path, source: Any) -> dict[str, Any]:
     int8_kernels = sum(c for op, c in runtime_ops.items() if op in INT8_OPS)
     weight_bits = source.manifest["metrics"].get("weight_bits", 8) if quantized else 32
     out: dict[str, Any] = {
-        "precision": {32: "fp32", 8: "int8", 4: "int4-weight-only"}[weight_bits],
+        "precision": "fp16" if fp16 else {32: "fp32", 8: "int8", 4: "int4-weight-only"}[weight_bits],
         "graph_ops": dict(sorted(graph_ops.items())),
         "runtime_ops": dict(sorted(runtime_ops.items())),
         "int8_kernels": int8_kernels,
@@ -307,12 +360,15 @@ def _runtime_graph(path: Path, source: Any) -> dict[str, Any]:
         return out
     q = source.manifest["metrics"]
     expected = int(q["quantized_layers"]) + int(q.get("quantized_attention_matmuls", 0))
+    out["quantized_layers"] = expected
+    if target is Target.TENSORRT:
+        out["cpu_provider_int8_kernels"] = f"{int8_kernels} of {expected} (the rest: float GEMMs on the same codes)"
+        return out
     if int8_kernels < expected:
         raise ExportError(
             f"onnxruntime runs only {int8_kernels} int8 kernels for {expected} quantized layers and matmuls: "
             "the QDQ pattern did not fuse; report it with the manifest"
         )
-    out["quantized_layers"] = expected
     kept = int(q.get("fp32_linear_layers", 0))
     if len(float_linears) > kept:
         raise ExportError(

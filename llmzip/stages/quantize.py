@@ -371,6 +371,7 @@ def _write(run: _Run, tmp: Path, report: dict[str, Any], target: Any, started: f
     carry_forward(run.source.path, tmp, config=run.fp32.config)
     metrics = {
         "quantized_layers": len(names),
+        "target": config.target.value,
         "fp32_linear_layers": len(linear_names(run.fp32)) - len(names),
         "quantized_attention_matmuls": 2 * len(run.attention_names),
         "method": "weight-only" if run.weight_only else config.method.value,
