@@ -21,7 +21,14 @@ class ExportConfig:
     fp32_tolerance: float = option(1e-3, help="Parity: largest |logit difference| of an fp32 export (absolute).")
     # Relative to the largest |logit|: a rounding tie decided differently after a float reassociation moves one
     # activation by a whole quantization step, and in a deep model that can reach a few % of the logit range.
-    int8_tolerance: float = option(0.05, help="Parity: largest |logit difference| of an int8 export, × max |logit|.")
+    # tensorrt: signed activations with zero point 0 spend half their codes on one-sided tensors (GELU outputs), so
+    # a tie flip is a coarser step and grows further by the last layer: measured 0.213 on a logit range of 3.2 for
+    # the reference teacher with percentile ranges (0.064 with min/max), the same predictions on 99.9% of SST-2 dev.
+    int8_tolerance: float | None = option(
+        None,
+        help="Parity: largest |logit difference| of an int8 export, × max |logit|.",
+        default_text="0.05; 0.10 for --target tensorrt",
+    )
     # The portable QDQ form is the one other runtimes (TensorRT, OpenVINO) read.
     fold_bias: bool = option(
         True,
