@@ -256,3 +256,11 @@ def test_session_refuses_a_silent_provider_fallback(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(onnxruntime, "InferenceSession", FellBack)
     with pytest.raises(ProviderError, match="could not start TensorrtExecutionProvider"):
         session(trt["onnx"] / "model.onnx", provider=Provider.TENSORRT)
+
+
+def test_fp16_export_of_an_external_model_folder(tiny_classifier: Path, tmp_path: Path) -> None:
+    """A plain Hugging Face folder (no llmzip manifest) exports as fp16 too, with the default target."""
+    result = invoke("export", tiny_classifier, "-o", tmp_path / "fp16", "--fp16")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((tmp_path / "fp16" / "manifest.json").read_text())["metrics"]
+    assert metrics["precision"] == "fp16" and metrics["target"] == "onnxruntime"

@@ -253,7 +253,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
 def _target(source: Any, config: ExportConfig, generative: bool) -> Target:
     """The runtime the graph is written for: as asked, else what the model was quantized for (checked before any
     work)."""
-    quantized_for = Target(source.manifest["metrics"].get("target", Target.ONNXRUNTIME.value))
+    quantized_for = Target(source.manifest.get("metrics", {}).get("target", Target.ONNXRUNTIME.value))
     target = config.target or (quantized_for if source.stage == "quantize" else Target.ONNXRUNTIME)
     if source.stage == "quantize" and target is not quantized_for:
         raise ExportError(
