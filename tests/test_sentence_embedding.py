@@ -125,3 +125,24 @@ def test_students_an_embedder_cannot_have_yet_are_refused_in_one_line(
     result = invoke("distill", embedder["model"], "-o", tmp_path / "s", "--num-layers", 1, "--keep-heads", 1)
     assert result.exit_code != 0 and "keep_heads=1" in result.stderr and "sentence-embedding" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_compress_plans_layer_subset_students_for_an_embedder_and_budgets_in_spearman(
+    embedder: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {embedder['model']}\n"
+        f"data: {{dataset: {embedder['data']}, text_column: sentence1, text_pair_column: sentence2, "
+        "label_column: score, eval_split: train}\n"
+        "bench: {data: {eval_split: test}}\n"
+        "compress: {max_accuracy_drop: 100}\n"
+    )
+    result = invoke("compress", "--recipe", recipe, "--quick", "-o", tmp_path / "c")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert out["teacher"]["metric"] == "spearman"
+    assert [c["name"] for c in out["candidates"]] == ["teacher-int8", "1L-int8"]
+    assert all("error" not in c and -1 <= c["accuracy"] <= 1 for c in out["candidates"])
+    assert out["best"] in {"teacher-int8", "1L-int8"}
+    assert "| candidate | spearman |" in result.stdout  # the table names the metric the budget is in

@@ -69,10 +69,16 @@ def compress(
         if objective is not None:
             recipes.set_dotted(values, "compress.objective", objective.value)
         recipes.apply_sets(values, set_ or [])
-        shape = None
-        if isinstance(values.get("model"), str) and not (values.get("compress") or {}).get("candidates"):
-            shape = teacher_shape(source_config(values["model"]))
-        plan = build_plan(values, teacher_shape=shape, quick=quick or os.environ.get("BENCH_QUICK") == "1")
+        shape, task = None, None
+        if isinstance(values.get("model"), str):
+            from llmzip.tasks import task_of
+
+            model_config = source_config(values["model"])
+            task = task_of(model_config).kind.value
+            if not (values.get("compress") or {}).get("candidates"):
+                shape = teacher_shape(model_config)
+        quick_run = quick or os.environ.get("BENCH_QUICK") == "1"
+        plan = build_plan(values, teacher_shape=shape, quick=quick_run, task=task)
         done["result"] = stage(plan, out, resume=resume, overwrite=overwrite)
         return done["result"]
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmzip import tasks
 from llmzip.artifact import (
     EXTERNAL,
     MANIFEST,
@@ -27,7 +28,7 @@ from llmzip.artifact import (
     strict_json,
 )
 from llmzip.bench.variants import onnx_size_mb
-from llmzip.config import BenchConfig, ExportConfig, to_dict
+from llmzip.config import BenchConfig, ExportConfig, TaskKind, to_dict
 from llmzip.data import data_paths
 from llmzip.errors import ArtifactError, LlmzipError, Terminated
 from llmzip.outputs import rebuilt, staging
@@ -233,6 +234,7 @@ class _Search:
             **self.measurer().teacher_row(),
             "onnx_size_mb": onnx_size_mb(onnx_dir / onnx.get("model_file", "model.onnx")),
             "onnx_path": str(onnx_dir),
+            "metric": tasks.get(onnx.get("task") or TaskKind.SEQUENCE_CLASSIFICATION.value).metric,
         }
         atomic_write_text(cached, strict_json(row, where=str(cached)))
         return row

@@ -72,6 +72,18 @@ class Candidate:
         return {"name": self.name, "overrides": self.overrides}
 
 
+def embedder_plan(shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The planned candidates for a sentence embedder: the teacher in int8 and layer-subset students (⅔ and ½ of
+    its depth) distilled on the embedding alone (alpha 1: no labels), in int8. Pruned or narrower embedder
+    students are not built yet (llmzip/scope.py refuses them)."""
+    layers = shape[0]
+    plan: list[dict[str, Any]] = [{"name": "teacher-int8", "distill": None}]
+    for depth in sorted({max(1, layers * 2 // 3), max(1, layers // 2)}, reverse=True):
+        if depth < layers:
+            plan.append({"name": f"{depth}L-int8", "distill": {"num_layers": depth, "alpha": 1.0}})
+    return plan
+
+
 def default_plan(shape: tuple[int, ...], *, kd_ablation: bool) -> list[dict[str, Any]]:
     """The planned candidates for a teacher of shape (layers, heads, FFN neurons, hidden size, positions).
 
@@ -117,6 +129,7 @@ def resolve(
     shared_data: dict[str, Any],
     *,
     quick: bool = False,
+    embedder: bool = False,
 ) -> list[Candidate]:
     """Each entry's stage overrides merged onto the recipe's stage sections, validated into configs."""
     out: list[Candidate] = []
@@ -149,7 +162,10 @@ def resolve(
             section = merge(inherited, override)
             section["data"] = merge(shared_data, section.get("data") or {})
             if quick:  # a smoke run wins over every candidate's own budget
-                section = merge(section, QUICK_SECTIONS.get(stage, {}))
+                quick_section = dict(QUICK_SECTIONS.get(stage, {}))
+                if embedder:
+                    quick_section.pop("prune_batches", None)
+                section = merge(section, quick_section)
                 section["data"] = {**section["data"], **QUICK_DATA}
                 for extra in ("augment_pairs", "augment_swaps"):
                     if section.get(extra):
@@ -227,11 +243,15 @@ def teacher_shape(config: Any) -> tuple[int, ...]:
     return tuple(int(getattr(config, n, 0) or 0) for n in names)
 
 
-def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None, quick: bool) -> Plan:
+def build_plan(
+    values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None, quick: bool, task: str | None = None
+) -> Plan:
     """A validated search from a recipe mapping (`model`, `data`, stage sections as bases, `compress`).
 
-    `teacher_shape` (see `teacher_shape`) sizes the planned candidates when the recipe lists none.
+    `teacher_shape` (see `teacher_shape`) sizes the planned candidates when the recipe lists none; `task` (the
+    teacher's, a TaskKind value) picks the planned set: a sentence embedder's students are layer subsets.
     """
+    embedder = task == scope.SENTENCE_EMBEDDING
     unknown = sorted(set(values) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown compress recipe section; known: {', '.join(sorted(RECIPE_KEYS))}")
@@ -248,7 +268,10 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None,
             raise ConfigError(f"{name}: expected a mapping")
         sections[name] = merge(DEFAULT_SECTIONS[name], given)
         if quick:
-            sections[name] = merge(sections[name], QUICK_SECTIONS.get(name, {}))
+            quick_section = dict(QUICK_SECTIONS.get(name, {}))
+            if embedder:  # no pruning to measure importance for
+                quick_section.pop("prune_batches", None)
+            sections[name] = merge(sections[name], quick_section)
             if "data" in sections[name]:
                 sections[name]["data"] = {**sections[name]["data"], **QUICK_DATA}
     search = dict(values.get("compress") or {})
@@ -260,8 +283,10 @@ def build_plan(values: dict[str, Any], *, teacher_shape: tuple[int, ...] | None,
     if entries is None:
         if teacher_shape is None:
             raise ConfigError("compress.candidates: none listed and the teacher's shape is unknown; list candidates")
-        entries = default_plan(teacher_shape, kd_ablation=config.kd_ablation)
-    candidates = resolve(entries, sections, shared, quick=quick)
+        entries = (
+            embedder_plan(teacher_shape) if embedder else default_plan(teacher_shape, kd_ablation=config.kd_ablation)
+        )
+    candidates = resolve(entries, sections, shared, quick=quick, embedder=embedder)
     export = from_dict(
         ExportConfig, {**sections["export"], "data": merge(shared, sections["export"].get("data") or {})}
     )

@@ -25,10 +25,11 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [r for r in result["candidates"] if "error" not in r]
     shapes = _shapes(rows)
     front = set(result.get("pareto", []))
-    head = ["candidate", "accuracy", "Δ pt", "selection acc", "size MB", "× smaller"]
+    metric = t.get("metric") or "accuracy"  # spearman for a sentence embedder (its budget is in Spearman points)
+    head = ["candidate", metric, "Δ pt", f"selection {metric}", "size MB", "× smaller"]
     head += [f"{s} ms (speedup)" for s in shapes] + ["Pareto", "in budget"]
     lines = [
-        f"Teacher: accuracy {t['accuracy']:.4f} (selection split {t['selection_accuracy']:.4f}), "
+        f"Teacher: {metric} {t['accuracy']:.4f} (selection split {t['selection_accuracy']:.4f}), "
         f"fp32 ONNX {t['onnx_size_mb']:.1f} MB. Budget: −{result['max_accuracy_drop_pt']} pt on the selection "
         f"split; objective: {result['objective']}.",
         "",
