@@ -31,8 +31,14 @@ S8 = qmath.qrange(8, signed=True, symmetric=True)
 S8_CLAMP = qmath.qrange(8, signed=True, symmetric=False)
 
 
+def key_codes(qmax: int) -> qmath.QRange:
+    """The codes a key quantized to `qmax` really takes in the graph: [-128, 127] for 8 bits (QuantizeLinear's
+    saturation), [-qmax, qmax] for a 7-bit key (its Clip runs before QuantizeLinear)."""
+    return S8_CLAMP if qmax >= S8.qmax else qmath.QRange(-qmax, qmax, torch.int8)
+
+
 class _FakeQuantTimes(torch.autograd.Function):
-    """int8 quantize → dequantize on [-qmax, qmax], times a constant: QuantizeLinear(s) → DequantizeLinear(s·c).
+    """int8 quantize → dequantize (codes per `key_codes`), times a constant: QuantizeLinear(s) → DequantizeLinear(s·c).
 
     Used for the key with c = the softmax scaling 1/√d: onnxruntime then runs Q·Kᵀ as one MatMulIntegerToFloat
     with no separate Mul over the [batch, heads, seq, seq] scores. A 7-bit key (qmax 63, the fix for CPUs whose
@@ -43,7 +49,7 @@ class _FakeQuantTimes(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, times: float, qmax: int
     ) -> torch.Tensor:
-        return qmath.fake_quantize(x, scale, zero_point, qmath.QRange(-qmax, qmax, torch.int8)) * times
+        return qmath.fake_quantize(x, scale, zero_point, key_codes(qmax)) * times
 
     @staticmethod
     def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, times: float, qmax: int) -> Any:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from llmzip.config import CpuTarget
-from llmzip.quant.attention import AttentionQuant
+from llmzip.quant.attention import AttentionQuant, key_codes
 from llmzip.quant.kernels import (
     INT16_MAX,
     INT16_MIN,
@@ -141,7 +141,8 @@ class Emulation:
         def kernel(quant: AttentionQuant, query: torch.Tensor, key_t: torch.Tensor, scaling: float) -> torch.Tensor:
             exact = torch.matmul(quant.left(query), quant.right(key_t, "key", times=scaling))
             q = torch.clamp(torch.round(query / quant.query_scale) + quant.query_zero_point.float(), 0, 255)
-            k = torch.clamp(torch.round(key_t / quant.key_scale), -quant.key_qmax, quant.key_qmax)
+            codes = key_codes(quant.key_qmax)
+            k = torch.clamp(torch.round(key_t / quant.key_scale), codes.qmin, codes.qmax)
             sat = batched_saturation_excess(q.numpy().astype(np.int32), k.numpy().astype(np.int32))
             error = torch.from_numpy(sat.excess.astype(np.float64)) * float(
                 quant.query_scale * quant.key_scale * scaling

@@ -112,3 +112,16 @@ def test_int8_inputs_are_modelled_as_onnxruntime_runs_them_uint8_plus_128() -> N
     # QuantizeLinear saturates an int8 output at [-128, 127] (the scale is absmax / 127, but a value clipped below
     # the range lands on -128): the fake quantizer clamps there too, or it differs from onnxruntime by a step
     assert codes.tolist() == [[0.0, 255.0], [0.0, 1.0]]
+
+
+def test_attention_int8_operands_clamp_where_quantizelinear_saturates() -> None:
+    """Key and value are signed int8: below the calibrated range they land on -128 as in ONNX, not on -127; a 7-bit
+    key stays on [-63, 63] (its Clip runs before QuantizeLinear)."""
+    from llmzip.quant.attention import AttentionQuant
+
+    quant = AttentionQuant.from_ranges({"query": (0.0, 1.0), "key": (-1.27, 1.27), "value": (-1.27, 1.27)})
+    x = torch.tensor([-5.0, -1.27, 5.0])
+    assert torch.allclose(quant.right(x, "value"), torch.tensor([-1.28, -1.27, 1.27]))
+    assert torch.allclose(quant.right(x, "key", times=0.5), torch.tensor([-0.64, -0.635, 0.635]))
+    quant.key_qmax = 63
+    assert torch.allclose(quant.right(x, "key", times=1.0), torch.tensor([-0.63, -0.63, 0.63]))
