@@ -80,14 +80,14 @@ def build(out: Path, quick: bool, student: Path | None) -> dict[str, Path]:
     checked = ExportConfig(data=data, eval_accuracy=True)  # the CPU provider's SST-2 dev accuracy in the manifest
     paths: dict[str, Path] = {"teacher": TEACHER}
     if student is None:
-        steps = {"max_steps": 20} if quick else {"max_steps": STUDENT_STEPS}
+        steps = 20 if quick else STUDENT_STEPS
         selection = DataConfig(dataset=str(SENTENCES), max_length=128)  # selects on validation, never on test
         student = reuse_stage(
             out / "student",
             lambda: distill(
                 str(TEACHER),
                 out / "student",
-                config=DistillConfig(data=selection, num_layers=3, batch_size=32, **steps),
+                config=DistillConfig(data=selection, num_layers=3, batch_size=32, max_steps=steps),
             ),
         )
     paths["student"] = student

@@ -308,9 +308,8 @@ def _checked_parity(
     if quantized or config.fp16:
         relative = config.fp16_tolerance
         if quantized:
-            relative = config.int8_tolerance
-            if relative is None:
-                relative = 0.10 if _target(source, config, False) is Target.TENSORRT else 0.05
+            default = 0.10 if _target(source, config, False) is Target.TENSORRT else 0.05
+            relative = default if config.int8_tolerance is None else config.int8_tolerance
         tolerance = round(relative * scale, 6)
     kernels: dict[str, Any] | None = None
     if quantized:
