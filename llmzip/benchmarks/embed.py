@@ -172,6 +172,20 @@ def st_loads_student(student: Path, export_dir: Path) -> dict[str, Any]:
     return {"sentences": len(sentences), "min_cosine": round(float(cos.min()), 6), "ok": bool(cos.min() >= 0.999)}
 
 
+def isolated_1x128(variants: list[Any], feeds: list[dict[str, np.ndarray]], config: BenchConfig) -> dict[str, float]:
+    """p50 at 1×128 of each variant timed alone (its own warm-up, then all its calls in a row: caches warm, as in a
+    deployment that runs one model), beside the round-robin table where every call follows the other models.
+    Reported for what it shows about the cache; the targets stay on the round-robin numbers."""
+    from llmzip.stages.bench import time_round_robin
+
+    out = {}
+    for v, f in zip(variants, feeds):
+        first = {k: np.ascontiguousarray(a[:1]) for k, a in f.items()}  # the round-robin's 1×128 input
+        (ms,) = time_round_robin([v], [first], config, f"{v.name} alone, 1×{config.seq_len}")
+        out[v.name] = round(float(np.percentile(ms, 50)), 3)
+    return out
+
+
 def targets(rows: dict[str, dict[str, Any]], load: dict[str, Any]) -> dict[str, Any]:
     st, dyn = rows["teacher-st-torch-fp32"], rows["teacher-ort-dynamic-int8"]
     int8, student = rows["teacher-llmzip-int8"], rows["student-llmzip-int8"]
@@ -183,7 +197,14 @@ def targets(rows: dict[str, dict[str, Any]], load: dict[str, Any]) -> dict[str, 
             "drop": round(fp32["spearman"] - int8["spearman"], 2),
             "met": fp32["spearman"] - int8["spearman"] <= 0.5,
         },
-        "int8_2x_faster_than_st_torch_at_1x128": {"speedup": speed, "met": speed >= 2.0},
+        "int8_2x_faster_than_st_torch_at_1x128": {
+            "speedup": speed,
+            "met": speed >= 2.0,
+            # each model timed alone, caches warm (information: the target is judged on the round-robin run)
+            "speedup_alone": round(st["latency_alone_ms"]["1x128"] / int8["latency_alone_ms"]["1x128"], 2)
+            if "latency_alone_ms" in st and "latency_alone_ms" in int8
+            else None,
+        },
         "int8_faster_than_quantize_dynamic": {
             "ms": {"llmzip": int8["latency_ms"], "dynamic": dyn["latency_ms"]},
             "met": all(int8["latency_ms"][s] < dyn["latency_ms"][s] for s in int8["latency_ms"]),
@@ -241,6 +262,9 @@ def main() -> None:
     inputs = [eval_inputs(v, eval_ds, config) for v in variants]
     result = measure(variants, [f for f, _ in inputs], config, labels=[y for _, y in inputs], saturation=False)
     rows = rows_by_variant(result, metric="spearman", scale=100.0, baseline="st_torch_fp32")
+    alone = isolated_1x128(variants, [f for f, _ in inputs], config)
+    for name, ms in alone.items():
+        rows[name]["latency_alone_ms"] = {"1x128": ms}
     student_manifest = json.loads((paths["student"] / "manifest.json").read_text())
     report = {
         "machine": result["machine"],
@@ -270,7 +294,17 @@ def render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"bench-embed: STS-B test Spearman ×100, {report['data']['pairs']} pairs, 1 thread")
-    for col in ("variant", "Spearman", "size MB", "p50 1×128 ms", "p50 8×128 ms", "sent/s b1", "sent/s b32"):
+    columns = (
+        "variant",
+        "Spearman",
+        "size MB",
+        "p50 1×128 ms",
+        "alone 1×128",
+        "p50 8×128 ms",
+        "sent/s b1",
+        "sent/s b32",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for v in report["variants"]:
         lat, tput = v["latency_ms"], v["samples_per_s"]
@@ -279,6 +313,7 @@ def render(report: dict[str, Any]) -> None:
             f"{v['spearman']:.2f}",
             f"{v['size_mb']:.1f}",
             f"{lat.get('1x128', float('nan')):.2f}",
+            f"{v.get('latency_alone_ms', {}).get('1x128', float('nan')):.2f}",
             f"{lat.get('8x128', float('nan')):.2f}",
             f"{tput.get('1x128', float('nan')):.1f}",
             f"{tput.get('32x128', float('nan')):.1f}",
