@@ -35,3 +35,18 @@ def test_which_classes_saturate_and_native_resolves_to_a_class() -> None:
     assert resolve(CpuTarget.VNNI) is CpuTarget.VNNI
     with pytest.raises(ValueError):
         saturates(CpuTarget.NATIVE)
+
+
+def test_denormals_are_flushed_only_inside_the_bench_context() -> None:
+    """FTZ/DAZ while a bench measures (onnxruntime's masked softmax makes denormals, slow on x86), restored after."""
+    import torch
+
+    from llmzip.runtime.hardware import denormals_flushed
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    assert float(tiny * 1.0) != 0.0
+    with denormals_flushed():
+        assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) != 0.0
+    with denormals_flushed(enabled=False):
+        assert float(tiny * 1.0) != 0.0

@@ -72,6 +72,7 @@ def ort_runner(
     threads: int,
     precision: EpPrecision = EpPrecision.F32,
     provider_options: dict[str, str] | None = None,
+    flush_denormals: bool = False,
 ) -> tuple[Runner, list[str]]:
     """A session on one ONNX file and the input names its graph takes."""
     session = sessions.session(
@@ -81,6 +82,7 @@ def ort_runner(
         load_error="re-run `llmzip export`",
         precision=precision,
         provider_options=provider_options,
+        flush_denormals=flush_denormals,
     )
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]  # third-party exports may name it otherwise
@@ -101,7 +103,7 @@ def session_runner(path: Path, config: BenchConfig) -> tuple[Runner, list[str]]:
         options = tensorrt.provider_options(
             path, cache_dir=config.engine_cache, batch_sizes=config.batch_sizes, seq_len=config.seq_len
         )
-    return ort_runner(path, config.provider, config.threads, config.ep_precision, options)
+    return ort_runner(path, config.provider, config.threads, config.ep_precision, options, config.flush_denormals)
 
 
 def torch_runner(artifact: Artifact, provider: Provider, threads: int, dtype: TorchDtype) -> Runner:

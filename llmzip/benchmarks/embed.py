@@ -176,12 +176,14 @@ def isolated_1x128(variants: list[Any], feeds: list[dict[str, np.ndarray]], conf
     """p50 at 1×128 of each variant timed alone (its own warm-up, then all its calls in a row: caches warm, as in a
     deployment that runs one model), beside the round-robin table where every call follows the other models.
     Reported for what it shows about the cache; the targets stay on the round-robin numbers."""
+    from llmzip.runtime.hardware import denormals_flushed
     from llmzip.stages.bench import time_round_robin
 
     out = {}
     for v, f in zip(variants, feeds):
         first = {k: np.ascontiguousarray(a[:1]) for k, a in f.items()}  # the round-robin's 1×128 input
-        (ms,) = time_round_robin([v], [first], config, f"{v.name} alone, 1×{config.seq_len}")
+        with denormals_flushed(config.flush_denormals):  # as measure() runs them
+            (ms,) = time_round_robin([v], [first], config, f"{v.name} alone, 1×{config.seq_len}")
         out[v.name] = round(float(np.percentile(ms, 50)), 3)
     return out
 

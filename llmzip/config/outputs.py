@@ -161,6 +161,12 @@ class BenchConfig:
         "percentage point) below the first's.",
         panel="Gates",
     )
+    # onnxruntime's softmax makes the masked (padding) positions of a padded batch denormal (llmzip/runtime/hardware.py)
+    flush_denormals: bool = option(
+        True,
+        flag="--flush-denormals/--keep-denormals",
+        help="Run every variant with denormal floats flushed to zero (FTZ/DAZ, as TensorRT and oneDNN do), or not.",
+    )
     seed: int = option(0, help="Random seed (the bootstrap resampling of the speedup intervals).")
     UNUSED_DATA: ClassVar[tuple[str, ...]] = ("train_split", "max_train_samples")
 

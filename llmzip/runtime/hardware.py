@@ -10,6 +10,9 @@ So an int8 model is "right on any x86 CPU" exactly when it is right under the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from llmzip.config import CpuTarget
 
 _SATURATING = (CpuTarget.ANY, CpuTarget.AVX2, CpuTarget.AVX512)
@@ -71,3 +74,25 @@ def resolve(target: CpuTarget) -> CpuTarget:
 def this_cpu_saturates() -> bool:
     here = this_cpu()
     return here is not None and saturates(here)
+
+
+@contextmanager
+def denormals_flushed(enabled: bool = True) -> Iterator[None]:
+    """Flush denormal floats to zero (FTZ/DAZ in this thread's MXCSR) for the duration, then restore the default.
+
+    Why: a padded batch's attention mask sends the masked scores to exp(-∞), which onnxruntime's softmax clamps to
+    exp(-103.97), a denormal; x86 handles denormals in microcode. Measured on all-MiniLM-L6-v2 int8, 1×128 with 9
+    real tokens, 1 thread: 14.5 ms, of which Softmax 5.6 ms (0.4 ms without padding), and 8.7 ms flushed, with
+    bit-identical embeddings. TensorRT and oneDNN flush by default; onnxruntime's `session.set_denormal_as_zero`
+    covers only its pool threads, not the calling thread that runs a 1-thread session, so the bench sets it here
+    (PyTorch's setter writes the same MXCSR bits every library on this thread uses)."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

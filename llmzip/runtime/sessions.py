@@ -85,6 +85,7 @@ def session(
     precision: EpPrecision = EpPrecision.F32,
     profile_prefix: str | None = None,
     provider_options: dict[str, str] | None = None,
+    flush_denormals: bool = False,
 ) -> Any:
     """An InferenceSession on an ONNX file (or serialized model). `threads` sets intra-op threads (None: onnxruntime
     decides) with one inter-op thread and no idle spinning beyond one thread; `optimized_path` writes the graph
@@ -106,6 +107,8 @@ def session(
             # spinning steals the cores the next variant's threads need (PyTorch fp32 at 1×32 on 2 threads
             # measured 87 ms beside spinning sessions vs 15 ms alone), so every session yields its cores when idle.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if flush_denormals:  # its pool threads; the calling thread: hardware.denormals_flushed
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

@@ -163,20 +163,9 @@ def measure(
         if saturation and v.kind == "onnx" and v.precision.startswith("int8"):
             step(f"emulating AVX2's int8 kernel on {v.name}")
         checks.append(int8_saturation(v, f) if saturation else None)
-    accuracies: list[float | None] = []
-    for v, f, y in zip(variants, feeds, label_sets):
-        if y is not None:
-            step(f"accuracy of {v.name} on {len(y)} examples")
-        accuracies.append(None if y is None else accuracy(v, f, y, batch=max(config.batch_sizes)))
-    rows: list[dict[str, Any]] = []
-    rounds: list[np.ndarray] = []
-    with CpuLoad() as load:
-        for batch in config.batch_sizes:
-            batch_feeds = [_batch(f, batch) for f in feeds]
-            latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
-            for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, checks):
-                rows.append(_row(v, ms, batch, config, acc, y, sat, latencies[0]))
-                rounds.append(ms)
+    machine["denormals"] = "flushed to zero (FTZ/DAZ)" if config.flush_denormals else "kept"
+    with hardware.denormals_flushed(config.flush_denormals):
+        rows, rounds, load = _accuracy_and_latency(variants, feeds, label_sets, checks, config)
     machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
     machine["cpu_load"] = load.summary()
     warnings = [w for v in variants for w in v.warnings]
@@ -204,6 +193,32 @@ def measure(
             "failures": failures,
         }
     return result
+
+
+def _accuracy_and_latency(
+    variants: list[Variant],
+    feeds: list[dict[str, np.ndarray]],
+    label_sets: list[np.ndarray | None],
+    checks: list[dict[str, Any] | None],
+    config: BenchConfig,
+) -> tuple[list[dict[str, Any]], list[np.ndarray], CpuLoad]:
+    """Each variant's task metric, then the round-robin timing at every batch size: the rows, each row's latencies
+    and the CPU load during the timing."""
+    accuracies: list[float | None] = []
+    for v, f, y in zip(variants, feeds, label_sets):
+        if y is not None:
+            step(f"accuracy of {v.name} on {len(y)} examples")
+        accuracies.append(None if y is None else accuracy(v, f, y, batch=max(config.batch_sizes)))
+    rows: list[dict[str, Any]] = []
+    rounds: list[np.ndarray] = []
+    with CpuLoad() as load:
+        for batch in config.batch_sizes:
+            batch_feeds = [_batch(f, batch) for f in feeds]
+            latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
+            for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, checks):
+                rows.append(_row(v, ms, batch, config, acc, y, sat, latencies[0]))
+                rounds.append(ms)
+    return rows, rounds, load
 
 
 def _row(
