@@ -176,8 +176,8 @@ def isolated_1x128(variants: list[Any], feeds: list[dict[str, np.ndarray]], conf
     """p50 at 1×128 of each variant timed alone (its own warm-up, then all its calls in a row: caches warm, as in a
     deployment that runs one model), beside the round-robin table where every call follows the other models.
     Reported for what it shows about the cache; the targets stay on the round-robin numbers."""
+    from llmzip.bench.timing import time_round_robin
     from llmzip.runtime.hardware import denormals_flushed
-    from llmzip.stages.bench import time_round_robin
 
     out = {}
     for v, f in zip(variants, feeds):

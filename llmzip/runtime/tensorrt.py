@@ -36,8 +36,7 @@ INTEGER_OPS = {
 }
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 FLOAT_ONLY = {"Softmax", "LayerNormalization"}
-# Weight operand index → the axis of a per-channel weight scale that is the GEMM's output channel.
-GEMM_WEIGHT_AXIS = {"MatMul": (1, -1), "Gemm": (1, None)}
+GEMMS = {"MatMul", "Gemm"}  # their weight is input 1
 INT8, UINT8 = 3, 2  # onnx.TensorProto data types
 ENGINE_CACHE = Path.home() / ".cache" / "llmzip" / "tensorrt"
 
@@ -117,8 +116,7 @@ def _weight_axis_rule(g: _Graph, node: Any) -> list[str]:
     weight = g.constants[node.input[0]]
     axis = _axis(node) % weight.ndim
     for reader in g.consumers[node.output[0]]:
-        slot = GEMM_WEIGHT_AXIS.get(reader.op_type)
-        if slot is None or list(reader.input).index(node.output[0]) != slot[0]:
+        if reader.op_type not in GEMMS or list(reader.input).index(node.output[0]) != 1:
             continue
         transposed = reader.op_type == "Gemm" and any(a.name == "transB" and a.i for a in reader.attribute)
         want = (0 if transposed else 1) if reader.op_type == "Gemm" else weight.ndim - 1

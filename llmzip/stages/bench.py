@@ -3,7 +3,8 @@
 Variants are timed round-robin (one call each, order rotated every round) so that machine noise lands on all
 of them alike instead of on whichever happened to run during a busy second. The pieces are public so a
 benchmark script can time variants it built itself (a bare .onnx from onnxruntime's quantizer, a bf16 copy):
-`load_variant` / `onnx_file_variant` (llmzip/bench/variants.py, re-exported here) → `eval_inputs` → `measure`.
+`load_variant` / `onnx_file_variant` (llmzip/bench/variants.py, re-exported here) → `eval_inputs` → `measure`
+(its round-robin timing: llmzip/bench/timing.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from llmzip import data as data_mod
 from llmzip.artifact import EXTERNAL, open_artifact, strict_json, write_manifest
 from llmzip.bench import report
+from llmzip.bench.timing import first_rows, summary, time_round_robin
 from llmzip.bench.variants import Variant as Variant
 from llmzip.bench.variants import int8_saturation, ort_dynamic_int8
 from llmzip.bench.variants import load_variant as load_variant
@@ -27,7 +29,7 @@ from llmzip.data import data_paths
 from llmzip.errors import ConfigError, ModelError
 from llmzip.modeling import source_config
 from llmzip.outputs import check_output, staging
-from llmzip.progress import progress, quiet_libraries, step
+from llmzip.progress import quiet_libraries, step
 from llmzip.runtime import hardware
 from llmzip.runtime.machine import CpuLoad, machine_info
 from llmzip.tasks import checked_task
@@ -76,57 +78,6 @@ def accuracy(variant: Variant, feeds: dict[str, np.ndarray], labels: np.ndarray,
         golds.append(labels[i : i + batch])
     id2label = {v: k for k, v in (variant.label2id or {}).items()}
     return variant.task.score(outs, golds, id2label)
-
-
-def _batch(feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """The first `size` rows (repeated if the eval set is smaller): real text, real padding."""
-    n = next(iter(feeds.values())).shape[0]
-    idx = np.arange(size) % n
-    return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
-
-
-# With several threads, the previous variant's thread pool keeps spinning for a while after its call returns
-# (PyTorch's OpenMP workers for milliseconds): onnxruntime at 2 threads on 2 cores measured 25-40% slower right
-# after a PyTorch call. An untimed pause before each call lets every pool go idle, so each variant starts alike.
-SETTLE_S = 0.02
-
-
-def time_round_robin(
-    variants: list[Variant], feeds: list[dict[str, np.ndarray]], config: BenchConfig, label: str
-) -> list[np.ndarray]:
-    """Latencies in ms, one array per variant; each round times every variant once, in a rotated order."""
-    for v, f in zip(variants, feeds):
-        for _ in range(config.warmup):
-            v.run(f)
-    times: list[list[float]] = [[] for _ in variants]
-    settle = SETTLE_S if config.threads > 1 else 0.0
-    with progress() as bar:
-        task = bar.add_task(label, total=config.iterations, info="")
-        for r in range(config.iterations):
-            for j in range(len(variants)):
-                k = (j + r) % len(variants)
-                if settle:
-                    time.sleep(settle)
-                t0 = time.perf_counter()
-                variants[k].run(feeds[k])
-                times[k].append((time.perf_counter() - t0) * 1e3)
-            bar.advance(task)
-    return [np.asarray(t) for t in times]
-
-
-def summary(ms: np.ndarray, batch: int) -> dict[str, Any]:
-    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
-    return {
-        "latency_ms": {
-            "p50": round(p50, 3),
-            "p90": round(p90, 3),
-            "p99": round(p99, 3),
-            "mean": round(float(ms.mean()), 3),
-            "std": round(float(ms.std()), 3),
-            "iqr": round(float(np.percentile(ms, 75) - np.percentile(ms, 25)), 3),
-        },
-        "throughput": round(batch * len(ms) / (ms.sum() / 1e3), 2),
-    }
 
 
 def _check_gates(config: BenchConfig, count: int) -> None:
@@ -213,7 +164,7 @@ def _accuracy_and_latency(
     rounds: list[np.ndarray] = []
     with CpuLoad() as load:
         for batch in config.batch_sizes:
-            batch_feeds = [_batch(f, batch) for f in feeds]
+            batch_feeds = [first_rows(f, batch) for f in feeds]
             latencies = time_round_robin(variants, batch_feeds, config, f"latency batch {batch}×{config.seq_len}")
             for v, ms, acc, y, sat in zip(variants, latencies, accuracies, label_sets, checks):
                 rows.append(_row(v, ms, batch, config, acc, y, sat, latencies[0]))

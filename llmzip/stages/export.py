@@ -235,7 +235,7 @@ def export(model_dir: Path, out_dir: Path, *, config: ExportConfig, overwrite: b
         except onnx.checker.ValidationError as err:
             raise ExportError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
         written = _for_target(path, target, config, quantized)
-        parity_block, kernels = _checked_parity(path, model, feeds, source, config, Path(model_dir))
+        parity_block, kernels = _checked_parity(path, model, feeds, source, config, Path(model_dir), target)
         if config.eval_accuracy:
             step(f"task {task.metric} of onnxruntime and PyTorch on {config.data.eval_split}")
             parity_block["task_accuracy"] = task_accuracy(path, model, tokenizer, names, config, task)
@@ -297,7 +297,13 @@ def _for_target(path: Path, target: Target, config: ExportConfig, quantized: boo
 
 
 def _checked_parity(
-    path: Path, model: Any, feeds: dict[str, np.ndarray], source: Any, config: ExportConfig, model_dir: Path
+    path: Path,
+    model: Any,
+    feeds: dict[str, np.ndarray],
+    source: Any,
+    config: ExportConfig,
+    model_dir: Path,
+    target: Target,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """ONNX vs PyTorch logits on the probe rows, within tolerance; for int8, what each CPU class's kernel does."""
     quantized = source.stage == "quantize"
@@ -308,7 +314,7 @@ def _checked_parity(
     if quantized or config.fp16:
         relative = config.fp16_tolerance
         if quantized:
-            default = 0.10 if _target(source, config, False) is Target.TENSORRT else 0.05
+            default = 0.10 if target is Target.TENSORRT else 0.05
             relative = default if config.int8_tolerance is None else config.int8_tolerance
         tolerance = round(relative * scale, 6)
     kernels: dict[str, Any] | None = None
